@@ -1,0 +1,17 @@
+"""Building EfficientNet-Lite0 (imports torch)."""
+
+from __future__ import annotations
+
+import torch
+from efficientnet_lite_pytorch import EfficientNet
+
+from zoo.backbone import Backbone, Weights
+from zoo.weights import fetch
+
+
+def build(spec: Backbone, weights: Weights | None = None, **kwargs):
+    model = EfficientNet.from_name("efficientnet-lite0", **kwargs)
+    if weights is not None:
+        state = torch.load(fetch(weights), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    return model

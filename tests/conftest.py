@@ -1,0 +1,98 @@
+"""Shared fixtures: a tiny backbone, in-test plugins, an isolated registry."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+import zoo.registry
+from zoo import Backbone, Group, Preprocess, hookimpl
+
+
+def build_tiny(spec, weights=None, num_classes=10, **kwargs):
+    """A 3-stage CNN small enough to train in a test; `weights` is loaded from its file like any plugin would."""
+    import torch
+    from torch import nn
+
+    from zoo.weights import fetch
+
+    def block(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+    model = nn.Sequential()
+    model.add_module("stem", block(3, 8))
+    model.add_module("stage1", block(8, 16))
+    model.add_module("stage2", block(16, 32))
+    model.add_module("pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    model.add_module("fc", nn.Linear(32, num_classes))
+    if weights is not None:
+        model.load_state_dict(torch.load(fetch(weights), weights_only=True))
+    return model
+
+
+def tiny_spec(name: str = "tiny", **changes) -> Backbone:
+    fields = dict(
+        name=name,
+        family="tiny",
+        build=build_tiny,
+        head="fc",
+        groups=(
+            Group("stem", ("stem",)),
+            Group("stage1", ("stage1",)),
+            Group("stage2", ("stage2",)),
+            Group("head", ("fc",)),
+        ),
+        tags=("test",),
+        preprocess=Preprocess(input_size=(32, 32), crop_pct=1.0),
+        num_params=6_000,
+    )
+    fields.update(changes)
+    return Backbone(**fields)
+
+
+def plugin_module(name: str, *specs: Backbone, policies=()) -> types.SimpleNamespace:
+    """An in-test plugin object that registers `specs` (and (name, factory) policies)."""
+
+    class Plugin:
+        __name__ = name
+
+        @hookimpl
+        def register_backbones(self, register):
+            for spec in specs:
+                register(spec)
+
+        @hookimpl
+        def register_policies(self, register):
+            for policy_name, factory in policies:
+                register(policy_name, factory, help="test policy")
+
+    return Plugin()
+
+
+@pytest.fixture
+def use_registry():
+    """Install a registry built with extra in-test plugins; the real one comes back afterwards."""
+    saved = zoo.registry._REGISTRY
+
+    def install(*plugins: tuple[str, object]):
+        zoo.registry._REGISTRY = zoo.registry.build_registry(extra_plugins=plugins)
+        return zoo.registry._REGISTRY
+
+    try:
+        yield install
+    finally:
+        zoo.registry._REGISTRY = saved
+
+
+@pytest.fixture
+def tiny_registry(use_registry):
+    return use_registry(("tinyplugin", plugin_module("tinyplugin", tiny_spec())))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_homes(tmp_path_factory, monkeypatch):
+    """No test reads or writes the user's zoo home or torch cache."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("ZOO_HOME", str(home / "zoo"))
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))

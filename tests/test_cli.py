@@ -1,0 +1,93 @@
+"""The CLI: exit codes, output, JSON, and no torch on the listing path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from typer.testing import CliRunner
+
+from zoo.cli import app
+
+runner = CliRunner()
+
+
+def test_list_table_and_json():
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0
+    assert "resnet18" in result.output and "efficientnet_lite0" in result.output
+    data = json.loads(runner.invoke(app, ["list", "--json"]).output)
+    assert len(data) == 81
+    lite = next(d for d in data if d["name"] == "efficientnet_lite0")
+    assert lite["source"] == "efficientnet_lite" and lite["weights"] == ["imagenet"]
+    r18 = next(d for d in data if d["name"] == "resnet18")
+    assert r18["num_params"] == 11_689_512 and r18["acc1"] == 69.758 and r18["input_size"] == [224, 224]
+
+
+def test_list_filters():
+    data = json.loads(runner.invoke(app, ["list", "vgg1?_bn", "--json"]).output)
+    assert [d["name"] for d in data] == ["vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"]
+    data = json.loads(runner.invoke(app, ["list", "--tag", "mobile", "--source", "torchvision", "--json"]).output)
+    assert "mobilenet_v3_small" in {d["name"] for d in data}
+    assert all(d["num_params"] < 10_000_000 for d in data)
+    result = runner.invoke(app, ["list", "nothing-like-this"])
+    assert result.exit_code == 0 and "0 backbones" in result.output
+
+
+def test_info_resnet18_json_has_six_groups_head_last():
+    result = runner.invoke(app, ["info", "resnet18", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert [g["name"] for g in data["groups"]] == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert data["groups"][-1]["members"] == ["fc"] and data["groups"][-1]["params"] == 513_000
+    assert sum(g["params"] for g in data["groups"]) == 11_689_512
+    assert data["head"] == {"path": "fc", "module": "Linear", "in_features": 512, "out_features": 1000}
+    assert data["preprocess"]["resize_size"] == 256
+    assert data["weights"][0]["url"].endswith("resnet18-f37072fd.pth")
+
+
+def test_info_table_and_alias():
+    result = runner.invoke(app, ["info", "lite0"])
+    assert result.exit_code == 0
+    assert "efficientnet_lite0" in result.output and "stage4" in result.output and "imagenet (default)" in result.output
+
+
+def test_unknown_backbone_exits_2_with_suggestion():
+    result = runner.invoke(app, ["info", "resnet19"])
+    assert result.exit_code == 2
+    assert "unknown backbone 'resnet19' (did you mean resnet18?)" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_plugins_lists_builtins():
+    data = {p["name"]: p for p in json.loads(runner.invoke(app, ["plugins", "--json"]).output)}
+    assert {"torchvision", "efficientnet_lite"} <= set(data)
+    assert len(data["torchvision"]["backbones"]) == 80
+    assert data["efficientnet_lite"]["version"] == "0.1.0"
+    table = runner.invoke(app, ["plugins"]).output
+    assert "torchvision" in table and "zoo_efficientnet_lite" in table
+
+
+def test_list_and_help_never_import_torch():
+    code = (
+        "import sys; from zoo.cli import main; sys.argv = ['zoo'] + sys.argv[1:]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'torchvision' not in sys.modules\n"
+    )
+    for args in (["list"], ["list", "--json"], ["--help"], ["plugins"]):
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+        elapsed = time.perf_counter() - start
+        assert result.returncode == 0, result.stderr
+        assert elapsed < 3.0, f"zoo {' '.join(args)} took {elapsed:.2f}s"  # torch alone takes 2-4 s here
+
+
+def test_python_dash_m_zoo():
+    result = subprocess.run(
+        [sys.executable, "-m", "zoo", "list", "resnet18", "--json"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    assert json.loads(result.stdout)[0]["name"] == "resnet18"

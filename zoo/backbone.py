@@ -1,0 +1,128 @@
+"""The `Backbone` spec: everything zoo knows about a model, as plain data.
+
+A plugin registers one `Backbone` per model. It holds no tensors and imports no
+torch, so listing thousands of them is cheap; the model itself is built lazily
+through `build`, a "module:function" string (or a callable).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from zoo.errors import InvalidBackbone
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the tensor the model was trained on."""
+
+    input_size: tuple[int, int] = (224, 224)  # (height, width) of the crop fed to the model
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # per-channel, on 0..1 pixels
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"  # resize filter: nearest | bilinear | bicubic
+    crop_pct: float = 0.875  # crop / resize: resize the short side to input/crop_pct, then centre-crop
+
+    @property
+    def resize_size(self) -> int:
+        """Short side before the centre crop (torchvision's `resize_size`)."""
+        return round(max(self.input_size) / self.crop_pct)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """One set of pretrained weights a backbone can load."""
+
+    tag: str  # name used on the command line: `--weights IMAGENET1K_V1`
+    url: str  # http(s):// (downloaded into the torch hub cache) or file://
+    sha256: str | None = None  # full hex digest, or None where only `hash_prefix` is published
+    hash_prefix: str | None = None  # torchvision's convention: leading sha256 hex in the file name
+    categories: tuple[str, ...] = ()  # label of each output of the pretrained head
+    license: str = ""
+    acc1: float | None = None  # ImageNet-1k top-1 accuracy as published, in percent
+    preprocess: Preprocess | None = None  # when these weights want other preprocessing
+
+
+@dataclass(frozen=True)
+class Group:
+    """An ordered slice of the model: module paths (prefixes) or `re:` regexes."""
+
+    name: str
+    members: tuple[str, ...]
+
+    def matches(self, param_name: str) -> bool:
+        for member in self.members:
+            if member.startswith("re:"):
+                if re.match(member[3:], param_name):
+                    return True
+            elif param_name == member or param_name.startswith(member + "."):
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A model that zoo can build, fine-tune and export.
+
+    Example:
+        Backbone(name="resnet18", family="resnet", build="zoo_torchvision.build:build",
+                 head="fc", groups=(Group("stem", ("conv1", "bn1")), ..., Group("head", ("fc",))))
+    """
+
+    name: str  # unique, lower case: `zoo finetune NAME`
+    family: str  # e.g. "resnet"; used for filtering and docs
+    build: str | Callable[..., Any]  # "module:function"; called as build(spec, weights=Weights | None)
+    head: str  # dotted path of the classifier that is replaced (Linear, or a 1x1 Conv2d)
+    groups: tuple[Group, ...]  # input to output; the last one holds the head
+    source: str = ""  # the plugin that registered it (filled in by the registry)
+    tags: tuple[str, ...] = ()
+    description: str = ""
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    weights: tuple[Weights, ...] = ()
+    default_weights: str | None = None  # tag used when --weights is not given; None: random init
+    aux_heads: tuple[str, ...] = ()  # extra classifiers replaced with the head, dropped for export
+    num_params: int | None = None  # of the pretrained model (for listing)
+    min_input_size: int = 32  # smallest side the architecture accepts
+    atol: float = 1e-4  # export check tolerance on logits
+    build_kwargs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        return tuple(g.name for g in self.groups)
+
+    def get_weights(self, tag: str) -> Weights | None:
+        return next((w for w in self.weights if w.tag == tag), None)
+
+    def preprocess_for(self, weights: Weights | None) -> Preprocess:
+        return weights.preprocess if weights and weights.preprocess else self.preprocess
+
+
+def check_spec(spec: Backbone) -> None:
+    """Static checks that need no model: raise InvalidBackbone naming the plugin."""
+    where = f"plugin '{spec.source or '?'}', backbone '{spec.name}'"
+    if not isinstance(spec.name, str) or not _NAME.match(spec.name):
+        raise InvalidBackbone(f"{where}: name must be lower case letters, digits, '_', '.', '-'")
+    if not spec.head:
+        raise InvalidBackbone(f"{where}: no head path")
+    if not spec.groups:
+        raise InvalidBackbone(f"{where}: no layer groups")
+    names = spec.group_names
+    if len(set(names)) != len(names):
+        raise InvalidBackbone(f"{where}: group names repeat: {', '.join(names)}")
+    if not spec.groups[-1].matches(spec.head + ".weight"):
+        raise InvalidBackbone(f"{where}: the last group '{names[-1]}' must hold the head '{spec.head}'")
+    if spec.preprocess.interpolation not in _INTERPOLATIONS:
+        raise InvalidBackbone(f"{where}: interpolation must be one of {', '.join(_INTERPOLATIONS)}")
+    tags = [w.tag for w in spec.weights]
+    if len(set(tags)) != len(tags):
+        raise InvalidBackbone(f"{where}: weights tags repeat: {', '.join(tags)}")
+    if spec.default_weights is not None and spec.default_weights not in tags:
+        raise InvalidBackbone(f"{where}: default weights '{spec.default_weights}' is not one of its tags")
+    if isinstance(spec.build, str) and ":" not in spec.build:
+        raise InvalidBackbone(f"{where}: build must be 'module:function', got '{spec.build}'")

@@ -1,0 +1,63 @@
+"""`zoo info`: a backbone's spec, with what only building it can tell (group sizes, head shape)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zoo.backbone import Backbone, Preprocess
+from zoo.registry import get_registry
+
+
+def _preprocess(p: Preprocess) -> dict[str, Any]:
+    return {
+        "input_size": list(p.input_size),
+        "resize_size": p.resize_size,
+        "mean": list(p.mean),
+        "std": list(p.std),
+        "interpolation": p.interpolation,
+        "crop_pct": p.crop_pct,
+    }
+
+
+def describe(name: str) -> dict[str, Any]:
+    """Everything about one backbone as plain data; builds it on the meta device (no weights, no memory)."""
+    from zoo.models import build_for_inspection, group_param_counts
+
+    spec: Backbone = get_registry().get(name)
+    model = build_for_inspection(spec)
+    counts = group_param_counts(model, spec)
+    head = model.get_submodule(spec.head)
+    return {
+        "name": spec.name,
+        "family": spec.family,
+        "source": spec.source,
+        "description": spec.description,
+        "tags": list(spec.tags),
+        "head": {
+            "path": spec.head,
+            "module": type(head).__name__,
+            "in_features": getattr(head, "in_features", getattr(head, "in_channels", None)),
+            "out_features": getattr(head, "out_features", getattr(head, "out_channels", None)),
+        },
+        "aux_heads": list(spec.aux_heads),
+        "groups": [{"name": g.name, "members": list(g.members), "params": counts[g.name]} for g in spec.groups],
+        "num_params": sum(counts.values()),
+        "preprocess": _preprocess(spec.preprocess),
+        "min_input_size": spec.min_input_size,
+        "default_weights": spec.default_weights,
+        "weights": [
+            {
+                "tag": w.tag,
+                "url": w.url,
+                "sha256": w.sha256,
+                "hash_prefix": w.hash_prefix,
+                "acc1": w.acc1,
+                "num_classes": len(w.categories),
+                "license": w.license,
+                "input_size": list(spec.preprocess_for(w).input_size),
+                "preprocess": _preprocess(w.preprocess) if w.preprocess else None,
+            }
+            for w in spec.weights
+        ],
+        "atol": spec.atol,
+    }
