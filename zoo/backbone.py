@@ -90,6 +90,7 @@ class Backbone:
     num_params: int | None = None  # of the pretrained model (for listing)
     min_input_size: int = 32  # smallest side the architecture accepts
     atol: float = 1e-4  # export check tolerance on logits
+    features_layout: str = "NCHW"  # layout of a group's output: NCHW, NHWC (Swin) or NLC (ViT tokens); for cut:
     build_kwargs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property

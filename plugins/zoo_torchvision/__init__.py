@@ -61,6 +61,7 @@ def specs() -> tuple[Backbone, ...]:
                 num_params=m["num_params"],
                 min_input_size=m["min_input_size"],
                 build_kwargs=m["build_kwargs"],
+                features_layout=m["features_layout"],
             )
         )
     return tuple(out)

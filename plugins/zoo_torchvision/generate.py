@@ -86,6 +86,7 @@ def _entry(name: str, imagenet: list[str]) -> dict:
         "num_params": num_params,
         "min_input_size": max(min_size, 32),
         "build_kwargs": build_kwargs,
+        "features_layout": {"swin": "NHWC", "swin_v2": "NHWC", "vit": "NLC"}.get(family, "NCHW"),
     }
 
 

@@ -1,0 +1,124 @@
+"""`zoo evaluate` and `zoo predict` with a fine-tuned torch checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zoo.checkpoint import load_model, preprocess_of
+from zoo.data import DataError, Sample, build_transform, class_dirs, image_files, open_rgb
+from zoo.errors import ZooError
+from zoo.plots import confusion
+
+
+def _eval_samples(data: Path, classes: list[str]) -> list[Sample]:
+    """Labelled images of DATA (its val/ part when it has one), labelled with the checkpoint's classes."""
+    data = Path(data).expanduser()
+    if not data.is_dir():
+        raise DataError(f"{data}: no such folder")
+    root = data / "val" if (data / "val").is_dir() else data
+    folders = class_dirs(root)
+    if not folders:
+        raise DataError(f"{root}: no class folders; expected {root}/<class>/*.jpg")
+    unknown = [f.name for f in folders if f.name not in classes]
+    if unknown:
+        raise DataError(
+            f"{root}: class(es) {', '.join(unknown)} are not among the model's classes ({', '.join(classes)})"
+        )
+    samples = [Sample(p, classes.index(f.name)) for f in folders for p in image_files(f)]
+    if not samples:
+        raise DataError(f"{root}: no images")
+    return samples
+
+
+def _logits(model, batch: torch.Tensor) -> torch.Tensor:
+    out = model(batch)
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
+def evaluate(run: str | Path, data: str | Path, batch_size: int = 32) -> dict[str, Any]:
+    """Accuracy, per-class precision and recall, and the confusion matrix of a checkpoint on DATA."""
+    model, ckpt = load_model(run)
+    classes = list(ckpt["classes"])
+    samples = _eval_samples(Path(data), classes)
+    transform = build_transform(preprocess_of(ckpt), "none")
+    preds: list[int] = []
+    labels: list[int] = []
+    skipped: list[str] = []
+    batch: list[torch.Tensor] = []
+    pending: list[int] = []
+
+    def flush() -> None:
+        if batch:
+            with torch.no_grad():
+                preds.extend(_logits(model, torch.stack(batch)).argmax(1).tolist())
+            labels.extend(pending)
+            batch.clear()
+            pending.clear()
+
+    for sample in samples:
+        try:
+            img = open_rgb(sample.path, 256)
+        except Exception as exc:
+            skipped.append(f"{sample.path} ({type(exc).__name__})")
+            continue
+        batch.append(transform(img))
+        pending.append(sample.label)
+        if len(batch) == batch_size:
+            flush()
+    flush()
+    if not labels:
+        raise DataError(f"{data}: none of the images could be read")
+    matrix = confusion(labels, preds, len(classes))
+    per_class = []
+    for i, name in enumerate(classes):
+        tp = matrix[i][i]
+        predicted = sum(row[i] for row in matrix)
+        actual = sum(matrix[i])
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": actual})
+    return {
+        "checkpoint": str(run),
+        "data": str(data),
+        "images": len(labels),
+        "accuracy": sum(matrix[i][i] for i in range(len(classes))) / len(labels),
+        "per_class": per_class,
+        "classes": classes,
+        "confusion_matrix": matrix,
+        "skipped": skipped,
+    }
+
+
+def predict(run: str | Path, images: list[str | Path], top_k: int = 5) -> list[dict[str, Any]]:
+    """Top-k labels and probabilities for each image."""
+    if top_k < 1:
+        raise ZooError(f"--top-k {top_k}: must be >= 1")
+    model, ckpt = load_model(run)
+    classes = list(ckpt["classes"])
+    transform = build_transform(preprocess_of(ckpt), "none")
+    results = []
+    for path in images:
+        path = Path(path)
+        if not path.is_file():
+            raise ZooError(f"{path}: no such image file")
+        try:
+            img = open_rgb(path, 256)
+        except Exception as exc:
+            raise ZooError(f"{path}: cannot read it as an image ({type(exc).__name__}: {exc})") from None
+        with torch.no_grad():
+            probs = _logits(model, transform(img)[None]).softmax(1)[0]
+        values, indices = probs.topk(min(top_k, len(classes)))
+        results.append(
+            {
+                "image": str(path),
+                "top": [
+                    {"label": classes[i], "probability": round(v, 6)}
+                    for v, i in zip(values.tolist(), indices.tolist(), strict=True)
+                ],
+            }
+        )
+    return results

@@ -1,0 +1,276 @@
+"""Cutting a model at a layer-group boundary, for any backbone, with torch.fx.
+
+The model is traced with its group members as leaf modules, and every node of
+the graph gets the index of the last group it depends on. That order is all
+the fine-tuner needs:
+
+- `split_at(model, spec, k)` gives a prefix (groups 0..k-1) and a suffix (the rest):
+  the frozen-prefix cache runs the prefix once and trains the suffix.
+- `cut_model(model, spec, group, num_classes)` keeps the graph up to `group`, pools it
+  and puts a new linear head on top (`--policy cut:GROUP`).
+
+Python control flow in the top-level `forward` is fixed at tracing time (traced
+in eval mode, so auxiliary-head branches are left out); code inside the group
+modules runs as usual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.split_module import split_module
+
+from zoo.backbone import Backbone, Group
+from zoo.errors import ZooError
+
+
+class SplitError(ZooError):
+    """The model cannot be cut where it was asked to be."""
+
+
+class _GroupTracer(fx.Tracer):
+    def __init__(self, leaves: set[str]):
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+
+
+def _staged_graph(model: nn.Module, spec: Backbone) -> tuple[fx.GraphModule, dict[fx.Node, int]]:
+    """The traced model and, for each node, the highest group index it depends on."""
+    leaves = {m for g in spec.groups for m in g.members if not m.startswith("re:")}
+    was_training = model.training
+    model.eval()
+    try:
+        graph = _GroupTracer(leaves).trace(model)
+    except Exception as exc:
+        raise SplitError(
+            f"{spec.name}: cannot trace the model with torch.fx ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:160]})"
+        ) from None
+    finally:
+        model.train(was_training)
+    gm = fx.GraphModule(model, graph)
+    index = {}
+    for i, group in enumerate(spec.groups):
+        for member in group.members:
+            index[member] = i
+
+    def group_of(target: str) -> int | None:
+        parts = target.split(".")
+        for n in range(len(parts), 0, -1):
+            if (prefix := ".".join(parts[:n])) in index:
+                return index[prefix]
+        for i, group in enumerate(spec.groups):  # regex members
+            if group.matches(target + ".weight") or group.matches(target):
+                return i
+        return None
+
+    stage: dict[fx.Node, int] = {}
+    for node in gm.graph.nodes:
+        s = max((stage[a] for a in node.all_input_nodes), default=0)
+        if node.op in ("call_module", "get_attr") and (g := group_of(str(node.target))) is not None:
+            s = max(s, g)
+        stage[node] = s
+    return gm, stage
+
+
+def _is_batch_size(node: fx.Node) -> bool:
+    """`x.size(0)` or `x.shape[0]`: a value the suffix can recompute from any activation."""
+    if node.op == "call_method" and node.target == "size" and node.args[1:] == (0,):
+        return True
+    return (
+        node.op == "call_function"
+        and node.target is operator.getitem
+        and node.args[1] == 0
+        and isinstance(node.args[0], fx.Node)
+        and node.args[0].op == "call_function"
+        and node.args[0].target is getattr
+        and node.args[0].args[1] == "shape"
+    )
+
+
+class _Part(nn.Module):
+    """One side of a split model. It runs nodes of the split graph; the parameters stay the model's own.
+
+    The split graph is held as a plain reference, not a submodule: the original model owns
+    (and moves, and saves) every parameter, so training the suffix trains the model.
+    """
+
+    def __init__(self, top: fx.GraphModule, nodes: list[fx.Node], own: bool = False):
+        super().__init__()
+        if own:  # registered: .eval() reaches the model's modules, and exporters see its parameters
+            self.top = top
+        self.__dict__["_top"] = top
+        self._nodes = nodes
+
+    def _run(self, env: dict) -> dict:
+        top = self.__dict__["_top"]
+        for node in self._nodes:
+            if node.op == "get_attr":
+                env[node] = _get_attr(top, str(node.target))
+                continue
+            args = fx.node.map_arg(node.args, lambda n: env[n])
+            kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+            if node.op == "call_module":
+                env[node] = top.get_submodule(str(node.target))(*args, **kwargs)
+            elif node.op == "call_function":
+                env[node] = node.target(*args, **kwargs)
+            elif node.op == "call_method":
+                env[node] = getattr(args[0], node.target)(*args[1:], **kwargs)
+        return env
+
+
+class Prefix(_Part):
+    """Computes the frozen groups; returns the activations the suffix needs, in order."""
+
+    def __init__(self, top: fx.GraphModule, nodes: list[fx.Node], placeholder: fx.Node, wires: list[fx.Node]):
+        super().__init__(top, nodes, own=True)
+        self._placeholder = placeholder
+        self._wires = wires
+
+    def forward(self, x):
+        env = self._run({self._placeholder: x})
+        return tuple(env[n] for n in self._wires)
+
+
+class Suffix(_Part):
+    """Computes the rest of the model from the prefix's activations.
+
+    It does not own the model's modules: train/eval modes are set on the model itself.
+    """
+
+    def __init__(
+        self, top: fx.GraphModule, nodes: list[fx.Node], wires: list[fx.Node], sizes: list[fx.Node], result: fx.Node
+    ):
+        super().__init__(top, nodes)
+        self._wires = wires
+        self._sizes = sizes
+        self._result = result
+
+    def forward(self, *activations):
+        env = dict(zip(self._wires, activations, strict=True))
+        env.update((n, activations[0].size(0)) for n in self._sizes)
+        env = self._run(env)
+        return fx.node.map_arg(self._result, lambda n: env[n])
+
+
+def split_at(model: nn.Module, spec: Backbone, k: int) -> tuple[Prefix, Suffix]:
+    """(prefix, suffix): prefix(x) computes groups 0..k-1; suffix(*prefix(x)) equals model(x) in eval mode.
+
+    Both use the model's own parameters; nothing is copied.
+    """
+    if not 0 < k < len(spec.groups):
+        raise SplitError(f"{spec.name}: can split after 1 to {len(spec.groups) - 1} groups, not {k}")
+    gm, stage = _staged_graph(model, spec)
+    if not any(stage[n] >= k for n in gm.graph.nodes if n.op != "output"):
+        raise SplitError(f"{spec.name}: nothing to train after group {k}")
+    top = split_module(gm, model, lambda node: 0 if stage[node] < k else 1)
+    if not hasattr(top, "submod_0") or not hasattr(top, "submod_1"):
+        raise SplitError(f"{spec.name}: the graph does not split after group '{spec.groups[k - 1].name}'")
+    nodes = list(top.graph.nodes)
+    cut = next(i for i, n in enumerate(nodes) if n.op == "call_module" and n.target == "submod_1")
+    before = [n for n in nodes[:cut] if n.op != "placeholder"]
+    # what crosses the boundary: values computed before submod_1 and used from it on (not parameters)
+    later = nodes[cut:]
+    crossing = [n for n in nodes[:cut] if n.op != "get_attr" and any(u in later for u in n.users)]
+    wires = [n for n in crossing if not _is_batch_size(n)]
+    sizes = [n for n in crossing if _is_batch_size(n)]
+    if not wires:
+        raise SplitError(f"{spec.name}: no activation crosses the boundary after group '{spec.groups[k - 1].name}'")
+    placeholder = next(n for n in nodes if n.op == "placeholder")
+    prefix_nodes = [n for n in before if n.op != "get_attr" or any(u in nodes[:cut] for u in n.users)]
+    suffix_nodes = [n for n in nodes[:cut] if n.op == "get_attr" and any(u in later for u in n.users)]
+    suffix_nodes += [n for n in later if n.op != "output"]
+    output = nodes[-1]
+    return (Prefix(top, prefix_nodes, placeholder, wires), Suffix(top, suffix_nodes, wires, sizes, output.args[0]))
+
+
+class _Pool(nn.Module):
+    """Global average pooling for a given feature layout, then flatten."""
+
+    def __init__(self, layout: str):
+        super().__init__()
+        self.layout = layout
+
+    def forward(self, x):
+        if x.dim() == 2:
+            return x
+        if x.dim() == 3:  # (N, tokens, C)
+            return x.mean(dim=1)
+        dims = (1, 2) if self.layout == "NHWC" else (2, 3)
+        return x.mean(dim=dims)
+
+
+def cut_model(model: nn.Module, spec: Backbone, group: str, num_classes: int) -> tuple[nn.Module, Backbone]:
+    """The model up to and including `group`, pooled, with a new linear head; and the matching spec."""
+    names = spec.group_names
+    if group not in names[:-1]:
+        raise SplitError(f"--policy cut:{group}: no such group before the head; groups: {', '.join(names)}")
+    k = names.index(group) + 1
+    gm, stage = _staged_graph(model, spec)
+    boundary = [
+        n for n in gm.graph.nodes if stage[n] < k and not _is_batch_size(n) and any(stage[u] >= k for u in n.users)
+    ]
+    if len(boundary) != 1:
+        raise SplitError(f"{spec.name}: the output of group '{group}' is not a single tensor; cannot cut there")
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in gm.graph.nodes:
+        if node.op == "output" or stage[node] >= k:
+            continue
+        env[node] = graph.node_copy(node, lambda n: env[n])
+    pooled = graph.call_module("zoo_pool", (env[boundary[0]],))
+    graph.output(graph.call_module(spec.head, (pooled,)))
+    with torch.no_grad():
+        probe = fx.GraphModule(gm, _truncate(gm, stage, k, boundary[0]))
+        device = next(model.parameters()).device
+        size = max(spec.min_input_size, 64)
+        feats = _Pool(spec.features_layout)(probe.eval()(torch.zeros(1, 3, size, size, device=device)))
+    root = nn.Module()
+    for node in graph.nodes:
+        if node.op == "call_module" and node.target not in ("zoo_pool", spec.head):
+            _install(root, node.target, gm.get_submodule(node.target))
+        elif node.op == "get_attr":
+            _install(root, node.target, _get_attr(gm, node.target))
+    root.zoo_pool = _Pool(spec.features_layout)
+    _install(root, spec.head, nn.Linear(feats.shape[1], num_classes).to(device))
+    cut = fx.GraphModule(root, graph)
+    new_spec = dataclasses.replace(spec, groups=(*spec.groups[:k], Group("head", (spec.head,))), aux_heads=())
+    return cut, new_spec
+
+
+def _truncate(gm: fx.GraphModule, stage: dict, k: int, boundary: fx.Node) -> fx.Graph:
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in gm.graph.nodes:
+        if node.op != "output" and stage[node] < k:
+            env[node] = graph.node_copy(node, lambda n: env[n])
+    graph.output(env[boundary])
+    return graph
+
+
+def _get_attr(module: nn.Module, target: str):
+    for part in target.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _install(root: nn.Module, target: str, value) -> None:
+    *parents, leaf = target.split(".")
+    node = root
+    for part in parents:
+        if not hasattr(node, part):
+            node.add_module(part, nn.Module())
+        node = getattr(node, part)
+    if isinstance(value, nn.Module):
+        node.add_module(leaf, value)
+    elif isinstance(value, nn.Parameter):
+        node.register_parameter(leaf, value)
+    else:
+        node.register_buffer(leaf, value)
