@@ -96,3 +96,60 @@ def _isolated_homes(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("ZOO_HOME", str(home / "zoo"))
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+
+
+def make_images(root, classes=("cats", "dogs"), per_class=12, size=40, layout="split", seed=0, ext=".png"):
+    """Generated, easily separable photos: each class has its own colour, plus noise."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    colours = [(200, 40, 40), (40, 40, 200), (40, 200, 40), (200, 200, 40)]
+    splits = {"train": per_class, "val": max(2, per_class // 2)} if layout == "train/val" else {"": per_class}
+    for split, count in splits.items():
+        for c, name in enumerate(classes):
+            folder = root / split / name if split else root / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                base = np.array(colours[c % len(colours)], dtype=np.float32)
+                pixels = np.clip(base + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{name}_{i}{ext}")
+    return root
+
+
+TINY_PLUGIN_SOURCE = """
+from zoo import Backbone, Group, Preprocess, hookimpl
+
+def build(spec, weights=None, **kwargs):
+    from torch import nn
+
+    def block(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout),
+                             nn.ReLU())
+
+    model = nn.Sequential()
+    model.add_module("stem", block(3, 8))
+    model.add_module("stage1", block(8, 16))
+    model.add_module("stage2", block(16, 32))
+    model.add_module("pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    model.add_module("fc", nn.Linear(32, 10))
+    return model
+
+@hookimpl
+def register_backbones(register):
+    register(Backbone(name="tiny", family="tiny", build="zoo_tiny:build", head="fc",
+                      groups=(Group("stem", ("stem",)), Group("stage1", ("stage1",)),
+                              Group("stage2", ("stage2",)), Group("head", ("fc",))),
+                      preprocess=Preprocess(input_size=(32, 32), crop_pct=1.0)))
+"""
+
+
+def install_tiny_plugin(root):
+    """The tiny backbone as an installed plugin (module + .dist-info) under `root`, for subprocess tests."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "zoo_tiny.py").write_text(TINY_PLUGIN_SOURCE)
+    info = root / "zoo_tiny-0.1.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zoo-tiny\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[zoo]\ntiny = zoo_tiny\n")
+    return root

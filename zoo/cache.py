@@ -141,7 +141,7 @@ def compute_cache(
     runner: PrefixRunner,
     loader,
     copies: int = 1,
-    memory_limit: int = MEMORY_LIMIT,
+    memory_limit: int | None = None,
     disk_dir: Path | None = None,
     progress=None,
 ) -> FeatureCache:
@@ -151,6 +151,7 @@ def compute_cache(
     random, so each pass is a different augmented copy.
     """
     start = time.perf_counter()
+    memory_limit = MEMORY_LIMIT if memory_limit is None else memory_limit
     n = len(loader.dataset)
     store: list[np.ndarray | torch.Tensor] | None = None
     labels = torch.empty(n, dtype=torch.long)
@@ -171,7 +172,9 @@ def compute_cache(
                         shape = (total, *o.shape[1:])
                         if on_disk:
                             disk_dir.mkdir(parents=True, exist_ok=True)
-                            f = disk_dir / f"activations-{os.getpid()}-{len(files)}.npy"
+                            fd, name = tempfile.mkstemp(prefix="activations-", suffix=".npy", dir=disk_dir)
+                            os.close(fd)
+                            f = Path(name)
                             files.append(f)
                             store.append(np.lib.format.open_memmap(f, mode="w+", dtype=np.float32, shape=shape))
                         else:

@@ -244,7 +244,8 @@ class _Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.augment = cfg.augment
         if self.augment == "auto":
-            self.augment = "none" if self.policy.fixed_prefix and self.policy.frozen_count(self.groups) else "light"
+            cacheable = self.policy.fixed_prefix and self.policy.frozen_count(self.groups) and not cfg.cache_augmented
+            self.augment = "none" if cacheable else "light"
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -328,7 +329,7 @@ class _Trainer:
     def _restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
         epoch = ckpt["epoch"]
-        for e in range(epoch + 1):  # replay the plan so param groups come back in their original order
+        for e in range(epoch):  # replay the plan so param groups come back in their original order
             self._plan(e)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler and ckpt.get("scaler"):
@@ -376,10 +377,8 @@ class _Trainer:
             log.info("frozen-prefix cache off: %s", exc)
             return
         self.model.eval()
-        copies = max(1, self.cfg.cache_augmented)
-        train_aug = self.augment if self.cfg.cache_augmented else "none"
-        if self.cfg.cache_augmented and train_aug == "none":
-            train_aug = "light"
+        copies = self.cfg.cache_augmented if self.cfg.cache_augmented and self.augment != "none" else 1
+        train_aug = self.augment if copies > 1 else "none"
         gen = torch.Generator().manual_seed(self.cfg.seed + 1000 * k)
         disk = self.run_dir / "cache"
         # its own RNG stream: a resumed run recomputes the cache without shifting the training's random numbers
@@ -406,6 +405,9 @@ class _Trainer:
             self.cache.release()
             self.val_cache.release()
         self.cache = None
+        disk = self.run_dir / "cache"
+        if disk.is_dir() and not any(disk.iterdir()):
+            disk.rmdir()
 
     # --- one epoch --------------------------------------------------------------------------------------------
     def _forward_loss(self, inputs, target):

@@ -1,0 +1,171 @@
+"""Freeze policies: parsing, plans, and that training touches exactly the parameters a policy says."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import make_images, plugin_module
+from zoo.checkpoint import read_checkpoint
+from zoo.policies import HEAD_ONLY, Policy, PolicyError, resolve_policy
+from zoo.train import finetune
+
+GROUPS = ("stem", "stage1", "stage2", "head")
+
+
+def test_builtin_policies_parse():
+    assert resolve_policy("feature-extract").frozen == HEAD_ONLY
+    assert resolve_policy("linear-probe").frozen_count(GROUPS) == 3
+    assert resolve_policy("freeze:2").frozen_count(GROUPS) == 2
+    assert resolve_policy("freeze:stage1").frozen_count(GROUPS) == 2
+    assert resolve_policy("finetune").frozen_count(GROUPS) == 0
+    assert resolve_policy("scratch").pretrained is False
+    assert resolve_policy("cut:stage1").cut == "stage1"
+    plan = resolve_policy("discriminative:0.5").plan(GROUPS)
+    assert [p.lr_mult for p in plan] == [0.125, 0.25, 0.5, 1.0]
+    assert all(p.trainable for p in plan)
+
+
+def test_gradual_unfreezes_one_group_from_the_top_every_n_epochs():
+    policy = resolve_policy("gradual:2")
+    assert [policy.frozen_at(GROUPS, e) for e in range(8)] == [3, 3, 2, 2, 1, 1, 0, 0]
+    assert [p.trainable for p in policy.plan(GROUPS, 4)] == [False, True, True, True]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("freeze", "needs K"),
+        ("freeze:4", "can freeze 0 to 3"),
+        ("freeze:stage9", "no group 'stage9'"),
+        ("discriminative:x", "needs a factor"),
+        ("discriminative:-1", "must be > 0"),
+        ("gradual:0", "N must be >= 1"),
+        ("cut", "needs a group"),
+        ("warp-speed", "unknown policy 'warp-speed'; choose from"),
+    ],
+)
+def test_bad_policies_are_explained(text, message):
+    with pytest.raises(PolicyError, match=message):
+        resolve_policy(text).frozen_count(GROUPS)
+
+
+def test_registry_and_plugin_policies(use_registry):
+    def top_two(arg):
+        return Policy(f"top-two:{arg}", frozen=int(arg or 2))
+
+    registry = use_registry(("policy_plugin", plugin_module("policy_plugin", policies=[("top-two", top_two)])))
+    assert resolve_policy("top-two:1").frozen_count(GROUPS) == 1
+    ulmfit = resolve_policy("ulmfit", registry)  # declared as data in registry.toml
+    assert ulmfit.unfreeze_every == 1 and ulmfit.lr_decay == pytest.approx(1 / 2.6, rel=1e-3)
+    fastai = resolve_policy("fine-tune-fastai", registry)
+    assert [fastai.frozen_at(GROUPS, e) for e in range(3)] == [3, 0, 0]
+
+
+def _train(tmp_path, policy, cache="auto", epochs=2, **options):
+    data = make_images(tmp_path / "data", per_class=10)
+    return finetune(
+        "tiny",
+        data,
+        policy=policy,
+        epochs=epochs,
+        batch_size=8,
+        out=str(tmp_path / "runs"),
+        weights="none",
+        cache=cache,
+        workers=0,
+        quiet=True,
+        **options,
+    )
+
+
+def _state(run_dir):
+    return read_checkpoint(run_dir / "last.pt")["model"]
+
+
+def _initial(tmp_path):
+    torch.manual_seed(0)
+    from zoo.models import create_model
+
+    return create_model("tiny", num_classes=2, weights="none").state_dict()
+
+
+@pytest.mark.parametrize(
+    "policy, frozen",
+    [
+        ("feature-extract", ["stem", "stage1", "stage2"]),
+        ("freeze:2", ["stem", "stage1"]),
+        ("freeze:stage2", ["stem", "stage1", "stage2"]),
+        ("finetune", []),
+        ("discriminative:0.5", []),
+    ],
+)
+@pytest.mark.parametrize("cache", ["auto", "off"])
+def test_policy_trains_exactly_the_right_parameters(tmp_path, tiny_registry, policy, frozen, cache):
+    before = _initial(tmp_path)
+    result = _train(tmp_path, policy, cache=cache)
+    after = _state(result.run_dir)
+    for name, value in before.items():
+        group = name.split(".")[0]
+        if "num_batches_tracked" in name:
+            continue
+        if group in frozen:
+            assert torch.equal(after[name], value), f"{name} moved under {policy}"  # bit-identical, BN stats too
+        elif name.endswith("weight") and "running" not in name:
+            assert not torch.equal(after[name], value), f"{name} did not train under {policy}"
+    assert (result.summary["cache"] is not None) == (cache == "auto" and bool(frozen))
+
+
+def test_train_bn_lets_frozen_batchnorm_statistics_move(tmp_path, tiny_registry):
+    before = _initial(tmp_path)
+    after = _state(_train(tmp_path, "feature-extract", train_bn=True).run_dir)
+    assert torch.equal(after["stem.0.weight"], before["stem.0.weight"])
+    assert not torch.equal(after["stem.1.running_mean"], before["stem.1.running_mean"])
+
+
+def test_gradual_unfreezes_at_the_right_epochs(tmp_path, tiny_registry):
+    before = _initial(tmp_path)
+    result = _train(tmp_path, "gradual:1", epochs=3, augment="light")
+    after = _state(result.run_dir)
+    assert torch.equal(after["stem.0.weight"], before["stem.0.weight"])  # unfreezes at epoch 4
+    assert not torch.equal(after["stage1.0.weight"], before["stage1.0.weight"])  # from epoch 3
+    ckpt = read_checkpoint(result.run_dir / "last.pt")
+    groups = [g["group"] for g in ckpt["optimizer"]["param_groups"]]
+    assert groups == ["head", "head", "stage2", "stage2", "stage1", "stage1"]  # each: decay, then no decay
+
+
+def test_scratch_ignores_pretrained_weights(tmp_path, tiny_registry):
+    result = _train(tmp_path, "scratch", epochs=1)
+    assert result.summary["weights"] == "none"
+
+
+def test_cut_puts_a_new_head_on_an_inner_group(tmp_path, tiny_registry):
+    result = _train(tmp_path, "cut:stage1", epochs=2)
+    state = _state(result.run_dir)
+    assert state["fc.weight"].shape == (2, 16)  # stage1 has 16 channels
+    assert not any(k.startswith("stage2") for k in state)
+    from zoo.checkpoint import load_model
+
+    model, _ = load_model(result.run_dir)
+    assert model(torch.zeros(3, 3, 32, 32)).shape == (3, 2)
+    with pytest.raises(Exception, match="no such group before the head"):
+        _train(tmp_path / "x", "cut:head", epochs=1)
+
+
+def test_cut_works_on_real_architectures():
+    from zoo.models import create_model
+    from zoo.registry import get_registry
+    from zoo.split import cut_model
+
+    for name, group, channels in [
+        ("resnet18", "layer2", 128),
+        ("mobilenet_v3_small", "stage2", 24),
+        ("vit_b_16", "blocks2", 768),
+    ]:
+        spec = get_registry().get(name)
+        model = create_model(spec, num_classes=4, weights="none").eval()
+        cut, cut_spec = cut_model(model, spec, group, 3)
+        assert cut.get_submodule(spec.head).in_features == channels
+        size = max(64, spec.min_input_size)
+        assert cut(torch.zeros(2, 3, size, size)).shape == (2, 3)
+        assert cut_spec.group_names[-1] == "head"

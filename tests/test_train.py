@@ -1,0 +1,261 @@
+"""The training loop: run folder, resume, the cache's equivalence, interruption, evaluate and predict."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import install_tiny_plugin, make_images
+from zoo.checkpoint import read_checkpoint
+from zoo.cli import app
+from zoo.evaluate import evaluate, predict
+from zoo.train import TrainingInterrupted, _Trainer, finetune, resume_run
+
+runner = CliRunner()
+
+
+def _options(tmp_path, **extra):
+    options = dict(epochs=3, batch_size=8, out=str(tmp_path / "runs"), weights="none", workers=0, quiet=True)
+    options.update(extra)
+    return options
+
+
+@pytest.fixture
+def images(tmp_path):
+    return make_images(tmp_path / "data", per_class=12)
+
+
+def test_run_folder_holds_everything(tmp_path, tiny_registry, images):
+    result = finetune("tiny", images, policy="finetune", **_options(tmp_path))
+    files = {p.name for p in result.run_dir.iterdir()}
+    assert {
+        "best.pt",
+        "last.pt",
+        "config.json",
+        "metrics.csv",
+        "summary.json",
+        "curves.png",
+        "confusion_matrix.png",
+        "predictions.png",
+    } <= files
+    assert not [f for f in files if ".tmp" in f]
+    rows = list(csv.DictReader((result.run_dir / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_run"] == 3
+    assert summary["best_val_acc"] == max(float(r["val_acc"]) for r in rows)
+    ckpt = torch.load(result.run_dir / "best.pt", weights_only=True)  # plain data only
+    assert ckpt["backbone"] == "tiny" and ckpt["plugin"] == "tinyplugin"
+    assert ckpt["classes"] == ["cats", "dogs"] and tuple(ckpt["preprocess"]["input_size"]) == (32, 32)
+    assert ckpt["policy"]["name"] == "finetune" and ckpt["epoch"] == summary["best_epoch"]
+    assert json.loads((result.run_dir / "config.json").read_text())["batch_size"] == 8
+
+
+def _stop_at_epoch(monkeypatch, stop: int):
+    """Make training raise KeyboardInterrupt when epoch `stop` (0-based) starts, as Ctrl-C would."""
+    original = _Trainer._train_epoch
+
+    def train_epoch(self, epoch, plan, bar):
+        if epoch == stop:
+            raise KeyboardInterrupt
+        return original(self, epoch, plan, bar)
+
+    monkeypatch.setattr(_Trainer, "_train_epoch", train_epoch)
+    return lambda: monkeypatch.setattr(_Trainer, "_train_epoch", original)
+
+
+@pytest.mark.parametrize(
+    "policy, augment",
+    [("finetune", "light"), ("feature-extract", "none"), ("gradual:1", "none"), ("fine-tune-fastai", "light")],
+)
+def test_resume_equals_the_uninterrupted_run(tmp_path, tiny_registry, images, policy, augment, monkeypatch):
+    options = _options(tmp_path, epochs=4, policy=policy, augment=augment)
+    whole = finetune("tiny", images, name="whole", **options)
+    restore = _stop_at_epoch(monkeypatch, 2)
+    with pytest.raises(TrainingInterrupted):
+        finetune("tiny", images, name="part", **options)
+    restore()
+    resumed = resume_run(tmp_path / "runs" / "part")
+    a, b = read_checkpoint(whole.run_dir / "last.pt"), read_checkpoint(resumed.run_dir / "last.pt")
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert [h["val_loss"] for h in a["history"]] == [h["val_loss"] for h in b["history"]]
+    assert a["step"] == b["step"] and b["epoch"] == 4
+
+
+def test_cached_and_uncached_paths_agree(tmp_path, tiny_registry, images):
+    opts = _options(tmp_path, epochs=4, batch_size=64)  # one batch an epoch: the sample order cannot differ
+    cached = finetune("tiny", images, policy="freeze:2", name="cached", **opts)
+    plain = finetune("tiny", images, policy="freeze:2", name="plain", cache="off", **opts)
+    assert cached.summary["cache"]["boundary"] == "stage1" and plain.summary["cache"] is None
+    a, b = read_checkpoint(cached.run_dir / "last.pt"), read_checkpoint(plain.run_dir / "last.pt")
+    for key, value in a["model"].items():
+        assert torch.allclose(value.float(), b["model"][key].float(), atol=1e-5), key
+    assert cached.best_val_acc == plain.best_val_acc
+    mini = _options(tmp_path, epochs=6)
+    c = finetune("tiny", images, policy="feature-extract", name="c", lr=0.05, **mini)
+    p = finetune("tiny", images, policy="feature-extract", name="p", lr=0.05, cache="off", **mini)
+    assert c.best_val_acc == p.best_val_acc
+
+
+def test_cache_augmented_copies(tmp_path, tiny_registry, images):
+    result = finetune("tiny", images, policy="feature-extract", cache_augmented=3, **_options(tmp_path))
+    assert result.summary["cache"]["copies"] == 3
+    assert result.summary["augment"] == "light"
+
+
+def test_large_cache_goes_to_disk_and_is_cleaned_up(tmp_path, tiny_registry, images, monkeypatch):
+    import zoo.cache
+
+    monkeypatch.setattr(zoo.cache, "MEMORY_LIMIT", 1000)
+    opts = _options(tmp_path, batch_size=64)
+    disk = finetune("tiny", images, policy="freeze:1", name="disk", **opts)
+    memory_limit_default = finetune("tiny", images, policy="freeze:1", name="mem", cache="off", **opts)
+    assert disk.summary["cache"]["on_disk"] is True
+    assert not (disk.run_dir / "cache").exists()
+    assert disk.best_val_acc == memory_limit_default.best_val_acc
+
+
+def test_ctrl_c_saves_and_resume_completes(tmp_path, tiny_registry, images, monkeypatch):
+    restore = _stop_at_epoch(monkeypatch, 1)
+    with pytest.raises(TrainingInterrupted, match="1 complete epoch") as err:
+        finetune("tiny", images, policy="finetune", name="stop", **_options(tmp_path))
+    assert err.value.exit_code == 130
+    run = tmp_path / "runs" / "stop"
+    assert read_checkpoint(run / "last.pt")["epoch"] == 1
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    restore()
+    assert resume_run(run).epochs_run == 3
+
+
+def test_kill_9_then_resume(tmp_path, images):
+    plugin = install_tiny_plugin(tmp_path / "site")
+    env = dict(os.environ, PYTHONPATH=str(plugin))
+    cmd = [
+        sys.executable,
+        "-m",
+        "zoo",
+        "finetune",
+        "tiny",
+        str(images),
+        "--weights",
+        "none",
+        "--epochs",
+        "400",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--augment",
+        "light",
+        "--out",
+        str(tmp_path / "runs"),
+        "--name",
+        "killed",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "runs" / "killed" / "last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (last.exists() and read_checkpoint(last)["epoch"] >= 2):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    epoch = read_checkpoint(last)["epoch"]  # whatever moment it died, the file is whole
+    assert 2 <= epoch < 400
+    resume = subprocess.run(
+        [sys.executable, "-m", "zoo", "finetune", "--resume", str(last.parent), "--epochs", str(epoch + 2), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resume.returncode == 0, resume.stderr
+    assert json.loads(resume.stdout)["epochs_run"] == epoch + 2
+
+
+def test_evaluate_and_predict(tmp_path, tiny_registry, images):
+    result = finetune("tiny", images, policy="finetune", lr=0.01, **_options(tmp_path, epochs=6))
+    report = evaluate(result.run_dir, images)
+    assert report["images"] == 24 and report["classes"] == ["cats", "dogs"]
+    assert sum(map(sum, report["confusion_matrix"])) == 24
+    assert report["per_class"][0]["support"] == 12
+    image = next((images / "dogs").iterdir())
+    top = predict(result.run_dir / "best.pt", [image], top_k=2)[0]["top"]
+    assert len(top) == 2 and abs(sum(t["probability"] for t in top) - 1) < 1e-4
+    cli = runner.invoke(app, ["predict", str(result.run_dir), str(image), "--json"])
+    assert cli.exit_code == 0 and json.loads(cli.output)[0]["image"] == str(image)
+    cli = runner.invoke(app, ["evaluate", str(result.run_dir), str(images)])
+    assert cli.exit_code == 0 and "accuracy" in cli.output and "confusion matrix" in cli.output
+    bad = make_images(tmp_path / "other", classes=("cows", "dogs"))
+    cli = runner.invoke(app, ["evaluate", str(result.run_dir), str(bad)])
+    assert cli.exit_code == 1 and "cows are not among the model's classes" in cli.output
+    cli = runner.invoke(app, ["predict", str(tmp_path / "nowhere"), str(image)])
+    assert cli.exit_code == 1 and "no such run folder" in cli.output
+
+
+def test_finetune_cli_errors_are_one_line(tmp_path, tiny_registry, images):
+    cases = [
+        (["finetune", "tiny", str(tmp_path / "missing")], "no such folder"),
+        (["finetune", "tiny", str(images), "--policy", "freeze:9"], "can freeze 0 to 3"),
+        (["finetune", "tiny", str(images), "--optimizer", "lion"], "--optimizer lion"),
+        (["finetune", "tiny", str(images), "--device", "cuda:7"], "--device cuda:7"),
+        (["finetune", "tiny2", str(images)], "unknown backbone 'tiny2' (did you mean tiny?)"),
+        (["finetune", "--resume", str(tmp_path)], "no last.pt"),
+        (["finetune"], "needs BACKBONE and DATA"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code != 0, args
+        assert message in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_finetune_cli_json(tmp_path, tiny_registry, images):
+    result = runner.invoke(
+        app,
+        [
+            "finetune",
+            "tiny",
+            str(images),
+            "--weights",
+            "none",
+            "--epochs",
+            "2",
+            "--policy",
+            "freeze:1",
+            "--out",
+            str(tmp_path / "runs"),
+            "--workers",
+            "0",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["epochs_run"] == 2 and summary["policy"]["name"] == "freeze:1"
+
+
+def test_policies_cli_lists_every_source():
+    data = json.loads(runner.invoke(app, ["policies", "--json"]).output)
+    sources = {d["name"]: d["source"] for d in data}
+    assert sources["feature-extract"] == "built-in" and sources["ulmfit"] == "registry.toml"
+
+
+def test_demo_fine_tunes_real_weights_offline(tmp_path):
+    """The README's main job: efficientnet_lite0 with its shipped ImageNet weights on the built-in photos."""
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--epochs", "6"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "demo-efficientnet_lite0" / "summary.json").read_text())
+    assert summary["best_val_acc"] >= 0.85
+    assert summary["cache"]["boundary"] == "stage4"
+    assert "3/3 predict" in result.output
