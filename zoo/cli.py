@@ -312,16 +312,107 @@ def predict(
     top_k: Annotated[int, typer.Option(help="How many labels per image.")] = 3,
     as_json: JsonFlag = False,
 ):
-    """Top-k labels for images."""
-    from zoo.evaluate import predict as run_predict
+    """Top-k labels for images, from a run, a checkpoint, or an exported model.onnx (which needs no torch)."""
+    if model.endswith(".onnx"):
+        from zoo.runtime import Predictor
 
-    results = run_predict(model, images, top_k)
+        results = Predictor(model).predict(images, top_k)
+    else:
+        from zoo.evaluate import predict as run_predict
+
+        results = run_predict(model, images, top_k)
     if as_json:
         _print_json(results)
         return
     for r in results:
         tops = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])
         console.print(f"{r['image']}: {tops}", highlight=False)
+
+
+@app.command()
+def export(
+    source: Annotated[str, typer.Argument(help="Run folder, checkpoint file, or a backbone name.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the .onnx file.")],
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
+    batch: Annotated[str, typer.Option(help="'dynamic' or a fixed batch size.")] = "dynamic",
+    check_data: Annotated[str | None, typer.Option(help="Images to verify with [default: the run's val set].")] = None,
+    min_agreement: Annotated[float, typer.Option(help="Least top-1 agreement with torch, 0-1.")] = 1.0,
+    keep_on_mismatch: Annotated[bool, typer.Option(help="Keep a failing model as NAME.FAILED.onnx.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write NAME.int8.onnx (static QDQ).")] = False,
+    calib_size: Annotated[int, typer.Option(help="--int8: training images to calibrate on.")] = 64,
+    max_drop: Annotated[float, typer.Option(help="--int8: refuse if val accuracy drops more points.")] = 1.0,
+    num_classes: Annotated[int | None, typer.Option(help="Backbone export: a new head with N classes.")] = None,
+    weights: Annotated[str, typer.Option(help="Backbone export: weights tag, 'none' or a file.")] = "default",
+    as_json: JsonFlag = False,
+):
+    """Export to ONNX and prove it: onnxruntime against torch on real images; a mismatch is an error."""
+    from zoo.export import export as run_export
+
+    report = run_export(
+        source,
+        output,
+        num_classes=num_classes,
+        weights=weights,
+        opset=opset,
+        batch=batch,
+        check_data=check_data,
+        min_agreement=min_agreement,
+        keep_on_mismatch=keep_on_mismatch,
+        int8=int8,
+        calib_size=calib_size,
+        max_drop=max_drop,
+    )
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    table = Table(
+        title=f"{report.path} ({report.exporter} exporter, opset {report.opset}): onnxruntime vs torch "
+        f"on {report.images}",
+        title_justify="left",
+    )
+    for column in ("batch", "shape", "max abs diff", "tolerance", "top-1 agreement", "result"):
+        table.add_column(column, justify="right")
+    for c in report.checks:
+        table.add_row(
+            str(c.batch),
+            "x".join(map(str, c.onnx_shape)),
+            f"{c.max_abs_diff:.2e}",
+            f"{c.atol:.1e}",
+            f"{c.top1_agreement:.1%}",
+            "ok" if not c.failures else "; ".join(c.failures),
+        )
+    console.print(table)
+    for note in report.notes:
+        err_console.print(f"note: {note}")
+    if report.int8:
+        q = report.int8
+        console.print(
+            f"int8: {q['path']}: val acc {q['fp32_val_acc']:.4f} -> {q['int8_val_acc']:.4f} "
+            f"({-q['drop_points']:+.2f} points), {q['speedup']:.2f}x the fp32 speed"
+        )
+    console.print(f"[bold]verified[/]: {report.path}")
+
+
+@app.command()
+def verify(
+    model: Annotated[str, typer.Argument(help="An exported .onnx file.")],
+    source: Annotated[str, typer.Argument(help="The run folder or checkpoint it was exported from.")],
+    check_data: Annotated[str | None, typer.Option(help="Images to verify with [default: the run's val set].")] = None,
+    min_agreement: Annotated[float, typer.Option(help="Least top-1 agreement with torch, 0-1.")] = 1.0,
+    as_json: JsonFlag = False,
+):
+    """Check an ONNX file against its torch checkpoint again: a tampered or stale file fails."""
+    from zoo.export import mismatch_error
+    from zoo.export import verify as run_verify
+
+    report = run_verify(model, source, check_data, min_agreement=min_agreement)
+    if as_json:
+        _print_json(report.to_dict())
+    if not report.passed:
+        raise mismatch_error(report)
+    if not as_json:
+        worst = max(c.max_abs_diff for c in report.checks)
+        console.print(f"[bold]verified[/]: {model} matches {source} on {report.images} (max abs diff {worst:.2e})")
 
 
 @app.command()

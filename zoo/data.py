@@ -156,7 +156,7 @@ def scan(
                     continue
                 good.append(path)
                 if decoded is not None and kept_bytes < CACHE_LIMIT_BYTES:
-                    decoded[path] = small = _shrink(img, min_short_side)
+                    decoded[path] = small = shrink(img, min_short_side)
                     kept_bytes += small.width * small.height * 3
             out[class_dir.name] = good
             ignored = [
@@ -221,7 +221,7 @@ def stratified_split(files: dict[int, list[Path]], val_fraction: float, seed: in
     return train, val
 
 
-def _shrink(img: Image.Image, min_short_side: int) -> Image.Image:
+def shrink(img: Image.Image, min_short_side: int) -> Image.Image:
     """Downscale so the short side is `min_short_side` (never upscale): what every transform needs."""
     w, h = img.size
     scale = min_short_side / min(w, h)
@@ -235,31 +235,73 @@ def decode_size(pre: Preprocess) -> int:
     return max(pre.resize_size, round(max(pre.input_size) * 1.15))
 
 
+_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+
+def eval_array(img: Image.Image, input_size, resize_size: int, mean, std, interpolation: str = "bilinear"):
+    """The evaluation preprocessing, in numpy: resize the short side, centre-crop, scale, normalise.
+
+    One implementation for training's validation, `zoo evaluate`, `zoo predict` and the
+    torch-free runtime, so every path sees exactly the same pixels. Returns (3, H, W) float32.
+    """
+    w, h = img.size
+    scale = resize_size / min(w, h)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if size != img.size:
+        img = img.resize(size, _FILTERS.get(interpolation, Image.Resampling.BILINEAR))
+    ch, cw = input_size
+    left, top = round((size[0] - cw) / 2.0), round((size[1] - ch) / 2.0)
+    img = img.crop((left, top, left + cw, top + ch))
+    arr = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+    arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def load_for_eval(path: Path | str, input_size, resize_size: int, mean, std, interpolation: str, short_side: int):
+    """A file as the model's evaluation input, decoded exactly as during training."""
+    img = shrink(open_rgb(path, short_side), short_side)
+    return eval_array(img, input_size, resize_size, mean, std, interpolation)
+
+
+class EvalTransform:
+    """`eval_array` as a transform that returns a torch tensor."""
+
+    def __init__(self, pre: Preprocess):
+        self.pre = pre
+
+    def __call__(self, img: Image.Image):
+        import torch
+
+        p = self.pre
+        return torch.from_numpy(eval_array(img, p.input_size, p.resize_size, p.mean, p.std, p.interpolation))
+
+
 def build_transform(pre: Preprocess, augment: str = "none"):
-    """torchvision v2 transforms from a backbone's preprocessing: eval (`none`) or train augmentation."""
+    """The evaluation transform (`none`), or torchvision v2 train augmentation, from a backbone's preprocessing."""
+    if augment not in AUGMENTS:
+        raise DataError(f"--augment {augment}: choose one of {', '.join(AUGMENTS)}")
+    if augment == "none":
+        return EvalTransform(pre)
     import torch
     from torchvision.transforms import InterpolationMode, v2
 
-    if augment not in AUGMENTS:
-        raise DataError(f"--augment {augment}: choose one of {', '.join(AUGMENTS)}")
     interpolation = InterpolationMode(pre.interpolation)
-    head = [v2.PILToTensor()]
-    tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
-    if augment == "none":
-        body = [
-            v2.Resize(pre.resize_size, interpolation=interpolation, antialias=True),
-            v2.CenterCrop(list(pre.input_size)),
-        ]
-    else:
-        scale = (0.35, 1.0) if augment == "light" else (0.08, 1.0)
-        body = [
-            v2.RandomResizedCrop(list(pre.input_size), scale=scale, interpolation=interpolation, antialias=True),
-            v2.RandomHorizontalFlip(),
-        ]
-        if augment == "strong":
-            body.append(v2.TrivialAugmentWide(interpolation=interpolation))
-            tail.append(v2.RandomErasing(p=0.25))
-    return v2.Compose(head + body + tail)
+    scale = (0.35, 1.0) if augment == "light" else (0.08, 1.0)
+    steps = [
+        v2.PILToTensor(),
+        v2.RandomResizedCrop(list(pre.input_size), scale=scale, interpolation=interpolation, antialias=True),
+        v2.RandomHorizontalFlip(),
+    ]
+    if augment == "strong":
+        steps.append(v2.TrivialAugmentWide(interpolation=interpolation))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
+    if augment == "strong":
+        steps.append(v2.RandomErasing(p=0.25))
+    return v2.Compose(steps)
 
 
 class ImageDataset:
@@ -284,5 +326,5 @@ class ImageDataset:
         sample = self.samples[index]
         img = self.decoded.get(sample.path)
         if img is None:
-            img = _shrink(open_rgb(sample.path, self.min_short_side), self.min_short_side)
+            img = shrink(open_rgb(sample.path, self.min_short_side), self.min_short_side)
         return self.transform(img), sample.label

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from zoo.checkpoint import load_model, preprocess_of
-from zoo.data import DataError, Sample, build_transform, class_dirs, image_files, open_rgb
+from zoo.data import DataError, Sample, build_transform, class_dirs, decode_size, image_files, open_rgb, shrink
 from zoo.errors import ZooError
 from zoo.plots import confusion
 
@@ -43,7 +43,8 @@ def evaluate(run: str | Path, data: str | Path, batch_size: int = 32) -> dict[st
     model, ckpt = load_model(run)
     classes = list(ckpt["classes"])
     samples = _eval_samples(Path(data), classes)
-    transform = build_transform(preprocess_of(ckpt), "none")
+    pre = preprocess_of(ckpt)
+    transform, short_side = build_transform(pre, "none"), decode_size(pre)
     preds: list[int] = []
     labels: list[int] = []
     skipped: list[str] = []
@@ -60,7 +61,7 @@ def evaluate(run: str | Path, data: str | Path, batch_size: int = 32) -> dict[st
 
     for sample in samples:
         try:
-            img = open_rgb(sample.path, 256)
+            img = shrink(open_rgb(sample.path, short_side), short_side)
         except Exception as exc:
             skipped.append(f"{sample.path} ({type(exc).__name__})")
             continue
@@ -99,14 +100,15 @@ def predict(run: str | Path, images: list[str | Path], top_k: int = 5) -> list[d
         raise ZooError(f"--top-k {top_k}: must be >= 1")
     model, ckpt = load_model(run)
     classes = list(ckpt["classes"])
-    transform = build_transform(preprocess_of(ckpt), "none")
+    pre = preprocess_of(ckpt)
+    transform, short_side = build_transform(pre, "none"), decode_size(pre)
     results = []
     for path in images:
         path = Path(path)
         if not path.is_file():
             raise ZooError(f"{path}: no such image file")
         try:
-            img = open_rgb(path, 256)
+            img = shrink(open_rgb(path, short_side), short_side)
         except Exception as exc:
             raise ZooError(f"{path}: cannot read it as an image ({type(exc).__name__}: {exc})") from None
         with torch.no_grad():

@@ -1,0 +1,206 @@
+"""Export: ONNX that proves itself, its metadata, INT8, tamper detection, and the torch-free runtime."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import make_images
+from zoo.cli import app
+from zoo.export import ExportError, export, export_model, verify
+from zoo.models import create_model
+from zoo.registry import get_registry
+from zoo.runtime import Predictor, read_metadata
+from zoo.train import finetune
+
+runner = CliRunner()
+
+TUTORIAL = [
+    "alexnet",
+    "vgg11",
+    "resnet18",
+    "squeezenet1_1",
+    "densenet121",
+    "inception_v3",
+    "googlenet",
+    "shufflenet_v2_x1_0",
+]
+
+
+@pytest.mark.parametrize("name", TUTORIAL)
+def test_tutorial_families_export_and_verify(tmp_path, name):
+    spec = get_registry().get(name)
+    size = max(64, spec.min_input_size)
+    pre = dataclasses.replace(spec.preprocess, input_size=(size, size), crop_pct=1.0)
+    torch.manual_seed(0)
+    model = create_model(spec, num_classes=3, weights="none")
+    report = export_model(model, spec, pre, ["a", "b", "c"], tmp_path / f"{name}.onnx", check_batch=4)
+    assert report.passed, report.checks
+    assert [c.batch for c in report.checks] == [1, 4]
+    assert all(c.top1_agreement == 1.0 for c in report.checks)
+    proto = onnx.load(str(tmp_path / f"{name}.onnx"))
+    onnx.checker.check_model(proto)
+    if spec.aux_heads:  # auxiliary heads are not part of the exported graph
+        assert len(proto.graph.output) == 1
+    assert json.loads((tmp_path / f"{name}.json").read_text())["passed"] is True
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A fine-tuned tiny backbone, through an installed-like in-test plugin."""
+    import zoo.registry
+    from conftest import plugin_module, tiny_spec
+
+    saved = zoo.registry._REGISTRY
+    zoo.registry._REGISTRY = zoo.registry.build_registry([("tinyplugin", plugin_module("tinyplugin", tiny_spec()))])
+    root = tmp_path_factory.mktemp("export")
+    data = make_images(root / "data", per_class=16, layout="train/val")
+    result = finetune(
+        "tiny",
+        data,
+        policy="finetune",
+        epochs=3,
+        weights="none",
+        workers=0,
+        lr=0.01,
+        out=str(root / "runs"),
+        quiet=True,
+    )
+    yield result, data, root
+    zoo.registry._REGISTRY = saved
+
+
+def test_export_run_writes_verified_model_metadata_and_report(run, tmp_path):
+    result, _, _ = run
+    report = export(result.run_dir, tmp_path / "model.onnx")
+    assert report.passed and "from the run's data" in report.images
+    meta = read_metadata({p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props})
+    assert meta.labels == ["cats", "dogs"] and meta.input_size == (32, 32)
+    assert meta.mean == (0.485, 0.456, 0.406) and meta.interpolation == "bilinear"
+    assert meta.metadata["zoo.backbone"] == "tiny" and meta.metadata["zoo.policy"] == "finetune"
+    assert float(meta.metadata["zoo.val_acc"]) == result.best_val_acc
+    assert json.loads(meta.metadata["zoo.check"])["passed"] is True
+    # a dynamic batch axis: batch 5 runs too
+    assert Predictor(tmp_path / "model.onnx").logits(np.zeros((5, 3, 32, 32), np.float32)).shape == (5, 2)
+
+
+def test_runtime_predictions_equal_torch(run, tmp_path):
+    from zoo.evaluate import predict
+
+    result, data, _ = run
+    export(result.run_dir, tmp_path / "model.onnx")
+    images = sorted((data / "val").rglob("*.png"))
+    onnx_top = Predictor(tmp_path / "model.onnx").predict(images, top_k=2)
+    torch_top = predict(result.run_dir, images, top_k=2)
+    for a, b in zip(onnx_top, torch_top, strict=True):
+        assert [t["label"] for t in a["top"]] == [t["label"] for t in b["top"]]
+        for x, y in zip(a["top"], b["top"], strict=True):
+            assert abs(x["probability"] - y["probability"]) < 1e-4
+
+
+class _Sneaky(torch.nn.Module):
+    """Computes something else when it is being exported: the check must catch it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        out = self.model(x)
+        if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+            return out.flip(1) * 3
+        return out
+
+
+def test_a_graph_that_computes_something_else_is_caught(tmp_path):
+    spec = get_registry().get("resnet18")
+    pre = dataclasses.replace(spec.preprocess, input_size=(64, 64), crop_pct=1.0)
+    model = _Sneaky(create_model(spec, num_classes=3, weights="none"))
+    report = export_model(model, spec, pre, ["a", "b", "c"], tmp_path / "bad.onnx", check_batch=4)
+    assert not report.passed
+    assert not (tmp_path / "bad.onnx").exists()
+    assert any("max abs diff" in f for c in report.checks for f in c.failures)
+    assert json.loads((tmp_path / "bad.FAILED.json").read_text())["passed"] is False
+    kept = export_model(model, spec, pre, ["a", "b", "c"], tmp_path / "bad.onnx", check_batch=4, keep_on_mismatch=True)
+    assert kept.path.endswith("bad.FAILED.onnx") and (tmp_path / "bad.FAILED.onnx").exists()
+
+
+def test_a_wrong_tolerance_is_caught(tmp_path):
+    spec = get_registry().get("resnet18")
+    pre = dataclasses.replace(spec.preprocess, input_size=(64, 64), crop_pct=1.0)
+    model = create_model(spec, num_classes=3, weights="none")
+    report = export_model(model, spec, pre, ["a", "b", "c"], tmp_path / "m.onnx", atol=0.0)
+    assert not report.passed and not (tmp_path / "m.onnx").exists()
+
+
+def test_tampered_file_is_caught_by_verify(run, tmp_path):
+    result, _, _ = run
+    export(result.run_dir, tmp_path / "model.onnx")
+    assert verify(tmp_path / "model.onnx", result.run_dir).passed
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    init = next(i for i in proto.graph.initializer if len(onnx.numpy_helper.to_array(i).shape) == 2)
+    weights = onnx.numpy_helper.to_array(init).copy()
+    weights[0] += 0.5  # a small, silent edit of the classifier
+    init.CopyFrom(onnx.numpy_helper.from_array(weights, init.name))
+    onnx.save(proto, str(tmp_path / "model.onnx"))
+    assert not verify(tmp_path / "model.onnx", result.run_dir).passed
+    cli = runner.invoke(app, ["verify", str(tmp_path / "model.onnx"), str(result.run_dir)])
+    assert cli.exit_code == 1 and "does not come from this checkpoint, or was changed" in cli.output
+
+
+def test_export_cli_exit_codes(run, tmp_path):
+    result, _, _ = run
+    ok = runner.invoke(app, ["export", str(result.run_dir), "-o", str(tmp_path / "m.onnx")])
+    assert ok.exit_code == 0, ok.output
+    assert "verified" in ok.output
+    bad = runner.invoke(app, ["export", str(result.run_dir), "-o", str(tmp_path / "m.pt")])
+    assert bad.exit_code == 1 and "must end in .onnx" in bad.output
+    unknown = runner.invoke(app, ["export", "resnet19", "-o", str(tmp_path / "x.onnx")])
+    assert unknown.exit_code == 2 and "did you mean resnet18" in unknown.output
+    no_int8 = runner.invoke(app, ["export", "resnet18", "--weights", "none", "--int8", "-o", str(tmp_path / "x.onnx")])
+    assert no_int8.exit_code == 1 and "--int8 needs a fine-tuned run" in no_int8.output
+
+
+def test_int8_reports_accuracy_and_refuses_a_big_drop(run, tmp_path):
+    result, _, _ = run
+    report = export(result.run_dir, tmp_path / "m.onnx", int8=True, max_drop=100.0, calib_size=16)
+    q = report.int8
+    assert (tmp_path / "m.int8.onnx").exists()
+    assert {"fp32_val_acc", "int8_val_acc", "speedup", "drop_points"} <= set(q)
+    assert read_metadata({p.key: p.value for p in onnx.load(str(tmp_path / "m.int8.onnx")).metadata_props}).labels
+    with pytest.raises(ExportError, match="more than --max-drop"):
+        export(result.run_dir, tmp_path / "n.onnx", int8=True, max_drop=-1.0, calib_size=16)
+    assert not (tmp_path / "n.int8.onnx").exists()
+
+
+def test_predict_onnx_works_without_torch(run, tmp_path):
+    result, data, _ = run
+    export(result.run_dir, tmp_path / "model.onnx")
+    image = next((data / "val" / "dogs").iterdir())
+    code = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'torchvision'):\n"
+        "            raise ImportError('torch is blocked in this test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from zoo.cli import main\n"
+        "sys.argv = ['zoo', 'predict', sys.argv[1], sys.argv[2], '--json']\n"
+        "main()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "model.onnx"), str(image)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)[0]["top"][0]["label"] in ("cats", "dogs")
