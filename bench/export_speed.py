@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from report import publish
 
 import zoo
 from zoo.data import decode_size, load_for_eval, scan
@@ -30,8 +31,6 @@ from zoo.quantize import quantize_int8
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hymenoptera"
-DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- export-speed:begin -->", "<!-- export-speed:end -->"
 
 
 def timed(fn, batch: int, seconds: float = 3.0) -> float:
@@ -115,15 +114,7 @@ def main(argv: list[str]) -> int:
         "speed": rows,
         "int8": accuracy,
     }
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    (ROOT / "bench" / "results" / "export_speed.json").write_text(json.dumps(record, indent=2) + "\n")
-    table = render(record)
-    print(table)
-    if not args.no_doc:
-        text = DOC.read_text(encoding="utf-8")
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        DOC.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}", encoding="utf-8")
+    publish("export_speed", record, render(record), update_doc=not args.no_doc)
     return 0
 
 

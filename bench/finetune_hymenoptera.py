@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from report import publish
 from torch import nn
 from torchvision import datasets, transforms
 
@@ -35,8 +36,6 @@ from zoo.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hymenoptera"
-DOC = ROOT / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- finetune-hymenoptera:begin -->", "<!-- finetune-hymenoptera:end -->"
 
 
 def tutorial_loop(data: Path, feature_extract: bool, epochs: int) -> dict:
@@ -149,25 +148,14 @@ def main(argv: list[str]) -> int:
             print(f"running {key} ...", file=sys.stderr, flush=True)
             results[key] = {"label": label, **fn(Path(tmp) / key)}
             print(json.dumps({key: results[key]}, default=str), file=sys.stderr, flush=True)
-    (ROOT / "bench" / "results").mkdir(exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d")
     record = {
-        "date": stamp,
+        "date": time.strftime("%Y-%m-%d"),
         "epochs": args.epochs,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "results": results,
     }
-    (ROOT / "bench" / "results" / "finetune_hymenoptera.json").write_text(
-        json.dumps(record, indent=2, default=str) + "\n"
-    )
-    table = render(record)
-    print(table)
-    if not args.no_doc:
-        text = DOC.read_text(encoding="utf-8")
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        DOC.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}", encoding="utf-8")
+    publish("finetune_hymenoptera", record, render(record), update_doc=not args.no_doc)
     return 0
 
 

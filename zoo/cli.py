@@ -191,7 +191,7 @@ def finetune(
         ),
     ] = "finetune",
     weights: Annotated[str, typer.Option(help="Weights tag, 'none' for random init, or a local file.")] = "default",
-    epochs: Annotated[int, typer.Option(help="Epochs to train.")] = 10,
+    epochs: Annotated[int | None, typer.Option(help="Epochs to train [default: 10; with --resume: the run's].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per step [default: 16 on CPU, 64 on GPU].")] = None,
     lr: Annotated[
         float | None, typer.Option(help="Base learning rate [default: 1e-3 head only, else 3e-4; SGD 1e-2].")
@@ -232,7 +232,7 @@ def finetune(
     from zoo.train import resume_run
 
     if resume:
-        result = resume_run(resume, epochs=epochs if epochs != 10 else None, quiet=quiet or as_json)
+        result = resume_run(resume, epochs=epochs, quiet=quiet or as_json)
     else:
         if backbone is None or data is None:
             raise ZooError("zoo finetune needs BACKBONE and DATA (or --resume RUN_DIR)")
@@ -241,7 +241,7 @@ def finetune(
             data,
             policy=policy,
             weights=weights,
-            epochs=epochs,
+            epochs=epochs or 10,
             batch_size=batch_size,
             lr=lr,
             optimizer=optimizer,

@@ -8,7 +8,17 @@ from typing import Any
 import torch
 
 from zoo.checkpoint import load_model, preprocess_of
-from zoo.data import DataError, Sample, build_transform, class_dirs, decode_size, image_files, open_rgb, shrink
+from zoo.data import (
+    DataError,
+    Sample,
+    build_transform,
+    class_dirs,
+    decode_size,
+    image_files,
+    load_for_eval,
+    open_rgb,
+    shrink,
+)
 from zoo.errors import ZooError
 from zoo.plots import confusion
 
@@ -95,32 +105,21 @@ def evaluate(run: str | Path, data: str | Path, batch_size: int = 32) -> dict[st
 
 
 def predict(run: str | Path, images: list[str | Path], top_k: int = 5) -> list[dict[str, Any]]:
-    """Top-k labels and probabilities for each image."""
+    """Top-k labels and probabilities for each image, with the same preprocessing as `zoo.runtime`."""
+    import numpy as np
+
+    from zoo.runtime import read_images, softmax, top_k_results
+
     if top_k < 1:
         raise ZooError(f"--top-k {top_k}: must be >= 1")
     model, ckpt = load_model(run)
-    classes = list(ckpt["classes"])
     pre = preprocess_of(ckpt)
-    transform, short_side = build_transform(pre, "none"), decode_size(pre)
-    results = []
-    for path in images:
-        path = Path(path)
-        if not path.is_file():
-            raise ZooError(f"{path}: no such image file")
-        try:
-            img = shrink(open_rgb(path, short_side), short_side)
-        except Exception as exc:
-            raise ZooError(f"{path}: cannot read it as an image ({type(exc).__name__}: {exc})") from None
-        with torch.no_grad():
-            probs = _logits(model, transform(img)[None]).softmax(1)[0]
-        values, indices = probs.topk(min(top_k, len(classes)))
-        results.append(
-            {
-                "image": str(path),
-                "top": [
-                    {"label": classes[i], "probability": round(v, 6)}
-                    for v, i in zip(values.tolist(), indices.tolist(), strict=True)
-                ],
-            }
-        )
-    return results
+    arrays = read_images(
+        images,
+        lambda path: load_for_eval(
+            path, pre.input_size, pre.resize_size, pre.mean, pre.std, pre.interpolation, decode_size(pre)
+        ),
+    )
+    with torch.no_grad():
+        logits = _logits(model, torch.from_numpy(np.stack(arrays))).float().numpy()
+    return top_k_results(images, softmax(logits), list(ckpt["classes"]), top_k)

@@ -102,27 +102,33 @@ class Predictor:
     def predict(self, images: list[str | Path], top_k: int = 5, batch_size: int = 16) -> list[dict[str, Any]]:
         if top_k < 1:
             raise ZooError(f"--top-k {top_k}: must be >= 1")
-        arrays = []
-        for path in images:
-            path = Path(path)
-            if not path.is_file():
-                raise ZooError(f"{path}: no such image file")
-            try:
-                arrays.append(self.load(path))
-            except ZooError:
-                raise
-            except Exception as exc:
-                raise ZooError(f"{path}: cannot read it as an image ({type(exc).__name__}: {exc})") from None
-        results = []
-        k = min(top_k, len(self.info.labels))
-        for start in range(0, len(arrays), batch_size):
-            probs = softmax(self.logits(np.stack(arrays[start : start + batch_size])))
-            for row, path in zip(probs, images[start : start + batch_size], strict=True):
-                order = np.argsort(-row)[:k]
-                results.append(
-                    {
-                        "image": str(path),
-                        "top": [{"label": self.info.labels[i], "probability": round(float(row[i]), 6)} for i in order],
-                    }
-                )
-        return results
+        arrays = read_images(images, self.load)
+        probs = [softmax(self.logits(np.stack(arrays[i : i + batch_size]))) for i in range(0, len(arrays), batch_size)]
+        return top_k_results(images, np.concatenate(probs), self.info.labels, top_k)
+
+
+def read_images(images: list[str | Path], load) -> list[np.ndarray]:
+    """`load(path)` for each image file; a missing or unreadable file is a one-line ZooError."""
+    arrays = []
+    for path in map(Path, images):
+        if not path.is_file():
+            raise ZooError(f"{path}: no such image file")
+        try:
+            arrays.append(load(path))
+        except ZooError:
+            raise
+        except Exception as exc:
+            raise ZooError(f"{path}: cannot read it as an image ({type(exc).__name__}: {exc})") from None
+    return arrays
+
+
+def top_k_results(images: list[str | Path], probs: np.ndarray, labels: list[str], k: int) -> list[dict[str, Any]]:
+    """[{"image": ..., "top": [{"label": ..., "probability": ...}, ...]}, ...], most probable first."""
+    k = min(k, len(labels))
+    results = []
+    for path, row in zip(images, probs, strict=True):
+        order = np.argsort(-row, kind="stable")[:k]
+        results.append(
+            {"image": str(path), "top": [{"label": labels[i], "probability": round(float(row[i]), 6)} for i in order]}
+        )
+    return results
