@@ -16,9 +16,10 @@ log = logging.getLogger(__name__)
 
 
 def quantize_int8(fp32: Path, int8: Path, calibration: np.ndarray, batch: int = 8) -> None:
-    """Write a static QDQ INT8 model (per-channel int8 weights, uint8 activations) calibrated on `calibration`."""
+    """Write a static QDQ INT8 model (per-channel int8 weights, uint8 activations), percentile-calibrated on `calibration`."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
+        CalibrationMethod,
         QuantFormat,
         QuantType,
         quant_pre_process,
@@ -48,6 +49,9 @@ def quantize_int8(fp32: Path, int8: Path, calibration: np.ndarray, batch: int = 
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            # percentile ranges ignore rare outlier activations: measured here, lite0 on ants/bees
+            # loses 0.65 points with them and 1.31 with plain min/max
+            calibrate_method=CalibrationMethod.Percentile,
         )
 
 
