@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def quantize_int8(fp32: Path, int8: Path, calibration: np.ndarray, batch: int = 8) -> None:
-    """Write a static QDQ INT8 model (per-channel int8 weights, uint8 activations), percentile-calibrated on `calibration`."""
+    """Write a static QDQ INT8 model: per-channel int8 weights, uint8 activations, percentile calibration."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
