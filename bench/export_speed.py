@@ -137,7 +137,8 @@ def render(record: dict) -> str:
     q = record["int8"]
     lines += [
         "",
-        f"INT8 (static QDQ, per-channel, {q['calibration_images']} calibration images) on the ants/bees "
+        f"INT8 (static QDQ, per-channel, percentile calibration on {q['calibration_images']} train images) "
+        "on the ants/bees "
         f"val set ({q['val_images']} images), efficientnet_lite0 fine-tuned with feature-extract: val accuracy "
         f"{q['fp32_val_acc']:.4f} (fp32) -> {q['int8_val_acc']:.4f} (int8), {-q['drop_points']:+.2f} points; "
         f"int8 runs at {q['speedup']:.2f}x the fp32 speed (batch 32).",
