@@ -9,6 +9,18 @@ import pytest
 import zoo.registry
 from zoo import Backbone, Group, Preprocess, hookimpl
 
+# one model of each family the transfer-learning tutorials use
+TUTORIAL_MODELS = (
+    "alexnet",
+    "vgg11",
+    "resnet18",
+    "squeezenet1_1",
+    "densenet121",
+    "inception_v3",
+    "googlenet",
+    "shufflenet_v2_x1_0",
+)
+
 
 def build_tiny(spec, weights=None, num_classes=10, **kwargs):
     """A 3-stage CNN small enough to train in a test; `weights` is loaded from its file like any plugin would."""

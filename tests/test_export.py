@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_images
+from conftest import TUTORIAL_MODELS, make_images
 from zoo.cli import app
 from zoo.export import ExportError, export, export_model, verify
 from zoo.models import create_model
@@ -23,19 +23,8 @@ from zoo.train import finetune
 
 runner = CliRunner()
 
-TUTORIAL = [
-    "alexnet",
-    "vgg11",
-    "resnet18",
-    "squeezenet1_1",
-    "densenet121",
-    "inception_v3",
-    "googlenet",
-    "shufflenet_v2_x1_0",
-]
 
-
-@pytest.mark.parametrize("name", TUTORIAL)
+@pytest.mark.parametrize("name", TUTORIAL_MODELS)
 def test_tutorial_families_export_and_verify(tmp_path, name):
     spec = get_registry().get(name)
     size = max(64, spec.min_input_size)

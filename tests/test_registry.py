@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import plugin_module, tiny_spec
+from conftest import TUTORIAL_MODELS, plugin_module, tiny_spec
 from zoo import registry as reg
 from zoo.errors import RegistryError, UnknownBackbone
 
@@ -19,14 +19,7 @@ def test_every_torchvision_classifier_and_lite0_are_listed():
     assert len(names) == 80
     assert names | {"efficientnet_lite0"} == listed
     for family in (
-        "alexnet",
-        "vgg11",
-        "resnet18",
-        "squeezenet1_1",
-        "densenet121",
-        "inception_v3",
-        "googlenet",
-        "shufflenet_v2_x1_0",
+        *TUTORIAL_MODELS,
         "mobilenet_v3_large",
         "efficientnet_v2_s",
         "regnet_y_400mf",
