@@ -17,9 +17,8 @@ def publish(name: str, record: dict, table: str, update_doc: bool = True) -> Non
     print(table)
     if update_doc:
         begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-        text = DOC.read_text(encoding="utf-8")
-        head, found, rest = text.partition(begin)
-        if not found:
-            raise SystemExit(f"{DOC}: no '{begin}' marker")
+        doc = next(p for p in (DOC, ROOT / "docs" / "advise.md") if begin in p.read_text(encoding="utf-8"))
+        text = doc.read_text(encoding="utf-8")
+        head, _, rest = text.partition(begin)
         _, _, tail = rest.partition(end)
-        DOC.write_text(f"{head}{begin}\n{table}\n{end}{tail}", encoding="utf-8")
+        doc.write_text(f"{head}{begin}\n{table}\n{end}{tail}", encoding="utf-8")

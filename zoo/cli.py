@@ -433,6 +433,37 @@ def policies(as_json: JsonFlag = False):
 
 
 @app.command()
+def advise(
+    backbone: Annotated[str, typer.Argument(help="Backbone name or alias, with pretrained weights.")],
+    data: Annotated[str, typer.Argument(help="Image folder: DATA/<class>/*.jpg or DATA/train + DATA/val.")],
+    weights: Annotated[str, typer.Option(help="Pretrained weights tag or file.")] = "default",
+    large_per_class: Annotated[int, typer.Option(help="Images in every class from which data counts as large.")] = 500,
+    as_json: JsonFlag = False,
+):
+    """Measure the data's size and its similarity to the pretraining data; recommend a freeze policy."""
+    from zoo.advise import advise as run_advise
+
+    advice = run_advise(backbone, data, weights=weights, large_per_class=large_per_class)
+    if as_json:
+        _print_json(advice.to_dict())
+        return
+    console.print(
+        f"[bold]{advice.quadrant}[/] → recommended: [bold]zoo finetune {advice.backbone} {data} "
+        f"--policy {advice.policy}[/]"
+    )
+    table = Table(title="linear probe on the pretrained features, by depth", title_justify="left")
+    table.add_column("group")
+    table.add_column("accuracy", justify="right")
+    for name, acc in advice.probes.items():
+        table.add_row(name + (" (best)" if name == advice.best_group else ""), f"{acc:.3f}")
+    if advice.probes:
+        console.print(table)
+    for line in advice.evidence:
+        console.print(f"- {line}")
+    console.print(f"({advice.seconds:.1f} s)")
+
+
+@app.command()
 def demo(
     out: Annotated[str, typer.Option(help="Folder for the demo's run.")] = "runs",
     epochs: Annotated[int, typer.Option(help="Epochs to train.")] = 10,

@@ -103,6 +103,7 @@ BUILTIN_HELP = {
     "discriminative:F": "train every group, LR x F per group going down from the head",
     "gradual:N": "train the head, then unfreeze one more group from the top every N epochs",
     "cut:GROUP": "drop the groups after GROUP, train a new head on its pooled output",
+    "auto": "measure the data's size and similarity to the pretraining data (zoo advise), then pick one",
 }
 
 
@@ -164,6 +165,8 @@ def resolve_policy(text: str, registry=None) -> Policy:
     from zoo.registry import get_registry
 
     text = text.strip()
+    if text == "auto":
+        raise PolicyError("policy 'auto' is chosen from the data: use `zoo finetune --policy auto` or `zoo advise`")
     if policy := builtin_policy(text):
         return policy
     registry = registry or get_registry()

@@ -36,7 +36,7 @@ from zoo.checkpoint import FORMAT, CheckpointError, preprocess_dict, read_checkp
 from zoo.data import AUGMENTS, DataSplit, ImageDataset, Sample, build_transform, decode_size, scan
 from zoo.errors import ZooError
 from zoo.models import create_model, group_of_params, resolve_weights
-from zoo.policies import GroupPlan, Policy, apply_plan, resolve_policy
+from zoo.policies import GroupPlan, apply_plan, resolve_policy
 from zoo.registry import get_registry
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,16 @@ class _Trainer:
             cfg.batch_size = 16 if self.device.type == "cpu" else 64
         registry = get_registry()
         self.spec: Backbone = registry.get(cfg.backbone)
-        self.policy: Policy = resolve_policy(cfg.policy)
+        self.advice = None
+        if cfg.policy == "auto":
+            from zoo.advise import advise
+
+            self.advice = advise(cfg.backbone, cfg.data, cfg.weights, cfg.val_fraction, cfg.seed)
+            for line in self.advice.evidence:
+                log.info("auto: %s", line)
+            self.policy = resolve_policy(self.advice.policy)
+        else:
+            self.policy = resolve_policy(cfg.policy)
         pre = self.spec.preprocess
         weights = "none" if not self.policy.pretrained else cfg.weights
         self.weights_choice = resolve_weights(self.spec, weights)
@@ -613,6 +622,7 @@ class _Trainer:
             "backbone": self.spec.name,
             "plugin": self.spec.source,
             "policy": self.policy.to_dict(),
+            "auto": self.advice.to_dict() if self.advice else None,
             "weights": self.weights_choice.label,
             "classes": self.classes,
             "train_images": len(self.split.train),
@@ -738,6 +748,7 @@ def resume_run(run_dir: str | Path, **overrides) -> FinetuneResult:
     if ckpt is None:
         raise CheckpointError(f"--resume {run_dir}: no last.pt; the run did not finish an epoch")
     saved = dict(ckpt["config"])
+    saved["policy"] = ckpt["policy"]["name"]  # `auto` resumes with the policy it chose
     saved.update({k: v for k, v in overrides.items() if v is not None})
     cfg = TrainConfig(**saved)
     if ckpt["epoch"] >= cfg.epochs:
