@@ -169,3 +169,26 @@ def test_cut_works_on_real_architectures():
         size = max(64, spec.min_input_size)
         assert cut(torch.zeros(2, 3, size, size)).shape == (2, 3)
         assert cut_spec.group_names[-1] == "head"
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18", "inception_v3"])
+def test_every_boundary_splits_into_per_image_tensors(name):
+    """What crosses a boundary must be cacheable: tensors with the batch first, whatever batch comes later.
+
+    efficientnet_lite0's forward takes `inputs.size(0)` at the top and uses it at the end.
+    """
+    from zoo.models import create_model
+    from zoo.registry import get_registry
+    from zoo.split import split_at
+
+    spec = get_registry().get(name)
+    model = create_model(spec, num_classes=3, weights="none").eval()
+    size = max(64, spec.min_input_size)
+    x = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        ref = model(x)
+        for k in range(1, len(spec.groups)):
+            prefix, suffix = split_at(model, spec, k)
+            acts = prefix(x)
+            assert all(isinstance(a, torch.Tensor) and a.shape[0] == 3 for a in acts), spec.groups[k - 1].name
+            assert torch.allclose(suffix(*[a[:2] for a in acts]), ref[:2], atol=1e-4)

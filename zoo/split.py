@@ -179,8 +179,20 @@ def split_at(model: nn.Module, spec: Backbone, k: int) -> tuple[Prefix, Suffix]:
     # what crosses the boundary: values computed before submod_1 and used from it on (not parameters)
     later = nodes[cut:]
     crossing = [n for n in nodes[:cut] if n.op != "get_attr" and any(u in later for u in n.users)]
-    wires = [n for n in crossing if not _is_batch_size(n)]
-    sizes = [n for n in crossing if _is_batch_size(n)]
+    # split_module keeps node names: map each crossing value back to the traced node that made it
+    traced = {n.name: n for n in gm.graph.nodes}
+    sub_out = next(n for n in top.submod_0.graph.nodes if n.op == "output").args[0]
+    sub_out = sub_out if isinstance(sub_out, tuple | list) else (sub_out,)
+
+    def origin(node: fx.Node) -> fx.Node:
+        if node.op == "call_module" and node.target == "submod_0":
+            return traced.get(sub_out[0].name, node)
+        if node.op == "call_function" and node.target is operator.getitem and node.args[0].target == "submod_0":
+            return traced.get(sub_out[node.args[1]].name, node)
+        return node
+
+    wires = [n for n in crossing if not _is_batch_size(origin(n))]
+    sizes = [n for n in crossing if _is_batch_size(origin(n))]
     if not wires:
         raise SplitError(f"{spec.name}: no activation crosses the boundary after group '{spec.groups[k - 1].name}'")
     placeholder = next(n for n in nodes if n.op == "placeholder")
