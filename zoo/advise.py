@@ -119,37 +119,21 @@ def decide(
     return size, quadrant, similar, policy, evidence
 
 
-def _pool(x, layout: str):
-    if x.dim() == 2:
-        return x
-    if x.dim() == 3:
-        return x.mean(dim=1)
-    return x.mean(dim=(1, 2) if layout == "NHWC" else (2, 3))
-
-
 def boundary_features(model, spec, loader) -> dict[str, Any]:
     """Pooled output of every group but the head, for every image in `loader`, in one pass."""
     import torch
     import torch.fx as fx
 
-    from zoo.split import _is_batch_size, _staged_graph
+    from zoo.split import _Pool, _staged_graph, activations_crossing
 
     gm, stage = _staged_graph(model, spec)
     n = len(spec.groups)
     # for each boundary k (after group k-1): the single activation that crosses it, if there is one
     crossing: dict[int, fx.Node] = {}
     for k in range(1, n):
-        nodes = [
-            node
-            for node in gm.graph.nodes
-            if node.op not in ("get_attr",)
-            and stage[node] < k
-            and any(stage[u] >= k for u in node.users)
-            and node.op != "output"
-        ]
-        tensors = [node for node in nodes if not _is_batch_size(node)]
-        if len(tensors) == 1:
+        if len(tensors := activations_crossing(gm, stage, k)) == 1:
             crossing[k] = tensors[0]
+    pool = _Pool(spec.features_layout)
     wanted = {node: spec.groups[k - 1].name for k, node in crossing.items()}
     out: dict[str, list] = {name: [] for name in wanted.values()}
     labels = []
@@ -158,7 +142,7 @@ def boundary_features(model, spec, loader) -> dict[str, Any]:
         def run_node(self, node):
             value = super().run_node(node)
             if node in wanted and isinstance(value, torch.Tensor):
-                out[wanted[node]].append(_pool(value.float(), spec.features_layout).cpu())
+                out[wanted[node]].append(pool(value.float()).cpu())
             return value
 
     recorder = Recorder(gm)

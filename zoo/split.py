@@ -95,6 +95,18 @@ def _is_batch_size(node: fx.Node) -> bool:
     )
 
 
+def activations_crossing(gm: fx.GraphModule, stage: dict[fx.Node, int], k: int) -> list[fx.Node]:
+    """Activations computed before group k and used from group k on (not parameters, not batch sizes)."""
+    return [
+        n
+        for n in gm.graph.nodes
+        if n.op not in ("get_attr", "output")
+        and stage[n] < k
+        and not _is_batch_size(n)
+        and any(stage[u] >= k for u in n.users)
+    ]
+
+
 class _Part(nn.Module):
     """One side of a split model. It runs nodes of the split graph; the parameters stay the model's own.
 
@@ -226,9 +238,7 @@ def cut_model(model: nn.Module, spec: Backbone, group: str, num_classes: int) ->
         raise SplitError(f"--policy cut:{group}: no such group before the head; groups: {', '.join(names)}")
     k = names.index(group) + 1
     gm, stage = _staged_graph(model, spec)
-    boundary = [
-        n for n in gm.graph.nodes if stage[n] < k and not _is_batch_size(n) and any(stage[u] >= k for u in n.users)
-    ]
+    boundary = activations_crossing(gm, stage, k)
     if len(boundary) != 1:
         raise SplitError(f"{spec.name}: the output of group '{group}' is not a single tensor; cannot cut there")
     graph = fx.Graph()

@@ -241,7 +241,8 @@ class _Trainer:
                 f"--resume: the data's classes {self.split.classes} are not the run's {resume['classes']}"
             )
         self.classes = self.split.classes
-        model = create_model(self.spec, num_classes=len(self.classes), weights=self.weights_choice)
+        # checked once, below, by group_of_params (for the cut model too)
+        model = create_model(self.spec, num_classes=len(self.classes), weights=self.weights_choice, check=False)
         if self.policy.cut:
             from zoo.split import cut_model
 
