@@ -11,15 +11,13 @@ from zoo.checkpoint import load_model, preprocess_of
 from zoo.data import (
     DataError,
     Sample,
-    build_transform,
     class_dirs,
     decode_size,
     image_files,
     load_for_eval,
-    open_rgb,
-    shrink,
 )
 from zoo.errors import ZooError
+from zoo.models import split_outputs
 from zoo.plots import confusion
 
 
@@ -44,8 +42,7 @@ def _eval_samples(data: Path, classes: list[str]) -> list[Sample]:
 
 
 def _logits(model, batch: torch.Tensor) -> torch.Tensor:
-    out = model(batch)
-    return out if isinstance(out, torch.Tensor) else out[0]
+    return split_outputs(model(batch))[0]
 
 
 def evaluate(run: str | Path, data: str | Path, batch_size: int = 32) -> dict[str, Any]:
@@ -54,7 +51,6 @@ def evaluate(run: str | Path, data: str | Path, batch_size: int = 32) -> dict[st
     classes = list(ckpt["classes"])
     samples = _eval_samples(Path(data), classes)
     pre = preprocess_of(ckpt)
-    transform, short_side = build_transform(pre, "none"), decode_size(pre)
     preds: list[int] = []
     labels: list[int] = []
     skipped: list[str] = []
@@ -71,11 +67,13 @@ def evaluate(run: str | Path, data: str | Path, batch_size: int = 32) -> dict[st
 
     for sample in samples:
         try:
-            img = shrink(open_rgb(sample.path, short_side), short_side)
+            array = load_for_eval(
+                sample.path, pre.input_size, pre.resize_size, pre.mean, pre.std, pre.interpolation, decode_size(pre)
+            )
         except Exception as exc:
             skipped.append(f"{sample.path} ({type(exc).__name__})")
             continue
-        batch.append(transform(img))
+        batch.append(torch.from_numpy(array))
         pending.append(sample.label)
         if len(batch) == batch_size:
             flush()

@@ -27,6 +27,7 @@ from zoo import atomic
 from zoo.backbone import Backbone, Preprocess
 from zoo.data import DataError, class_dirs, decode_size, image_files, load_for_eval
 from zoo.errors import ZooError
+from zoo.models import split_outputs
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class _Logits(torch.nn.Module):
 
     def forward(self, x):
         out = self.model(x)
-        return out if isinstance(out, torch.Tensor) else out[0]
+        return split_outputs(out)[0]
 
 
 def check_images(

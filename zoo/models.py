@@ -95,6 +95,16 @@ def create_model(
     return model
 
 
+def split_outputs(out):
+    """(logits, [auxiliary logits]) from a model's output: a tensor, or Inception/GoogLeNet's named tuples."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out, []
+    items = [o for o in out if isinstance(o, torch.Tensor)]
+    return items[0], items[1:]
+
+
 def replace_head(model, spec: Backbone, num_classes: int) -> None:
     """Swap the classifier (and any auxiliary ones) for fresh layers with `num_classes` outputs."""
     if num_classes < 1:

@@ -28,7 +28,7 @@ def check_backbone(
     """Assert that `spec` builds, re-heads, partitions, runs, splits and exports; returns params per group."""
     import torch
 
-    from zoo.models import create_model, group_param_counts
+    from zoo.models import create_model, group_param_counts, split_outputs
 
     spec = spec if spec.source else dataclasses.replace(spec, source="(under test)")
     check_spec(spec)
@@ -41,7 +41,7 @@ def check_backbone(
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         out = model(x)
-    out = out if isinstance(out, torch.Tensor) else out[0]
+    out = split_outputs(out)[0]
     assert tuple(out.shape) == (2, num_classes), (
         f"{where}: output shape {tuple(out.shape)}, expected (2, {num_classes})"
     )

@@ -35,7 +35,7 @@ from zoo.cache import ENGINES, FeatureCache, PrefixRunner, compute_cache
 from zoo.checkpoint import FORMAT, CheckpointError, preprocess_dict, read_checkpoint
 from zoo.data import AUGMENTS, DataSplit, ImageDataset, Sample, build_transform, decode_size, scan
 from zoo.errors import ZooError
-from zoo.models import create_model, group_of_params, resolve_weights
+from zoo.models import create_model, group_of_params, resolve_weights, split_outputs
 from zoo.policies import GroupPlan, apply_plan, resolve_policy
 from zoo.registry import get_registry
 
@@ -426,7 +426,7 @@ class _Trainer:
     def _forward_loss(self, inputs, target):
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             out = self.suffix(*inputs) if self.cache is not None else self.model(inputs[0])
-            logits, aux = _split_outputs(out)
+            logits, aux = split_outputs(out)
             loss = self.criterion(logits, target)
             for extra in aux:  # Inception/GoogLeNet auxiliary heads, weighted as in the papers' recipes
                 loss = loss + 0.4 * self.criterion(extra, target)
@@ -490,7 +490,7 @@ class _Trainer:
         for inputs, target in self._batches(False, 0):
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 out = self.suffix(*inputs) if self.cache is not None else self.model(inputs[0])
-            logits, _ = _split_outputs(out)
+            logits, _ = split_outputs(out)
             logits = logits.float()
             total_loss += nn.functional.cross_entropy(logits, target).item() * len(target)
             pred = logits.argmax(1)
@@ -658,14 +658,6 @@ class _Trainer:
                 f"({len(self.history)} epochs, {summary['wall_seconds']:.1f} s) → {self.run_dir}"
             )
         return summary
-
-
-def _split_outputs(out):
-    """(logits, [auxiliary logits]) from a model's output: a tensor, or Inception/GoogLeNet's named tuples."""
-    if isinstance(out, torch.Tensor):
-        return out, []
-    items = [o for o in out if isinstance(o, torch.Tensor)]
-    return items[0], items[1:]
 
 
 def _seed_worker(worker_id: int) -> None:
