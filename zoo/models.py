@@ -143,10 +143,6 @@ def _set_submodule(model, path: str, module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, module)
 
 
-def head_module(model, spec: Backbone):
-    return model.get_submodule(spec.head)
-
-
 def _optional(spec: Backbone, member: str) -> bool:
     """Members that belong to auxiliary heads may be absent (a builder can leave them out)."""
     return any(aux == member or aux.startswith(member + ".") or member.startswith(aux + ".") for aux in spec.aux_heads)
