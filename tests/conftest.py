@@ -102,6 +102,27 @@ def tiny_registry(use_registry):
     return use_registry(("tinyplugin", plugin_module("tinyplugin", tiny_spec())))
 
 
+@pytest.fixture
+def served(tmp_path):
+    """An HTTP server on 127.0.0.1 serving files from a folder; yields (folder, base_url)."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_homes(tmp_path_factory, monkeypatch):
     """No test reads or writes the user's zoo home or torch cache."""

@@ -19,7 +19,8 @@ def test_list_table_and_json():
     assert result.exit_code == 0
     assert "resnet18" in result.output and "efficientnet_lite0" in result.output
     data = json.loads(runner.invoke(app, ["list", "--json"]).output)
-    assert len(data) == 81
+    assert len(data) == 82  # 80 torchvision, efficientnet_lite0, the mnist-8 ONNX Model Zoo entry
+    assert next(d for d in data if d["name"] == "mnist-8")["source"] == "onnx"
     lite = next(d for d in data if d["name"] == "efficientnet_lite0")
     assert lite["source"] == "efficientnet_lite" and lite["weights"] == ["imagenet"]
     r18 = next(d for d in data if d["name"] == "resnet18")
@@ -76,6 +77,7 @@ def test_list_and_help_never_import_torch():
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "assert 'torchvision' not in sys.modules\n"
+        "assert 'onnx' not in sys.modules, 'onnx was imported'\n"
     )
     for args in (["list"], ["list", "--json"], ["--help"], ["plugins"]):
         start = time.perf_counter()

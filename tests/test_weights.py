@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
-import http.server
 import socket
-import threading
 from pathlib import Path
 
 import pytest
@@ -21,23 +18,6 @@ from zoo.registry import get_registry
 from zoo.weights import cache_dir, fetch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
-
-@pytest.fixture
-def served(tmp_path):
-    """An HTTP server on 127.0.0.1 serving files from a folder; yields (folder, base_url)."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _tiny_checkpoint(path: Path) -> str:

@@ -24,10 +24,15 @@ class Preprocess:
     """How an image becomes the tensor the model was trained on."""
 
     input_size: tuple[int, int] = (224, 224)  # (height, width) of the crop fed to the model
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # per-channel, on 0..1 pixels
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # per channel, on 0..1 pixels; one value: grayscale input
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"  # resize filter: nearest | bilinear | bicubic
     crop_pct: float = 0.875  # crop / resize: resize the short side to input/crop_pct, then centre-crop
+
+    @property
+    def channels(self) -> int:
+        """1 (grayscale input) or 3 (RGB), from the number of mean values."""
+        return len(self.mean)
 
     @property
     def resize_size(self) -> int:
@@ -92,6 +97,9 @@ class Backbone:
     atol: float = 1e-4  # export check tolerance on logits
     features_layout: str = "NCHW"  # layout of a group's output: NCHW, NHWC (Swin) or NLC (ViT tokens); for cut:
     build_kwargs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # "module:function" for a backbone whose head and groups come from a file not yet at hand (an ONNX
+    # model-zoo entry): called as resolve(spec) -> complete Backbone when the model is first needed
+    resolve: str | None = None
 
     @property
     def group_names(self) -> tuple[str, ...]:
@@ -109,15 +117,18 @@ def check_spec(spec: Backbone) -> None:
     where = f"plugin '{spec.source or '?'}', backbone '{spec.name}'"
     if not isinstance(spec.name, str) or not _NAME.match(spec.name):
         raise InvalidBackbone(f"{where}: name must be lower case letters, digits, '_', '.', '-'")
-    if not spec.head:
+    pending = spec.resolve is not None and not spec.groups  # head and groups come later
+    if not spec.head and not pending:
         raise InvalidBackbone(f"{where}: no head path")
-    if not spec.groups:
+    if not spec.groups and not pending:
         raise InvalidBackbone(f"{where}: no layer groups")
     names = spec.group_names
     if len(set(names)) != len(names):
         raise InvalidBackbone(f"{where}: group names repeat: {', '.join(names)}")
-    if not spec.groups[-1].matches(spec.head + ".weight"):
+    if spec.groups and not spec.groups[-1].matches(spec.head + ".weight"):
         raise InvalidBackbone(f"{where}: the last group '{names[-1]}' must hold the head '{spec.head}'")
+    if len(spec.preprocess.mean) not in (1, 3) or len(spec.preprocess.std) != len(spec.preprocess.mean):
+        raise InvalidBackbone(f"{where}: mean and std need 1 (grayscale) or 3 (RGB) values each")
     if spec.preprocess.interpolation not in _INTERPOLATIONS:
         raise InvalidBackbone(f"{where}: interpolation must be one of {', '.join(_INTERPOLATIONS)}")
     tags = [w.tag for w in spec.weights]

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -28,7 +29,7 @@ class _ZooGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except ZooError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 
 
@@ -413,6 +414,71 @@ def verify(
     if not as_json:
         worst = max(c.max_abs_diff for c in report.checks)
         console.print(f"[bold]verified[/]: {model} matches {source} on {report.images} (max abs diff {worst:.2e})")
+
+
+@app.command("import")
+def import_(
+    source: Annotated[str, typer.Argument(help="An .onnx file, or the name of an [onnx.NAME] registry entry.")],
+    name: Annotated[str | None, typer.Option(help="Backbone name for a file (e.g. my-net).")] = None,
+    mean: Annotated[str | None, typer.Option(help="Per-channel mean on 0..1 pixels, e.g. 0.485,0.456,0.406.")] = None,
+    std: Annotated[str | None, typer.Option(help="Per-channel std on 0..1 pixels (1/255 for raw 0-255 input).")] = None,
+    input_size: Annotated[str | None, typer.Option(help="H,W when the graph does not fix it.")] = None,
+    layout: Annotated[str | None, typer.Option(help="Input layout: NCHW or NHWC [default: from the shape].")] = None,
+    labels: Annotated[str | None, typer.Option(help="Text file with one class label per line.")] = None,
+    check_data: Annotated[str | None, typer.Option(help="Also verify on these images (folder).")] = None,
+    force: Annotated[bool, typer.Option(help="Import even if the conversion does not match (marked unverified).")] = (
+        False
+    ),
+    replace: Annotated[bool, typer.Option(help="Import over an earlier import of the same name.")] = False,
+    description: Annotated[str | None, typer.Option(help="One line for `zoo list` and `zoo info`.")] = None,
+    as_json: JsonFlag = False,
+):
+    """Import an ONNX classifier as a backbone; the conversion to torch must reproduce onnxruntime."""
+    from zoo_onnx.importer import ImportMismatch, import_entry, import_file
+
+    is_file = source.endswith(".onnx") or Path(source).exists()
+    try:
+        if is_file:
+            if not name:
+                raise ZooError(f"{source}: pass --name NAME for the new backbone")
+            report = import_file(
+                source, name, mean, std, input_size, layout, labels, check_data, force, replace, description
+            )
+        else:
+            if any(v is not None for v in (name, mean, std, input_size, layout, labels, description)):
+                raise ZooError(f"{source}: a registry entry's settings live in registry.toml; options are for files")
+            report = import_entry(source, check_data, force)
+    except ImportMismatch as exc:
+        _import_table(exc.report)
+        raise
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    _import_table(report)
+    for note in report.notes:
+        err_console.print(f"note: {note}")
+    groups = ", ".join(f"{g['name']} ({len(g['members'])} nodes)" for g in report.groups)
+    console.print(f"head: {report.head}; groups: {groups}; {_millions(report.num_params)} parameters")
+    status = "[bold red]imported UNVERIFIED (--force)[/]" if report.forced else "[bold]imported[/]"
+    console.print(f"{status}: {report.name} (`zoo info {report.name}`, `zoo finetune {report.name} DATA`)")
+
+
+def _import_table(report) -> None:
+    table = Table(title=f"{report.path}: torch (onnx2torch) vs onnxruntime on {report.images}", title_justify="left")
+    for column in ("batch", "shape", "max abs diff", "tolerance", "top-1 agreement", "result"):
+        table.add_column(column, justify="right")
+    for c in report.checks:
+        table.add_row(
+            str(c.batch),
+            "x".join(map(str, c.torch_shape)),
+            f"{c.max_abs_diff:.2e}",
+            f"{c.atol:.1e}",
+            f"{c.top1_agreement:.1%}",
+            "ok" if not c.failures else "; ".join(c.failures),
+        )
+    console.print(table)
+    if report.divergence:
+        err_console.print(report.divergence, highlight=False)
 
 
 @app.command()

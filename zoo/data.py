@@ -246,7 +246,8 @@ def eval_array(img: Image.Image, input_size, resize_size: int, mean, std, interp
     """The evaluation preprocessing, in numpy: resize the short side, centre-crop, scale, normalise.
 
     One implementation for training's validation, `zoo evaluate`, `zoo predict` and the
-    torch-free runtime, so every path sees exactly the same pixels. Returns (3, H, W) float32.
+    torch-free runtime, so every path sees exactly the same pixels. Returns (C, H, W) float32:
+    C = 3, or 1 (grayscale) when `mean` has one value.
     """
     w, h = img.size
     scale = resize_size / min(w, h)
@@ -256,7 +257,9 @@ def eval_array(img: Image.Image, input_size, resize_size: int, mean, std, interp
     ch, cw = input_size
     left, top = round((size[0] - cw) / 2.0), round((size[1] - ch) / 2.0)
     img = img.crop((left, top, left + cw, top + ch))
-    arr = np.asarray(img, dtype=np.float32) / np.float32(255.0)
+    if len(mean) == 1:
+        img = img.convert("L")
+    arr = np.asarray(img, dtype=np.float32).reshape(ch, cw, -1) / np.float32(255.0)
     arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
@@ -298,6 +301,8 @@ def build_transform(pre: Preprocess, augment: str = "none"):
     ]
     if augment == "strong":
         steps.append(v2.TrivialAugmentWide(interpolation=interpolation))
+    if pre.channels == 1:
+        steps.append(v2.Grayscale(1))
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
     if augment == "strong":
         steps.append(v2.RandomErasing(p=0.25))

@@ -166,7 +166,7 @@ def check_images(
             raise DataError(f"--check-data {folder}: no readable images")
     rng = np.random.default_rng(seed)
     # smooth random images, normalised like real ones, when no real image is at hand
-    base = rng.random((count, 3, 8, 8), dtype=np.float32)
+    base = rng.random((count, pre.channels, 8, 8), dtype=np.float32)
     h, w = pre.input_size
     up = np.repeat(np.repeat(base, -(-h // 8), axis=2), -(-w // 8), axis=3)[:, :, :h, :w]
     arr = (up - np.asarray(pre.mean, np.float32)[:, None, None]) / np.asarray(pre.std, np.float32)[:, None, None]

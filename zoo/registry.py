@@ -113,13 +113,29 @@ class Registry:
         """The backbone name behind an alias (or the name itself)."""
         return self.aliases.get(name, name)
 
-    def get(self, name: str) -> Backbone:
-        """The spec called `name` (or an alias of it); UnknownBackbone with suggestions otherwise."""
+    def get(self, name: str, complete: bool = True) -> Backbone:
+        """The spec called `name` (or an alias of it); UnknownBackbone with suggestions otherwise.
+
+        A spec registered with `resolve` and no groups yet (an ONNX model-zoo entry) is
+        completed first, unless `complete` is False: that may download and convert a file.
+        """
         real = self.resolve(name)
         if real in self.backbones:
-            return self.backbones[real]
+            spec = self.backbones[real]
+            if complete and spec.resolve and not spec.groups:
+                spec = self._complete(spec)
+            return spec
         candidates = list(self.backbones) + list(self.aliases)
         raise UnknownBackbone(name, difflib.get_close_matches(name, candidates, n=1, cutoff=0.6))
+
+    def _complete(self, spec: Backbone) -> Backbone:
+        from zoo.models import load_callable
+
+        done = load_callable(spec.resolve, spec)(spec)
+        done = dataclasses.replace(done, source=spec.source, resolve=None)
+        check_spec(done)
+        self.backbones[spec.name] = done
+        return done
 
     def list(self, pattern: str | None = None, tag: str | None = None, source: str | None = None) -> list[Backbone]:
         """Backbones sorted by name, filtered like timm's `list_models`.

@@ -93,7 +93,7 @@ class Predictor:
         return self.session.run(None, {self.input_name: batch.astype(np.float32)})[0]
 
     def load(self, path: str | Path) -> np.ndarray:
-        """An image file as this model's input, (3, H, W) float32."""
+        """An image file as this model's input, (C, H, W) float32."""
         from zoo.data import load_for_eval
 
         i = self.info

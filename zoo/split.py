@@ -252,8 +252,8 @@ def cut_model(model: nn.Module, spec: Backbone, group: str, num_classes: int) ->
     with torch.no_grad():
         probe = fx.GraphModule(gm, _truncate(gm, stage, k, boundary[0]))
         device = next(model.parameters()).device
-        size = max(spec.min_input_size, 64)
-        feats = _Pool(spec.features_layout)(probe.eval()(torch.zeros(1, 3, size, size, device=device)))
+        x = torch.zeros(1, spec.preprocess.channels, *spec.preprocess.input_size, device=device)
+        feats = _Pool(spec.features_layout)(probe.eval()(x))
     root = nn.Module()
     for node in graph.nodes:
         if node.op == "call_module" and node.target not in ("zoo_pool", spec.head):

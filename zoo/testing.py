@@ -38,7 +38,7 @@ def check_backbone(
     counts = group_param_counts(model, spec)
     assert all(counts.values()), f"{where}: empty group(s) {[g for g, n in counts.items() if not n]}"
     size = input_size or max(spec.min_input_size, min(spec.preprocess.input_size))
-    x = torch.randn(2, 3, size, size)
+    x = torch.randn(2, spec.preprocess.channels, size, size)
     with torch.no_grad():
         out = model(x)
     out = split_outputs(out)[0]

@@ -1,0 +1,121 @@
+"""Built-in plugin: ONNX classifiers as backbones (ONNX Model Zoo entries and `zoo import`ed files).
+
+Each `[onnx.NAME]` table of registry.toml (the project's or the user's) is a backbone.
+Its head and layer groups are derived from the graph when the file is imported and
+kept in `$ZOO_HOME/onnx/NAME/layout.json`; an entry not imported yet registers
+without them and is imported on first use (download, sha256 check, conversion
+check). Registering reads TOML and JSON only: no torch, no onnx.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from zoo.backbone import Backbone, Group, Preprocess, Weights
+from zoo.hookspecs import hookimpl
+from zoo.registry import load_registry_data, zoo_home
+
+LAYOUT_VERSION = 1
+_SETTINGS = ("url", "sha256", "input_size", "layout", "mean", "std", "head", "groups")
+
+
+def model_dir(name: str) -> Path:
+    """Where an imported model's files live: $ZOO_HOME/onnx/NAME."""
+    return zoo_home() / "onnx" / name
+
+
+def settings_digest(entry: dict[str, Any]) -> str:
+    """What the derived layout depends on: when these change, the model is imported again."""
+    data = {k: entry.get(k) for k in _SETTINGS}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def read_layout(name: str, entry: dict[str, Any]) -> dict[str, Any] | None:
+    """The derived head and groups, if they were derived from this entry's current settings."""
+    path = model_dir(name) / "layout.json"
+    try:
+        layout = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if layout.get("version") != LAYOUT_VERSION or layout.get("settings") != settings_digest(entry):
+        return None
+    return layout
+
+
+def labels_of(entry: dict[str, Any], where: str) -> tuple[str, ...]:
+    labels = entry.get("labels", ())
+    if isinstance(labels, str):  # a file, one label per line
+        try:
+            labels = [line.strip() for line in Path(labels).expanduser().read_text(encoding="utf-8").splitlines()]
+        except OSError:
+            return ()
+        labels = [line for line in labels if line]
+    return tuple(str(label) for label in labels)
+
+
+def preprocess_of(entry: dict[str, Any]) -> Preprocess:
+    size = entry.get("input_size", [224, 224])
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    channels = entry.get("channels", 3)
+    default_mean, default_std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) if channels == 3 else ((0.0,), (1.0,))
+    return Preprocess(
+        input_size=size,
+        mean=tuple(entry.get("mean", default_mean)),
+        std=tuple(entry.get("std", default_std)),
+        interpolation=entry.get("interpolation", "bilinear"),
+        crop_pct=entry.get("crop_pct", 0.875),
+    )
+
+
+def spec_from_entry(name: str, entry: dict[str, Any]) -> Backbone:
+    """The Backbone for one `[onnx.NAME]` entry: complete once imported, to be resolved otherwise."""
+    where = f"registry.toml [onnx.{name}]"
+    url = entry.get("url")
+    layout = read_layout(name, entry)
+    if layout:  # what the graph fixes, where the entry does not say
+        entry = {"input_size": layout["input_size"], "channels": layout["channels"], **entry}
+    imported = "imported" if entry.get("imported_from") else "onnx-model-zoo"
+    tags = ["onnx", imported, *entry.get("tags", [])]
+    if entry.get("forced"):
+        tags.append("unverified")
+    common = dict(
+        name=name,
+        family="onnx",
+        build="zoo_onnx.build:build",
+        description=entry.get("description", f"ONNX classifier ({url})"),
+        tags=tuple(dict.fromkeys(tags)),
+        preprocess=preprocess_of(entry),
+        weights=(
+            Weights(
+                tag="onnx",
+                url=url or "",
+                sha256=entry.get("sha256"),
+                categories=labels_of(entry, where),
+                license=entry.get("license", ""),
+                acc1=entry.get("acc1"),
+            ),
+        ),
+        default_weights="onnx",
+        min_input_size=min(preprocess_of(entry).input_size),
+        atol=float(entry.get("atol", 1e-4)),
+        build_kwargs={"layout": entry.get("layout")},
+    )
+    if layout is None:
+        return Backbone(head="", groups=(), resolve="zoo_onnx.importer:resolve", **common)
+    groups = tuple(Group(g["name"], tuple(g["members"])) for g in layout["groups"])
+    return Backbone(
+        head=layout["head"],
+        groups=groups,
+        num_params=layout.get("num_params"),
+        **{**common, "build_kwargs": {"layout": layout["layout"]}},
+    )
+
+
+@hookimpl
+def register_backbones(register):
+    data, _ = load_registry_data()
+    for name, entry in data.get("onnx", {}).items():
+        register(spec_from_entry(name, entry))

@@ -1,0 +1,26 @@
+"""Build an imported ONNX backbone: the verified file, normalised and converted to torch again."""
+
+from __future__ import annotations
+
+from zoo.backbone import Backbone, Weights
+from zoo.weights import fetch
+from zoo_onnx.convert import reinitialise, to_torch
+from zoo_onnx.graph import load, prepare
+
+
+def build(spec: Backbone, weights: Weights | None = None, layout: str | None = None):
+    """The converted module; `weights=None` keeps the architecture and re-initialises every layer.
+
+    Always built on the CPU: onnx2torch copies the file's tensors into its layers, which the
+    meta device (used by `zoo info`) cannot hold.
+    """
+    import torch
+
+    path = fetch(weights or spec.weights[0])  # the file is the weights: sha256-checked on every build
+    where = f"{spec.name} ({path})"
+    prepared = prepare(load(path, where), where, input_size=spec.preprocess.input_size, layout=layout)
+    with torch.device("cpu"):
+        model = to_torch(prepared, where)
+        if weights is None:
+            reinitialise(model)
+    return model

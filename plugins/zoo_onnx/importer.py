@@ -1,0 +1,373 @@
+"""`zoo import`: an ONNX classifier becomes a backbone, once the conversion is proven.
+
+    zoo import model.onnx --name my-net [--mean ... --std ... --input-size H,W --layout NHWC --labels FILE]
+    zoo import mnist-8        # an [onnx.NAME] entry of registry.toml: download, check sha256, import
+
+Importing loads and checks the file, normalises the graph, converts it with
+onnx2torch, derives the head and the layer groups, and compares the converted
+module with onnxruntime on the original file at batch 1 and batch N. Only then is
+anything written: the file is copied into `$ZOO_HOME/onnx/NAME/`, the derived
+layout goes to `layout.json` beside it, and a local import adds an `[onnx.NAME]`
+entry to `$ZOO_HOME/registry.toml`. A mismatch refuses the import (`--force`
+imports anyway and records why it should not have).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zoo import __version__
+from zoo.atomic import write_json, write_text
+from zoo.backbone import _NAME, Backbone, Group, Weights
+from zoo.errors import InvalidBackbone, WeightsError, ZooError
+from zoo.export import CheckResult
+from zoo.registry import get_registry, load_registry_data, reset_registry, zoo_home
+from zoo_onnx import LAYOUT_VERSION, model_dir, preprocess_of, settings_digest, spec_from_entry
+from zoo_onnx.graph import OnnxImportError, Prepared, find_head, load, prepare, stages
+
+log = logging.getLogger(__name__)
+CHECK_BATCH = 8
+
+
+class ImportMismatch(OnnxImportError):
+    """The converted module does not reproduce onnxruntime on the original file."""
+
+    def __init__(self, message: str, report: ImportReport):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class ImportReport:
+    name: str
+    path: str
+    head: str
+    groups: list[dict[str, Any]]
+    images: str
+    checks: list[CheckResult]
+    passed: bool
+    forced: bool = False
+    divergence: str | None = None
+    notes: list[str] = field(default_factory=list)
+    num_params: int = 0
+    entry: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _floats(value: str | list[float] | None, flag: str) -> list[float] | None:
+    if value is None or isinstance(value, list):
+        return value
+    try:
+        return [float(v) for v in str(value).replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ZooError(f"{flag} {value}: give comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+
+
+def _size(value: str | list[int] | None) -> list[int] | None:
+    if value is None or isinstance(value, list):
+        return value
+    try:
+        parts = [int(v) for v in str(value).lower().replace("x", ",").split(",") if v]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise ZooError(f"--input-size {value}: give H,W (or one number for a square input), e.g. 224,224")
+    return parts * 2 if len(parts) == 1 else parts
+
+
+def _labels(path: str | None) -> list[str] | None:
+    if path is None:
+        return None
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ZooError(f"--labels {path}: cannot read it ({exc.strerror or exc})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def import_file(
+    path: str | Path,
+    name: str,
+    mean: str | list[float] | None = None,
+    std: str | list[float] | None = None,
+    input_size: str | list[int] | None = None,
+    layout: str | None = None,
+    labels: str | None = None,
+    check_data: str | Path | None = None,
+    force: bool = False,
+    replace: bool = False,
+    description: str | None = None,
+) -> ImportReport:
+    """Import a local ONNX file as backbone `name` (see the module docstring)."""
+    path = Path(path).expanduser()
+    if not _NAME.match(name or ""):
+        raise ZooError(f"--name {name!r}: use lower case letters, digits, '_', '.', '-' (e.g. my-net)")
+    registry = get_registry()
+    if name in registry.backbones or name in registry.aliases:
+        existing = registry.backbones.get(name)
+        if existing is None or existing.source != "onnx" or not _user_entry(name):
+            owner = existing.source if existing else "an alias"
+            raise ZooError(f"--name {name}: already a backbone ({owner}); choose another name")
+        if not replace:
+            raise ZooError(f"--name {name}: already imported; add --replace to import over it")
+    entry: dict[str, Any] = {
+        "description": description or f"imported from {path.name}",
+        "imported_from": str(path.resolve()),
+    }
+    if (m := _floats(mean, "--mean")) is not None:
+        entry["mean"] = m
+    if (s := _floats(std, "--std")) is not None:
+        entry["std"] = s
+    if (size := _size(input_size)) is not None:
+        entry["input_size"] = size
+    if layout:
+        entry["layout"] = layout.upper()
+    if (names := _labels(labels)) is not None:
+        entry["labels"] = names
+    where = str(path)
+    model = load(path, where)  # not ONNX, checker, external data: refused before anything else
+    prepared = prepare(model, where, input_size=entry.get("input_size"), layout=entry.get("layout"))
+    entry.setdefault("input_size", list(prepared.input_size))
+    entry.setdefault("layout", prepared.layout)
+    entry["channels"] = prepared.channels
+    if "mean" not in entry and prepared.channels == 3:
+        prepared.notes.append("no --mean/--std: ImageNet's assumed")
+    with tempfile.TemporaryDirectory(dir=_ensure(zoo_home() / "onnx")) as tmp:
+        staged = Path(tmp) / "files"
+        staged.mkdir()
+        files = [path, *_external_files(path)]
+        for f in files:
+            shutil.copy2(f, staged / f.name)
+        from zoo.weights import sha256_of
+
+        target = model_dir(name)
+        entry["url"] = (target / path.name).as_uri()
+        entry["sha256"] = sha256_of(staged / path.name)
+        report, layout_data = derive(name, entry, path, prepared, check_data, force, where)
+        write_json(staged / "layout.json", layout_data)
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staged.rename(target)
+    _write_entry(name, entry)
+    reset_registry()
+    return report
+
+
+def import_entry(name: str, check_data: str | Path | None = None, force: bool = False) -> ImportReport:
+    """Import an `[onnx.NAME]` registry entry: download (sha256-checked), derive, verify, keep the layout."""
+    from zoo.weights import fetch
+
+    data, _ = load_registry_data()
+    entry = data.get("onnx", {}).get(name)
+    if entry is None:
+        known = ", ".join(sorted(data.get("onnx", {}))) or "none"
+        raise ZooError(f"{name}: not an .onnx file nor an [onnx.NAME] registry entry (entries: {known})")
+    if not entry.get("url"):
+        raise ZooError(f"registry.toml [onnx.{name}]: no url")
+    try:
+        path = fetch(Weights(tag=f"onnx.{name}", url=entry["url"], sha256=entry.get("sha256")))
+    except WeightsError as exc:
+        raise WeightsError(f"[onnx.{name}] {entry['url']}: {exc}") from None
+    where = f"{name} ({path})"
+    prepared = prepare(load(path, where), where, input_size=entry.get("input_size"), layout=entry.get("layout"))
+    report, layout_data = derive(name, entry, path, prepared, check_data, force, where)
+    write_json(_ensure(model_dir(name)) / "layout.json", layout_data)
+    reset_registry()
+    return report
+
+
+def resolve(spec: Backbone) -> Backbone:
+    """Complete a registry entry on first use: import it (this downloads the file once)."""
+    sys.stderr.write(f"importing ONNX model '{spec.name}' on first use: download, convert, verify\n")
+    report = import_entry(spec.name)
+    for row in report.checks:
+        sys.stderr.write(f"  batch {row.batch}: max abs diff {row.max_abs_diff:.2e} (tolerance {row.atol:.1e})\n")
+    data, _ = load_registry_data()
+    done = spec_from_entry(spec.name, data["onnx"][spec.name])
+    if not done.groups:
+        raise OnnxImportError(f"{spec.name}: imported, but its layout did not register; run `zoo import {spec.name}`")
+    return done
+
+
+def derive(
+    name: str,
+    entry: dict[str, Any],
+    path: Path,
+    prepared: Prepared,
+    check_data: str | Path | None,
+    force: bool,
+    where: str,
+) -> tuple[ImportReport, dict[str, Any]]:
+    """Head, groups and the conversion check; raises ImportMismatch (unless `force`)."""
+    import onnxruntime as ort
+
+    from zoo.export import check_images
+    from zoo.models import check_groups, new_head
+    from zoo_onnx.convert import compare, first_divergence, parametric_nodes, to_torch
+
+    pre = preprocess_of({"input_size": list(prepared.input_size), **entry, "channels": prepared.channels})
+    if pre.channels != prepared.channels:
+        raise OnnxImportError(
+            f"{where}: --mean/--std give {pre.channels} value(s) but the model takes {prepared.channels} channel(s)"
+        )
+    head = _node(entry.get("head"), prepared, where, "head") if entry.get("head") else find_head(prepared, where)
+    gm = to_torch(prepared, where)
+    weighted = parametric_nodes(gm)
+    if entry.get("groups"):
+        groups = _groups_from_starts(entry["groups"], prepared, head, where)
+    else:
+        groups = stages(prepared, head, weighted)
+    spec = Backbone(
+        name=name,
+        family="onnx",
+        build="zoo_onnx.build:build",
+        head=head,
+        groups=tuple(Group(g, tuple(m)) for g, m in groups),
+        source="onnx",
+    )
+    try:
+        new_head(gm.get_submodule(head), 2, spec)
+        check_groups(gm, spec)
+    except InvalidBackbone as exc:
+        raise OnnxImportError(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
+    images, described = check_images(pre, CHECK_BATCH, Path(check_data) if check_data else None, None)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    atol = float(entry.get("atol", 1e-4))
+    checks = []
+    for batch in (1, len(images)):
+        try:
+            checks += compare(gm, session, prepared, images, (batch,), atol)
+        except Exception as exc:  # a graph that cannot take this input, in torch or onnxruntime
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            if batch == 1:
+                shape = "x".join(map(str, images.shape[1:]))
+                raise OnnxImportError(
+                    f"{where}: the model fails on a {shape} input ({why}); check --input-size and --layout"
+                ) from None
+            raise OnnxImportError(
+                f"{where}: the model runs at batch 1 but not at batch {batch} ({why}): the graph fixes the batch "
+                "size in a way zoo cannot undo; export it again with a dynamic batch axis"
+            ) from None
+    passed = not any(c.failures for c in checks)
+    divergence = None
+    if not passed:
+        found = first_divergence(gm, prepared, images[:1], atol)
+        divergence = str(found) if found else "no single node diverges at batch 1"
+    report = ImportReport(
+        name=name,
+        path=str(path),
+        head=head,
+        groups=[{"name": g, "members": m} for g, m in groups],
+        images=described,
+        checks=checks,
+        passed=passed,
+        forced=force and not passed,
+        divergence=divergence,
+        notes=list(prepared.notes),
+        num_params=sum(p.numel() for p in gm.parameters()),
+        entry=entry,
+    )
+    if not passed:
+        failures = "; ".join(f"batch {c.batch}: {', '.join(c.failures)}" for c in checks if c.failures)
+        if not force:
+            raise ImportMismatch(
+                f"{where}: the converted model does not match onnxruntime ({failures}); {divergence}; "
+                "nothing was imported (--force imports it anyway, marked unverified)",
+                report,
+            )
+        warning = f"imported with --force although the conversion does not match onnxruntime: {failures}"
+        entry["forced"] = warning
+        sys.stderr.write(f"WARNING: {name}: {warning}; {divergence}\n")
+    layout = {
+        "version": LAYOUT_VERSION,
+        "settings": settings_digest(entry),
+        "zoo": __version__,
+        "head": head,
+        "groups": report.groups,
+        "layout": prepared.layout,
+        "channels": prepared.channels,
+        "input_size": list(prepared.input_size),
+        "opset": prepared.opset,
+        "notes": prepared.notes,
+        "num_params": report.num_params,
+        "checks": [dataclasses.asdict(c) for c in checks],
+        "images": described,
+        "forced": entry.get("forced"),
+    }
+    return report, layout
+
+
+def _node(value: str, prepared: Prepared, where: str, what: str) -> str:
+    """A node named in an entry, by its original ONNX name or zoo's module name."""
+    names = {n.name for n in prepared.model.graph.node}
+    if value in names:
+        return value
+    if value in prepared.renamed:
+        return prepared.renamed[value]
+    raise OnnxImportError(f"{where}: {what} '{value}' is not a node of the graph")
+
+
+def _groups_from_starts(starts, prepared: Prepared, head: str, where: str) -> list[tuple[str, list[str]]]:
+    """An entry's `groups = [["name", "FIRST_NODE"], ...]`: each group runs to the next one's first node."""
+    order = [n.name for n in prepared.model.graph.node]
+    bounds = []
+    for item in starts:
+        if not isinstance(item, list) or len(item) != 2:
+            raise OnnxImportError(f'{where}: groups must be [["name", "first node"], ...]')
+        bounds.append((str(item[0]), order.index(_node(str(item[1]), prepared, where, f"group '{item[0]}' start"))))
+    bounds.sort(key=lambda b: b[1])
+    bounds[0] = (bounds[0][0], 0)  # nodes before the first named start belong to the first group
+    out = []
+    for i, (gname, start) in enumerate(bounds):
+        end = bounds[i + 1][1] if i + 1 < len(bounds) else len(order)
+        out.append((gname, [n for n in order[start:end] if n != head]))
+    out[-1][1].append(head)
+    return [(g, m) for g, m in out if m]
+
+
+def _external_files(path: Path) -> list[Path]:
+    from zoo_onnx.graph import external_files
+
+    return external_files(path)
+
+
+def _ensure(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _user_entry(name: str) -> bool:
+    path = zoo_home() / "registry.toml"
+    if not path.is_file():
+        return False
+    import tomllib
+
+    try:
+        return name in tomllib.loads(path.read_text(encoding="utf-8")).get("onnx", {})
+    except tomllib.TOMLDecodeError:
+        return False
+
+
+def _write_entry(name: str, entry: dict[str, Any]) -> None:
+    """Add or replace `[onnx.NAME]` in $ZOO_HOME/registry.toml, keeping the user's comments."""
+    import tomlkit
+
+    path = zoo_home() / "registry.toml"
+    doc = tomlkit.parse(path.read_text(encoding="utf-8")) if path.is_file() else tomlkit.document()
+    if "onnx" not in doc:
+        doc["onnx"] = tomlkit.table(is_super_table=True)
+    table = tomlkit.table()
+    for key, value in entry.items():
+        table[key] = value
+    doc["onnx"][name] = table
+    write_text(path, tomlkit.dumps(doc))
