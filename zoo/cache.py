@@ -152,7 +152,7 @@ def compute_cache(
     """
     start = time.perf_counter()
     memory_limit = MEMORY_LIMIT if memory_limit is None else memory_limit
-    n = len(loader.dataset)
+    n = len(loader.sampler) if loader.sampler is not None else len(loader.dataset)  # a rank's shard, if sharded
     store: list[np.ndarray | torch.Tensor] | None = None
     labels = torch.empty(n, dtype=torch.long)
     files: list[Path] = []

@@ -7,8 +7,11 @@ listing or `--help` path imports torch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -226,51 +229,104 @@ def finetune(
     name: Annotated[str | None, typer.Option(help="Run folder name [default: BACKBONE-POLICY].")] = None,
     resume: Annotated[str | None, typer.Option(help="Continue the run in this folder from its last epoch.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final line.")] = False,
+    nproc_per_node: Annotated[
+        int, typer.Option(help="Distributed: worker processes on this machine (torchrun; DDP, gloo/NCCL).")
+    ] = 1,
+    nnodes: Annotated[int, typer.Option(help="Distributed: machines in the job.")] = 1,
+    node_rank: Annotated[int, typer.Option(help="Distributed, static rendezvous: this machine's index.")] = 0,
+    master_addr: Annotated[str, typer.Option(help="Distributed, static rendezvous: node 0's address.")] = "127.0.0.1",
+    master_port: Annotated[int | None, typer.Option(help="Distributed, static rendezvous: node 0's port.")] = None,
+    rdzv_endpoint: Annotated[str | None, typer.Option(help="Distributed: c10d rendezvous HOST:PORT.")] = None,
+    sync_bn: Annotated[bool, typer.Option(help="Distributed on CUDA: SyncBatchNorm over the global batch.")] = False,
+    dist_timeout: Annotated[float, typer.Option(help="Distributed: seconds to wait for another rank.")] = 300.0,
     as_json: JsonFlag = False,
 ):
     """Fine-tune a backbone on an image folder with a freeze policy; writes runs/NAME/."""
     from zoo.train import finetune as run_finetune
     from zoo.train import resume_run
 
-    if resume:
+    options = dict(
+        policy=policy,
+        weights=weights,
+        epochs=epochs or 10,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        warmup_epochs=warmup_epochs,
+        step_size=step_size,
+        gamma=gamma,
+        label_smoothing=label_smoothing,
+        patience=patience,
+        augment=augment,
+        cache=cache,
+        cache_augmented=cache_augmented,
+        cache_engine=cache_engine,
+        train_bn=train_bn,
+        val_fraction=val_fraction,
+        seed=seed,
+        deterministic=deterministic,
+        device=device,
+        amp=amp,
+        channels_last=channels_last,
+        workers=workers,
+        out=out,
+        name=name,
+        quiet=quiet or as_json,
+        sync_bn=sync_bn,
+        dist_timeout=dist_timeout,
+    )
+    from zoo.distributed import Launch
+
+    job = Launch(nproc_per_node, nnodes, node_rank, master_addr, master_port, rdzv_endpoint)
+    if job.wanted and "RANK" not in os.environ:  # zoo launches the workers (not already under torchrun)
+        result = _launch(job, backbone, data, resume, options, epochs)
+    elif resume:
         result = resume_run(resume, epochs=epochs, quiet=quiet or as_json)
     else:
         if backbone is None or data is None:
             raise ZooError("zoo finetune needs BACKBONE and DATA (or --resume RUN_DIR)")
-        result = run_finetune(
-            backbone,
-            data,
-            policy=policy,
-            weights=weights,
-            epochs=epochs or 10,
-            batch_size=batch_size,
-            lr=lr,
-            optimizer=optimizer,
-            weight_decay=weight_decay,
-            schedule=schedule,
-            warmup_epochs=warmup_epochs,
-            step_size=step_size,
-            gamma=gamma,
-            label_smoothing=label_smoothing,
-            patience=patience,
-            augment=augment,
-            cache=cache,
-            cache_augmented=cache_augmented,
-            cache_engine=cache_engine,
-            train_bn=train_bn,
-            val_fraction=val_fraction,
-            seed=seed,
-            deterministic=deterministic,
-            device=device,
-            amp=amp,
-            channels_last=channels_last,
-            workers=workers,
-            out=out,
-            name=name,
-            quiet=quiet or as_json,
-        )
+        result = run_finetune(backbone, data, **options)
     if as_json:
         _print_json(result.summary | {"run_dir": str(result.run_dir)})
+
+
+def _launch(job, backbone, data, resume, options, epochs):
+    """`--nproc-per-node N`: the same run on N workers through torchrun's engine; the result read back."""
+    from zoo.distributed import launch
+    from zoo.train import FinetuneResult, TrainConfig, _run_dir
+
+    if resume:
+        run_dir = Path(resume).expanduser()
+        if not (run_dir / "last.pt").is_file():
+            raise ZooError(f"--resume {run_dir}: no last.pt; the run did not finish an epoch")
+        launch(job, {"epochs": epochs, "quiet": options["quiet"]}, run_dir, resume=True)
+    else:
+        if backbone is None or data is None:
+            raise ZooError("zoo finetune needs BACKBONE and DATA (or --resume RUN_DIR)")
+        cfg = TrainConfig(backbone=backbone, data=str(data), **options)
+        cfg.check()
+        world = job.nproc_per_node * job.nnodes
+        if cfg.batch_size is not None and cfg.batch_size % world:
+            raise ZooError(f"--batch-size {cfg.batch_size}: the global batch must divide evenly over {world} workers")
+        if cfg.sync_bn and cfg.device != "cpu":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ZooError("--sync-bn: SyncBatchNorm needs CUDA (NCCL); on the CPU leave it off")
+        run_dir = _run_dir(cfg) if job.node_rank == 0 else Path(tempfile.mkdtemp(prefix="zoo-node-"))
+        launch(job, dataclasses.asdict(cfg), run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    return FinetuneResult(
+        run_dir,
+        summary.get("best_val_acc", 0.0),
+        summary.get("best_epoch", 0),
+        summary.get("epochs_run", 0),
+        summary.get("classes", []),
+        [],
+        summary,
+    )
 
 
 @app.command()

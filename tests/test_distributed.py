@@ -1,0 +1,178 @@
+"""Distributed fine-tuning on the CPU: 2 processes, gloo, 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import functools
+import json
+import operator
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import install_tiny_plugin, make_images
+from zoo.cli import app
+from zoo.distributed import Dist, Launch, failure_message, shard, unshard
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(tmp_path):
+    """Environment for subprocesses that can see the tiny plugin (workers load plugins like any zoo)."""
+    plugin = install_tiny_plugin(tmp_path / "site")
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join([str(plugin), e.get("PYTHONPATH", "")])
+    e.pop("RANK", None)
+    return e
+
+
+def zoo(env, *args, timeout=240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "zoo", *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_shard_and_unshard_cover_every_item_once():
+    items = list(range(11))
+    parts = [shard(items, Dist(rank=r, world=3)) for r in range(3)]
+    assert sorted(functools.reduce(operator.iadd, parts, [])) == items
+    assert unshard(parts, len(items)) == items
+
+
+def test_two_processes_reach_the_accuracy_of_one(tmp_path, env):
+    """torchrun -m zoo finetune: the same global batch and seed, 1 vs 2 processes; the val set counted once."""
+    data = make_images(tmp_path / "data", classes=("a", "b", "c"), per_class=20, size=40)
+    common = ["tiny", data, "--policy", "finetune", "--epochs", "4", "--batch-size", "8", "--seed", "0", "--quiet"]
+    one = zoo(env, "finetune", *common, "--out", tmp_path / "one", "--name", "run")
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "zoo",
+         "finetune", *map(str, common), "--out", str(tmp_path / "two"), "--name", "run"],
+        env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr
+    s1, s2 = summary(tmp_path / "one" / "run"), summary(tmp_path / "two" / "run")
+    assert s2["world_size"] == 2 and s1["world_size"] == 1
+    # stated tolerance: the same accuracy within 0.1 (12 val images: one image is 0.083)
+    assert abs(s1["final_val_acc"] - s2["final_val_acc"]) <= 0.1, (s1["final_val_acc"], s2["final_val_acc"])
+    assert s2["final_val_acc"] >= 0.9
+    history = torch.load(tmp_path / "two" / "run" / "last.pt", weights_only=False)["history"]
+    assert all(row["val_images"] == s2["val_images"] == 12 for row in history)  # each val image exactly once
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["run"]  # one run folder, written once
+    assert len(list((tmp_path / "two" / "run").glob("*.pt"))) == 2  # best.pt and last.pt
+
+
+def test_nproc_per_node_feature_extract_uses_per_rank_caches(tmp_path, env):
+    data = make_images(tmp_path / "data", classes=("a", "b"), per_class=16, size=40)
+    args = ["tiny", data, "--policy", "feature-extract", "--epochs", "8", "--lr", "0.05", "--batch-size", "8",
+            "--out", tmp_path]  # fmt: skip
+    result = zoo(env, "finetune", *args, "--nproc-per-node", "2", "--name", "dist", "--json")
+    assert result.returncode == 0, result.stderr
+    s = json.loads(result.stdout)
+    assert s["world_size"] == 2 and s["cache"] is not None and s["epochs_run"] == 8
+    assert s["best_val_acc"] >= 0.8
+    single = zoo(env, "finetune", *args, "--name", "single", "--json")
+    assert abs(json.loads(single.stdout)["best_val_acc"] - s["best_val_acc"]) <= 0.125
+
+
+def _worker_pid(launcher: int, rank: int) -> int | None:
+    """The pid of the worker process with RANK=rank that descends from `launcher` (read from /proc)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() not in environ:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        while parent > 1:
+            if parent == launcher:
+                return int(entry.name)
+            try:
+                parent = int((Path("/proc") / str(parent) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                break
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc (Linux)")
+def test_killed_worker_stops_the_job_naming_its_rank_and_resume_completes(tmp_path, env):
+    data = make_images(tmp_path / "data", classes=("a", "b"), per_class=60, size=48)
+    run = tmp_path / "runs" / "job"
+    args = ["finetune", "tiny", data, "--epochs", "30", "--batch-size", "8", "--nproc-per-node", "2",
+            "--out", tmp_path / "runs", "--name", "job", "--dist-timeout", "60"]  # fmt: skip
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "zoo", *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 180
+        while not (run / "last.pt").is_file() and launcher.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        victim = _worker_pid(launcher.pid, 1)
+        assert victim is not None, "rank 1 worker not found"
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=120)  # no hang: the job ends on its own
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode != 0
+    text = " ".join(stderr.split())
+    assert "worker rank 1" in text and "SIGKILL" in text, text[-2000:]
+    assert f"--resume {run}" in text and "Traceback" not in text.split("error:")[-1]
+    done = torch.load(run / "last.pt", weights_only=False)["epoch"]
+    assert 1 <= done < 30  # the last complete checkpoint survived the crash
+
+    resumed = zoo(env, "finetune", "--resume", run, "--nproc-per-node", "2", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    s = summary(run)
+    assert s["status"] == "completed" and s["epochs_run"] == 30 and s["world_size"] == 2
+
+
+def test_launch_options_are_checked_before_anything_starts(tmp_path):
+    data = make_images(tmp_path / "data", per_class=4)
+    bad = runner.invoke(app, ["finetune", "resnet18", str(data), "--nproc-per-node", "2", "--batch-size", "7"])
+    assert bad.exit_code == 1 and "--batch-size 7: the global batch must divide evenly over 2 workers" in bad.output
+    if not torch.cuda.is_available():
+        sync = runner.invoke(app, ["finetune", "resnet18", str(data), "--nproc-per-node", "2", "--sync-bn"])
+        assert sync.exit_code == 1 and "--sync-bn: SyncBatchNorm needs CUDA" in sync.output
+    nodes = runner.invoke(app, ["finetune", "resnet18", str(data), "--nnodes", "2"])
+    assert nodes.exit_code == 1 and "--rdzv-endpoint" in nodes.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_rendezvous_arguments():
+    assert "--standalone" in Launch(nproc_per_node=2).torchrun_args()
+    c10d = Launch(nproc_per_node=4, nnodes=2, rdzv_endpoint="node0:29400").torchrun_args()
+    assert "--rdzv-backend=c10d" in c10d and "--rdzv-endpoint=node0:29400" in c10d and "--nnodes=2" in c10d
+    static = Launch(nproc_per_node=4, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=29500)
+    assert {"--node-rank=1", "--master-addr=10.0.0.1", "--master-port=29500"} <= set(static.torchrun_args())
+
+
+def test_failure_message_names_rank_signal_and_resume():
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    failure = ProcessFailure(local_rank=1, pid=4242, exitcode=-9, error_file="/nonexistent")
+    other = ProcessFailure(local_rank=0, pid=4241, exitcode=1, error_file="/nonexistent")
+    other.timestamp = failure.timestamp + 5
+    exc = ChildFailedError("zoo.distributed", {1: failure, 0: other})
+    text = failure_message(exc, Path("runs/x"), Launch(nproc_per_node=2))
+    assert text.startswith("worker rank 1 (pid 4242) was killed by SIGKILL; the job stopped (1 other worker(s)")
+    assert "zoo finetune --resume runs/x --nproc-per-node 2" in text
