@@ -64,6 +64,13 @@ def main() -> None:
     for name in MODELS:
         torch.manual_seed(0)
         model = torchvision.models.get_model(name, weights=None).eval()
+        with torch.no_grad():  # BatchNorm statistics as after training, so the logits are not near zero
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.weight.uniform_(0.8, 1.2)
+                    m.bias.uniform_(-0.2, 0.2)
+                    m.running_mean.uniform_(-0.1, 0.1)
+                    m.running_var.uniform_(0.5, 1.5)
         path = tmp / f"{name}.onnx"
         torch.onnx.export(
             model, (torch.randn(1, 3, 224, 224),), str(path), dynamo=False, opset_version=14 if "vit" in name else 13
@@ -76,6 +83,13 @@ def main() -> None:
         result = runner.invoke(app, ["import", str(path), "--name", zoo_name, "--json", *extra])
         seconds = time.perf_counter() - start
         row = {"model": label, "name": zoo_name, "import_s": round(seconds, 2), "imported": result.exit_code == 0}
+        import numpy as np
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        shape = [d if isinstance(d, int) else 1 for d in session.get_inputs()[0].shape]
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        row["max_logit"] = float(np.abs(session.run(None, {session.get_inputs()[0].name: x})[0]).max())
         if result.exit_code == 0:
             report = json.loads(result.output)
             row |= {
@@ -120,18 +134,21 @@ def main() -> None:
 
 def render(rows: list[dict]) -> str:
     lines = [
-        "| ONNX file | imported | max abs diff b1 / b8 | groups | import s | feature-extract | freeze:2 | export |",
-        "|---|---|---|---|---|---|---|---|",
+        "| ONNX file | imported | max abs diff b1 / b8 | max output | groups | import s | feature-extract | freeze:2 "
+        "| export |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r["imported"]:
             diff = f"{r['diff_b1']:.1e} / {r['diff_b8']:.1e}"
             lines.append(
-                f"| {r['model']} | yes | {diff} | {r['groups']} | {r['import_s']:.1f} | "
+                f"| {r['model']} | yes | {diff} | {r['max_logit']:.2g} | {r['groups']} | {r['import_s']:.1f} | "
                 f"{r.get('feature-extract', '-')} | {r.get('freeze:2', '-')} | {r.get('export', '-')} |"
             )
         else:
-            lines.append(f"| {r['model']} | **refused**: {r['error']} | | | {r['import_s']:.1f} | | | |")
+            lines.append(
+                f"| {r['model']} | **refused**: {r['error']} | | {r['max_logit']:.2g} | | {r['import_s']:.1f} | | | |"
+            )
     return "\n".join(lines)
 
 

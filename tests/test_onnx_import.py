@@ -68,6 +68,8 @@ class Cnn(nn.Module):
         x = self.pw(self.dw(self.stem(x)))
         x = x + torch.relu(self.res(x))
         x = x * self.se(x)
+        a, b = x.chunk(2, 1)  # Shape/Gather/Slice arithmetic, as channel shuffles export it
+        x = torch.cat([b, a], 1)
         x = self.down(torch.cat([self.pool_a(x), self.pool_b(x)], 1))
         if self.conv_head:
             x = torch.flatten(torch.relu(self.head(x)).mean((2, 3), keepdim=True), 1)
@@ -157,6 +159,8 @@ def test_mnist8_round_trip_import_finetune_export_predict(tmp_path, monkeypatch)
     exported = zoo("export", tmp_path / "freeze", "-o", tmp_path / "digits.onnx")
     assert exported.exit_code == 0, exported.output
     assert "verified" in exported.output
+    # zoo's constant Reshape keeps the imported graph traceable by torch.export (onnx2torch's branches on values)
+    assert "dynamo exporter" in " ".join(exported.output.split()), exported.output
     predicted = zoo("predict", tmp_path / "digits.onnx", four / "2" / "0.png", "--json")
     assert predicted.exit_code == 0, predicted.output
     assert json.loads(predicted.output)[0]["top"][0]["label"] in "0123"
@@ -190,7 +194,8 @@ def test_feature_extract_and_freeze_on_an_exported_cnn_then_export(tmp_path, mon
     from zoo.models import create_model
 
     monkeypatch.chdir(tmp_path)
-    path = export_cnn(tmp_path / "cnn.onnx")
+    # Reshape(1, -1) sends the export to the TorchScript exporter, where ReduceMean needs zoo's torch compat shim
+    path = export_cnn(tmp_path / "cnn.onnx", flatten_to_one=True)
     assert zoo("import", path, "--name", "cnn").exit_code == 0
     spec = get_registry().get("cnn")
     pretrained = create_model(spec).state_dict()
@@ -206,6 +211,8 @@ def test_feature_extract_and_freeze_on_an_exported_cnn_then_export(tmp_path, mon
             assert same == (spec.groups.index(group) < frozen_groups), (policy, group.name)
     out = zoo("export", tmp_path / "freeze", "-o", tmp_path / "cnn-ft.onnx")
     assert out.exit_code == 0 and "verified" in out.output, out.output
+    # constant Reshape/Slice and folded shape arithmetic keep imported models traceable by torch.export
+    assert "dynamo exporter" in " ".join(out.output.split()), out.output
 
 
 def test_registry_entry_is_downloaded_checked_and_imported_on_first_use(tmp_path, served, monkeypatch):
@@ -393,3 +400,39 @@ def test_registry_entry_overrides_head_and_groups(tmp_path):
     spec = get_registry().get("digits")  # settings changed: imported again on first use
     assert spec.group_names == ("features", "head")
     check_backbone(spec, num_classes=2, export=False)
+
+
+def test_imported_slice_and_reshape_trace_with_torch_export(tmp_path):
+    """onnx2torch's Slice reads its bounds with .numpy() and its Reshape branches on values: torch.export
+    (the dynamo ONNX exporter) fails on both; zoo swaps in modules with the constants baked in."""
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
+    consts = [
+        numpy_helper.from_array(np.array([0], np.int64), "starts"),
+        numpy_helper.from_array(np.array([2], np.int64), "ends"),
+        numpy_helper.from_array(np.array([1], np.int64), "axes"),
+        numpy_helper.from_array(np.array([1, -1], np.int64), "shape"),
+        numpy_helper.from_array(np.ones((2, 2), np.float32), "fc_w"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Slice", ["c", "starts", "ends", "axes"], ["s"], name="half"),
+        helper.make_node("GlobalAveragePool", ["s"], ["p"], name="gap"),
+        helper.make_node("Reshape", ["p", "shape"], ["f"], name="flat"),
+        helper.make_node("MatMul", ["f", "fc_w"], ["y"], name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [w, *consts],
+    )
+    path = tmp_path / "sliced.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    assert zoo("import", path, "--name", "sliced").exit_code == 0
+    from zoo.models import create_model
+
+    model = create_model("sliced", num_classes=3).eval()
+    x = torch.randn(2, 3, 16, 16)
+    program = torch.export.export(model, (x,))
+    assert torch.allclose(program.module()(x), model(x))

@@ -181,6 +181,23 @@ def plugins(as_json: JsonFlag = False):
     console.print(table)
 
 
+plugin_app = typer.Typer(help="Plugin authoring: `zoo plugin new NAME`.", no_args_is_help=True)
+app.add_typer(plugin_app, name="plugin")
+
+
+@plugin_app.command("new")
+def plugin_new(
+    name: Annotated[str, typer.Argument(help="Plugin name, e.g. my-models (package zoo-my-models).")],
+    directory: Annotated[str, typer.Option("--dir", help="Where to create zoo-NAME/.")] = ".",
+):
+    """Create a plugin package: entry point, one Backbone, its builder and a check_backbone test."""
+    from zoo.scaffold import new_plugin
+
+    root = new_plugin(name, directory)
+    console.print(f"[bold]created[/] {root}")
+    console.print(f"next: pip install -e {root} && zoo list {name} && (cd {root} && pytest)", highlight=False)
+
+
 @app.command()
 def finetune(
     backbone: Annotated[str | None, typer.Argument(help="Backbone name or alias (`zoo list`).")] = None,

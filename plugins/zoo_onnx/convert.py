@@ -57,6 +57,7 @@ def to_torch(prepared: Prepared, where: str) -> fx.GraphModule:
             f"{where}: onnx2torch cannot convert it ({type(exc).__name__}: {(text[0] if text else '')[:200]})"
         ) from None
     linear_matmuls(gm)
+    constant_reshapes(gm)
     if prepared.layout == "NHWC":
         placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
         with gm.graph.inserting_after(placeholder):
@@ -103,6 +104,62 @@ def linear_matmuls(gm: fx.GraphModule) -> int:
                 add.replace_all_uses_with(node)
                 gm.graph.erase_node(add)
         gm.add_submodule(node.target, linear)
+        node.args = (node.args[0],)
+        changed += 1
+    if changed:
+        gm.graph.eliminate_dead_code()
+        gm.recompile()
+    return changed
+
+
+class ConstantReshape(nn.Module):
+    """ONNX Reshape with a constant shape (0 copies the input's size there), without data-dependent branches,
+    so torch.export (the dynamo ONNX exporter) can trace it; onnx2torch's branches on the shape's values."""
+
+    def __init__(self, shape: list[int]):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape([x.shape[i] if s == 0 else s for i, s in enumerate(self.shape)])
+
+
+class ConstantSlice(nn.Module):
+    """ONNX Slice with constant starts/ends/axes/steps, precomputed (onnx2torch's reads them with .numpy())."""
+
+    def __init__(self, *constants):
+        from onnx2torch.node_converters.slice import _get_slices
+
+        super().__init__()
+        self.slices = _get_slices(*constants, *[None] * (4 - len(constants)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from onnx2torch.node_converters.slice import _do_slice
+
+        return _do_slice(x, *self.slices)
+
+
+def constant_reshapes(gm: fx.GraphModule) -> int:
+    """Swap onnx2torch's Reshape and Slice for modules that torch.export can trace, where their
+    shape/start/end inputs are constant buffers (the dynamo exporter then works on imported models)."""
+    from onnx2torch.node_converters.reshape import OnnxReshape
+    from onnx2torch.node_converters.slice import OnnxSlice
+
+    def constant(arg):
+        return isinstance(arg, fx.Node) and arg.op == "get_attr"
+
+    changed = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or node.kwargs or not all(constant(a) for a in node.args[1:]):
+            continue
+        module = gm.get_submodule(node.target)
+        values = [gm.get_buffer(a.target) for a in node.args[1:]]
+        if isinstance(module, OnnxReshape) and len(values) == 1:
+            gm.add_submodule(node.target, ConstantReshape([int(v) for v in values[0].tolist()]))
+        elif isinstance(module, OnnxSlice) and values:
+            gm.add_submodule(node.target, ConstantSlice(*values))
+        else:
+            continue
         node.args = (node.args[0],)
         changed += 1
     if changed:

@@ -23,11 +23,26 @@ class GlobalMaxPool(nn.Module):
         return torch.amax(x, dim=tuple(range(2, x.dim())), keepdim=True)
 
 
+def _torch_compat() -> None:
+    """onnx2torch 1.5 reads the export opset from `torch.onnx.symbolic_helper.GLOBALS`, which newer torch
+    keeps in the TorchScript exporter's own module; without it, exporting Gather, Split or Reduce fails."""
+    import torch.onnx.symbolic_helper as helper
+
+    if hasattr(helper, "GLOBALS"):
+        return
+    try:
+        from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+    except ImportError:
+        return
+    helper.GLOBALS = GLOBALS
+
+
 def register() -> None:
     """Register zoo's converters once (onnx2torch refuses a second registration)."""
     global _DONE
     if _DONE:
         return
+    _torch_compat()
     from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription, add_converter
     from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
 

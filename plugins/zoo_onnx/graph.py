@@ -162,8 +162,18 @@ def prepare(
     if n := _fuse_biases(model.graph, _shapes(model)):
         notes.append(f"{n} bias Add(s) fused into Conv/Gemm")
     model = _infer(model, where)
-    if n := _batch_dynamic_reshapes(model):
-        notes.append(f"{n} Reshape(s) that fixed the batch at 1 now copy it")
+    fixed = 0
+    while n := _batch_dynamic_reshapes(model):  # one fix lets inference carry the batch to the next Reshape
+        fixed += n
+        del model.graph.value_info[:]  # inference keeps shapes it already has: start afresh
+        model = _infer(model, where)
+    if fixed:
+        notes.append(f"{fixed} Reshape(s) that fixed the batch at 1 now copy it")
+    if n := _fold_static_dims(model):  # x.shape[1] and the arithmetic on it (torch.chunk, channel shuffles)
+        n += _fold_constants(model.graph)
+        notes.append(f"{n} shape computation(s) on fixed dimensions folded")
+        del model.graph.value_info[:]
+        model = _infer(model, where)
     if dropped := _drop_softmax(model.graph):
         notes.append(f"trailing {dropped} removed (zoo trains on logits)")
     _drop_unused_initializers(model.graph)
@@ -196,12 +206,18 @@ def _infer(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
 
 
 def _rename_nodes(graph: onnx.GraphProto) -> dict[str, str]:
-    """Unique identifier names for every node: they become torch module names."""
-    used: set[str] = {"initializers"}
+    """Unique identifier names for every node: they become torch module names.
+
+    Names that a torch module already has as an attribute ("half", "train", "graph", ...) get the op type in front.
+    """
+    import torch.fx
+
+    reserved = set(dir(torch.fx.GraphModule)) | {"initializers", "training"}
+    used: set[str] = set()
     renamed = {}
     for node in graph.node:
         base = re.sub(r"\W+", "_", node.name or node.op_type).strip("_") or node.op_type
-        if not base[0].isalpha():
+        if not base[0].isalpha() or base in reserved:
             base = f"{node.op_type}_{base}"
         name, i = base, 1
         while name in used:
@@ -406,7 +422,8 @@ def _batch_dynamic_reshapes(model: onnx.ModelProto) -> int:
             continue
         target = numpy_helper.to_array(inits[node.input[1]])
         source = shapes.get(node.input[0], [])
-        if target.ndim != 1 or not len(target) or target[0] != 1 or not source or source[0] != BATCH:
+        # the input's batch is symbolic (N, or a dim inference could not name): a target of 1 pins it
+        if target.ndim != 1 or not len(target) or target[0] != 1 or not source or isinstance(source[0], int):
             continue
         new = target.copy()
         new[0] = 0  # copy the input's batch size
@@ -417,6 +434,35 @@ def _batch_dynamic_reshapes(model: onnx.ModelProto) -> int:
         node.input[1] = name
         changed += 1
     return changed
+
+
+def _fold_static_dims(model: onnx.ModelProto) -> int:
+    """Gather(Shape(x), i) where x's dimension i is fixed: a constant (only the batch stays symbolic)."""
+    shapes = _shapes(model)
+    graph = model.graph
+    made_by = producers(graph)
+    inits = {t.name: t for t in graph.initializer}
+    folded = 0
+    for node in list(graph.node):
+        if node.op_type != "Gather" or node.input[1] not in inits or _attrs(node).get("axis", 0) != 0:
+            continue
+        source = made_by.get(node.input[0])
+        if source is None or source.op_type != "Shape" or _attrs(source):
+            continue
+        dims = shapes.get(source.input[0])
+        index = numpy_helper.to_array(inits[node.input[1]])
+        if not dims:
+            continue
+        picked = np.asarray(dims, dtype=object)[index]
+        if not all(isinstance(d, int) for d in np.atleast_1d(picked)):
+            continue
+        graph.initializer.append(numpy_helper.from_array(np.asarray(picked, dtype=np.int64), node.output[0]))
+        graph.node.remove(node)
+        folded += 1
+    used = {i for n in graph.node for i in n.input}
+    for node in [n for n in graph.node if n.op_type == "Shape" and n.output[0] not in used]:
+        graph.node.remove(node)
+    return folded
 
 
 def _drop_softmax(graph: onnx.GraphProto) -> str | None:
