@@ -176,3 +176,12 @@ def test_failure_message_names_rank_signal_and_resume():
     text = failure_message(exc, Path("runs/x"), Launch(nproc_per_node=2))
     assert text.startswith("worker rank 1 (pid 4242) was killed by SIGKILL; the job stopped (1 other worker(s)")
     assert "zoo finetune --resume runs/x --nproc-per-node 2" in text
+
+
+def test_a_worker_error_before_training_ends_the_job_with_its_message(tmp_path, env):
+    data = make_images(tmp_path / "data", classes=("only",), per_class=6)
+    result = zoo(env, "finetune", "tiny", data, "--nproc-per-node", "2", "--out", tmp_path / "runs", timeout=120)
+    assert result.returncode != 0
+    assert "error: rank 0:" in result.stderr and "one class" in result.stderr, result.stderr[-1500:]
+    assert "worker rank" in result.stderr and "--resume" not in result.stderr  # nothing to resume
+    assert not any((tmp_path / "runs").glob("*"))  # no empty run folder left behind

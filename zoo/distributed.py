@@ -191,7 +191,10 @@ def launch(launch_cfg: Launch, config: dict[str, Any], run_dir: Path, resume: bo
         try:
             run(args)
         except ChildFailedError as exc:
-            raise DistributedError(failure_message(exc, run_dir, launch_cfg)) from None
+            resumable = (run_dir / "last.pt").is_file()
+            if not resumable and run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()  # nothing was written: leave no empty run folder behind
+            raise DistributedError(failure_message(exc, run_dir if resumable else None, launch_cfg)) from None
     return run_dir
 
 
