@@ -436,3 +436,62 @@ def test_imported_slice_and_reshape_trace_with_torch_export(tmp_path):
     x = torch.randn(2, 3, 16, 16)
     program = torch.export.export(model, (x,))
     assert torch.allclose(program.module()(x), model(x))
+
+
+def test_offline_registry_entry_says_where_to_put_the_file(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    home = zoo_home()
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "registry.toml").write_text(
+        f'[onnx.far]\nurl = "http://127.0.0.1:{port}/far.onnx"\nsha256 = "{MNIST_SHA256}"\n'
+    )
+    from zoo.weights import cache_dir
+
+    text = one_line_error(zoo("finetune", "far", tmp_path), "[onnx.far]: cannot download", "copy the file to")
+    assert str(cache_dir() / "far.onnx") in text and "--weights" not in text
+
+
+def test_old_model_zoo_style_graph_opset_7(tmp_path):
+    """The shape of ResNet/SqueezeNet files in the ONNX Model Zoo: opset 7, IR 3, initializers listed as inputs,
+    BatchNormalization-7, Sum for the residual, Gemm with transB, Softmax output."""
+    rng = np.random.default_rng(0)
+
+    def t(name, *shape, low=-0.5, high=0.5):
+        return numpy_helper.from_array(rng.uniform(low, high, shape).astype(np.float32), name)
+
+    inits = [
+        t("c1_w", 8, 3, 3, 3), t("c1_b", 8), t("bn_s", 8, low=0.5, high=1.5), t("bn_b", 8), t("bn_m", 8),
+        t("bn_v", 8, low=0.5, high=1.5), t("c2_w", 8, 8, 3, 3), t("fc_w", 5, 8), t("fc_b", 5),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["data", "c1_w", "c1_b"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("BatchNormalization", ["c1", "bn_s", "bn_b", "bn_m", "bn_v"], ["bn"], epsilon=1e-5),
+        helper.make_node("Relu", ["bn"], ["r1"]),
+        helper.make_node("Conv", ["r1", "c2_w"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Sum", ["c2", "r1"], ["res"]),
+        helper.make_node("MaxPool", ["res"], ["mp"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["mp"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], ["prob"]),
+    ]
+    inputs = [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, 32, 32])]
+    inputs += [helper.make_tensor_value_info(i.name, TensorProto.FLOAT, list(i.dims)) for i in inits]
+    graph = helper.make_graph(
+        nodes, "old", inputs, [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 5])], inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 7)])
+    model.ir_version = 3
+    path = tmp_path / "old.onnx"
+    onnx.save(model, path)
+    result = zoo("import", path, "--name", "old", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert "opset 7 upgraded to 13" in report["notes"] and report["checks"][1]["top1_agreement"] == 1.0
+    spec = get_registry().get("old")
+    assert [g.name for g in spec.groups] == ["stage0_s16x16", "head"]
+    check_backbone(spec, num_classes=2)

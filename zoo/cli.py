@@ -58,7 +58,9 @@ def _print_json(data: Any) -> None:
 
 
 def _millions(n: int | None) -> str:
-    return f"{n / 1e6:.1f}M" if n else "?"
+    if not n:
+        return "?"
+    return f"{n / 1e6:.1f}M" if n >= 100_000 else f"{n / 1e3:.1f}K"
 
 
 @app.command("list")

@@ -174,9 +174,21 @@ def import_entry(name: str, check_data: str | Path | None = None, force: bool = 
         raise ZooError(f"{name}: not an .onnx file nor an [onnx.NAME] registry entry (entries: {known})")
     if not entry.get("url"):
         raise ZooError(f"registry.toml [onnx.{name}]: no url")
+    weights = Weights(tag=f"onnx.{name}", url=entry["url"], sha256=entry.get("sha256"))
     try:
-        path = fetch(Weights(tag=f"onnx.{name}", url=entry["url"], sha256=entry.get("sha256")))
+        path = fetch(weights)
     except WeightsError as exc:
+        from urllib.parse import urlparse
+
+        from zoo.weights import cache_dir
+
+        target = cache_dir() / Path(urlparse(entry["url"]).path).name
+        if "cannot download" in str(exc):  # the file is the model itself: --weights does not apply here
+            reason = str(exc).split(" (", 1)[-1].split(");", 1)[0]
+            raise WeightsError(
+                f"[onnx.{name}]: cannot download {entry['url']} ({reason}); copy the file to {target} "
+                "(its sha256 is checked) and run again"
+            ) from None
         raise WeightsError(f"[onnx.{name}] {entry['url']}: {exc}") from None
     where = f"{name} ({path})"
     prepared = prepare(load(path, where), where, input_size=entry.get("input_size"), layout=entry.get("layout"))
