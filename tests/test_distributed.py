@@ -185,3 +185,42 @@ def test_a_worker_error_before_training_ends_the_job_with_its_message(tmp_path, 
     assert "error: rank 0:" in result.stderr and "one class" in result.stderr, result.stderr[-1500:]
     assert "worker rank" in result.stderr and "--resume" not in result.stderr  # nothing to resume
     assert not any((tmp_path / "runs").glob("*"))  # no empty run folder left behind
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc (Linux)")
+def test_a_stuck_worker_ends_the_job_after_the_timeout(tmp_path, env):
+    """SIGSTOP rank 1: rank 0's collective times out after --dist-timeout and the whole job stops; no hang."""
+    data = make_images(tmp_path / "data", classes=("a", "b"), per_class=60, size=48)
+    run = tmp_path / "runs" / "job"
+    args = ["finetune", "tiny", data, "--epochs", "30", "--batch-size", "8", "--nproc-per-node", "2",
+            "--out", tmp_path / "runs", "--name", "job", "--dist-timeout", "5"]  # fmt: skip
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "zoo", *map(str, args)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    victim = None
+    try:
+        deadline = time.time() + 180
+        while not (run / "last.pt").is_file() and launcher.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        victim = _worker_pid(launcher.pid, 1)
+        assert victim is not None, "rank 1 worker not found"
+        os.kill(victim, signal.SIGSTOP)
+        start = time.time()
+        _, stderr = launcher.communicate(timeout=120)
+        elapsed = time.time() - start
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+        if victim:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    assert launcher.returncode != 0 and elapsed < 60, elapsed
+    text = " ".join(stderr.split())
+    assert "worker rank 0" in text and "timed out waiting for another worker" in text, text[-1500:]
+    assert f"--resume {run}" in text

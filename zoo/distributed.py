@@ -41,6 +41,9 @@ class DistributedError(ZooError):
     """A distributed run that cannot start, or a worker that died."""
 
 
+TIMEOUT_EXIT = 124  # a worker whose collective timed out exits with this (as `timeout` does)
+
+
 @dataclass(frozen=True)
 class Dist:
     """This process's place in the job (world 1: not distributed)."""
@@ -158,7 +161,13 @@ class Launch:
             )
 
     def torchrun_args(self) -> list[str]:
-        args = [f"--nproc-per-node={self.nproc_per_node}", f"--nnodes={self.nnodes}", "--max-restarts=0"]
+        # no restarts: a failure stops the job; survivors get SIGTERM, then SIGKILL 5 s later (not torchrun's 30 s)
+        args = [
+            f"--nproc-per-node={self.nproc_per_node}",
+            f"--nnodes={self.nnodes}",
+            "--max-restarts=0",
+            "--shutdown-timeout=5",
+        ]
         if self.rdzv_endpoint:
             args += ["--rdzv-backend=c10d", f"--rdzv-endpoint={self.rdzv_endpoint}", f"--rdzv-id={self.rdzv_id}"]
         elif self.nnodes == 1 and self.master_port is None:
@@ -201,7 +210,9 @@ def launch(launch_cfg: Launch, config: dict[str, Any], run_dir: Path, resume: bo
 def failure_message(exc, run_dir: Path | None, launch_cfg: Launch) -> str:
     """One line: which rank died, how, and how to go on."""
     rank, failure = exc.get_first_failure()
-    if failure.exitcode < 0:
+    if failure.exitcode == TIMEOUT_EXIT:
+        how = "timed out waiting for another worker (--dist-timeout): a worker is stuck or unreachable"
+    elif failure.exitcode < 0:
         try:
             how = f"was killed by {signal.Signals(-failure.exitcode).name}"
         except ValueError:
@@ -237,6 +248,12 @@ def _worker(job_file: str) -> int:
     except ZooError as exc:
         sys.stderr.write(f"error: rank {Dist.from_env().rank}: {exc}\n")
         return exc.exit_code
+    except RuntimeError as exc:  # gloo/NCCL: a collective that waited longer than --dist-timeout
+        text = str(exc)
+        if "timed out" not in text.lower() and "timeout" not in text.lower():
+            raise
+        sys.stderr.write(f"error: rank {Dist.from_env().rank}: timed out waiting for another worker ({text[:200]})\n")
+        return TIMEOUT_EXIT
     return 0
 
 
