@@ -109,12 +109,12 @@ def _worker_pid(launcher: int, rank: int) -> int | None:
     return None
 
 
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc (Linux)")
-def test_killed_worker_stops_the_job_naming_its_rank_and_resume_completes(tmp_path, env):
+def _start_and_catch_rank1(tmp_path, env, *extra):
+    """Launch a 30-epoch 2-process run; once its first checkpoint exists, return (launcher, run dir, rank-1 pid)."""
     data = make_images(tmp_path / "data", classes=("a", "b"), per_class=60, size=48)
     run = tmp_path / "runs" / "job"
     args = ["finetune", "tiny", data, "--epochs", "30", "--batch-size", "8", "--nproc-per-node", "2",
-            "--out", tmp_path / "runs", "--name", "job", "--dist-timeout", "60"]  # fmt: skip
+            "--out", tmp_path / "runs", "--name", "job", *extra]  # fmt: skip
     launcher = subprocess.Popen(
         [sys.executable, "-m", "zoo", *map(str, args)],
         env=env,
@@ -122,12 +122,20 @@ def test_killed_worker_stops_the_job_naming_its_rank_and_resume_completes(tmp_pa
         stderr=subprocess.PIPE,
         text=True,
     )
+    deadline = time.time() + 180
+    while not (run / "last.pt").is_file() and launcher.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    victim = _worker_pid(launcher.pid, 1)
+    if victim is None:
+        launcher.kill()
+        pytest.fail("rank 1 worker not found")
+    return launcher, run, victim
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc (Linux)")
+def test_killed_worker_stops_the_job_naming_its_rank_and_resume_completes(tmp_path, env):
+    launcher, run, victim = _start_and_catch_rank1(tmp_path, env, "--dist-timeout", "60")
     try:
-        deadline = time.time() + 180
-        while not (run / "last.pt").is_file() and launcher.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        victim = _worker_pid(launcher.pid, 1)
-        assert victim is not None, "rank 1 worker not found"
         os.kill(victim, signal.SIGKILL)
         _, stderr = launcher.communicate(timeout=120)  # no hang: the job ends on its own
     finally:
@@ -190,24 +198,8 @@ def test_a_worker_error_before_training_ends_the_job_with_its_message(tmp_path, 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc (Linux)")
 def test_a_stuck_worker_ends_the_job_after_the_timeout(tmp_path, env):
     """SIGSTOP rank 1: rank 0's collective times out after --dist-timeout and the whole job stops; no hang."""
-    data = make_images(tmp_path / "data", classes=("a", "b"), per_class=60, size=48)
-    run = tmp_path / "runs" / "job"
-    args = ["finetune", "tiny", data, "--epochs", "30", "--batch-size", "8", "--nproc-per-node", "2",
-            "--out", tmp_path / "runs", "--name", "job", "--dist-timeout", "5"]  # fmt: skip
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "zoo", *map(str, args)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    victim = None
+    launcher, run, victim = _start_and_catch_rank1(tmp_path, env, "--dist-timeout", "5")
     try:
-        deadline = time.time() + 180
-        while not (run / "last.pt").is_file() and launcher.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        victim = _worker_pid(launcher.pid, 1)
-        assert victim is not None, "rank 1 worker not found"
         os.kill(victim, signal.SIGSTOP)
         start = time.time()
         _, stderr = launcher.communicate(timeout=120)
@@ -215,11 +207,10 @@ def test_a_stuck_worker_ends_the_job_after_the_timeout(tmp_path, env):
     finally:
         if launcher.poll() is None:
             launcher.kill()
-        if victim:
-            try:
-                os.kill(victim, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     assert launcher.returncode != 0 and elapsed < 60, elapsed
     text = " ".join(stderr.split())
     assert "worker rank 0" in text and "timed out waiting for another worker" in text, text[-1500:]

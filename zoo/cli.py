@@ -441,23 +441,10 @@ def export(
     if as_json:
         _print_json(report.to_dict())
         return
-    table = Table(
-        title=f"{report.path} ({report.exporter} exporter, opset {report.opset}): onnxruntime vs torch "
-        f"on {report.images}",
-        title_justify="left",
+    _check_table(
+        f"{report.path} ({report.exporter} exporter, opset {report.opset}): onnxruntime vs torch on {report.images}",
+        report.checks,
     )
-    for column in ("batch", "shape", "max abs diff", "tolerance", "top-1 agreement", "result"):
-        table.add_column(column, justify="right")
-    for c in report.checks:
-        table.add_row(
-            str(c.batch),
-            "x".join(map(str, c.onnx_shape)),
-            f"{c.max_abs_diff:.2e}",
-            f"{c.atol:.1e}",
-            f"{c.top1_agreement:.1%}",
-            "ok" if not c.failures else "; ".join(c.failures),
-        )
-    console.print(table)
     for note in report.notes:
         err_console.print(f"note: {note}")
     if report.int8:
@@ -538,11 +525,12 @@ def import_(
     console.print(f"{status}: {report.name} (`zoo info {report.name}`, `zoo finetune {report.name} DATA`)")
 
 
-def _import_table(report) -> None:
-    table = Table(title=f"{report.path}: torch (onnx2torch) vs onnxruntime on {report.images}", title_justify="left")
+def _check_table(title: str, checks) -> None:
+    """The per-batch comparison table of `zoo export`, `zoo verify` and `zoo import`."""
+    table = Table(title=title, title_justify="left")
     for column in ("batch", "shape", "max abs diff", "tolerance", "top-1 agreement", "result"):
         table.add_column(column, justify="right")
-    for c in report.checks:
+    for c in checks:
         table.add_row(
             str(c.batch),
             "x".join(map(str, c.torch_shape)),
@@ -552,6 +540,10 @@ def _import_table(report) -> None:
             "ok" if not c.failures else "; ".join(c.failures),
         )
     console.print(table)
+
+
+def _import_table(report) -> None:
+    _check_table(f"{report.path}: torch (onnx2torch) vs onnxruntime on {report.images}", report.checks)
     if report.divergence:
         err_console.print(report.divergence, highlight=False)
 

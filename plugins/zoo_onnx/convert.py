@@ -106,10 +106,7 @@ def linear_matmuls(gm: fx.GraphModule) -> int:
         gm.add_submodule(node.target, linear)
         node.args = (node.args[0],)
         changed += 1
-    if changed:
-        gm.graph.eliminate_dead_code()
-        gm.recompile()
-    return changed
+    return _recompiled(gm, changed)
 
 
 class ConstantReshape(nn.Module):
@@ -162,6 +159,10 @@ def constant_reshapes(gm: fx.GraphModule) -> int:
             continue
         node.args = (node.args[0],)
         changed += 1
+    return _recompiled(gm, changed)
+
+
+def _recompiled(gm: fx.GraphModule, changed: int) -> int:
     if changed:
         gm.graph.eliminate_dead_code()
         gm.recompile()
