@@ -495,3 +495,29 @@ def test_old_model_zoo_style_graph_opset_7(tmp_path):
     spec = get_registry().get("old")
     assert [g.name for g in spec.groups] == ["stage0_s16x16", "head"]
     check_backbone(spec, num_classes=2)
+
+
+def test_check_data_adds_real_images_to_the_conversion_check(tmp_path):
+    data = digits_folder(tmp_path / "digits", digits="0123", per_class=3)
+    result = import_mnist("digits", "--check-data", data)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "generated" in text and "real" in text and "images from --check-data" in text
+    layout = json.loads((zoo_home() / "onnx" / "digits" / "layout.json").read_text())
+    assert [(c["output"], c["batch"]) for c in layout["checks"]] == [
+        ("generated", 1),
+        ("generated", 8),
+        ("real", 1),
+        ("real", 8),
+    ]
+    one_line_error(import_mnist("other", "--check-data", tmp_path / "nope"), "--check-data", "no such folder")
+
+
+def test_head_override_by_onnx_node_name_and_a_head_zoo_cannot_replace(tmp_path):
+    home = zoo_home()
+    assert import_mnist("digits").exit_code == 0
+    text = (home / "registry.toml").read_text()
+    (home / "registry.toml").write_text(text + 'head = "Convolution110"\n')
+    reset_registry()
+    result = zoo("finetune", "digits", digits_folder(tmp_path / "d"), "--epochs", "1")
+    one_line_error(result, "head 'Convolution110' is Conv2d", "zoo replaces a Linear or a 1x1 Conv2d")

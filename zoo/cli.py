@@ -528,10 +528,13 @@ def import_(
 def _check_table(title: str, checks) -> None:
     """The per-batch comparison table of `zoo export`, `zoo verify` and `zoo import`."""
     table = Table(title=title, title_justify="left")
-    for column in ("batch", "shape", "max abs diff", "tolerance", "top-1 agreement", "result"):
-        table.add_column(column, justify="right")
+    labelled = len({c.output for c in checks}) > 1  # `zoo import --check-data`: generated and real inputs
+    for column in ("inputs", "batch", "shape", "max abs diff", "tolerance", "top-1 agreement", "result"):
+        if column != "inputs" or labelled:
+            table.add_column(column, justify="right")
     for c in checks:
         table.add_row(
+            *([c.output] if labelled else []),
             str(c.batch),
             "x".join(map(str, c.torch_shape)),
             f"{c.max_abs_diff:.2e}",

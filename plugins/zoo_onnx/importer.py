@@ -252,13 +252,20 @@ def derive(
         check_groups(gm, spec)
     except InvalidBackbone as exc:
         raise OnnxImportError(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
-    images, described = check_images(pre, CHECK_BATCH, Path(check_data) if check_data else None, None)
+    # generated images (normalised like real ones) always; real ones too with --check-data
+    inputs = [("generated", *check_images(pre, CHECK_BATCH, None, None))]
+    if check_data:
+        inputs.append(("real", *check_images(pre, CHECK_BATCH, Path(check_data), None)))
+    described = " and ".join(what for _, _, what in inputs)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     atol = float(entry.get("atol", 1e-4))
     checks = []
-    for batch in (1, len(images)):
+    for label, images, batch in [(label, x, b) for label, x, _ in inputs for b in (1, len(x))]:
         try:
-            checks += compare(gm, session, prepared, images, (batch,), atol)
+            rows = compare(gm, session, prepared, images, (batch,), atol)
+            for row in rows:
+                row.output = label
+            checks += rows
         except Exception as exc:  # a graph that cannot take this input, in torch or onnxruntime
             why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
             if batch == 1:
@@ -273,7 +280,7 @@ def derive(
     passed = not any(c.failures for c in checks)
     divergence = None
     if not passed:
-        found = first_divergence(gm, prepared, images[:1], atol)
+        found = first_divergence(gm, prepared, inputs[0][1][:1], atol)
         divergence = str(found) if found else "no single node diverges at batch 1"
     report = ImportReport(
         name=name,
