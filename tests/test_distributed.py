@@ -84,6 +84,11 @@ def test_nproc_per_node_feature_extract_uses_per_rank_caches(tmp_path, env):
     assert s["best_val_acc"] >= 0.8
     single = zoo(env, "finetune", *args, "--name", "single", "--json")
     assert abs(json.loads(single.stdout)["best_val_acc"] - s["best_val_acc"]) <= 0.125
+    # gradual unfreezing: the cache boundary and the trainable groups move, and DDP is rebuilt each time
+    gradual = zoo(env, "finetune", *args, "--policy", "gradual:2", "--nproc-per-node", "2", "--name", "gr", "--json")
+    assert gradual.returncode == 0, gradual.stderr
+    history = torch.load(tmp_path / "gr" / "last.pt", weights_only=False)["history"]
+    assert len(history) == 8
 
 
 def _worker_pid(launcher: int, rank: int) -> int | None:

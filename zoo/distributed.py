@@ -112,9 +112,12 @@ class Dist:
         return box[0]
 
     def close(self) -> None:
+        """Leave the group once every rank is done (rank 0 writes the last files while the others wait):
+        a rank that tears gloo down while a peer still talks to it can abort that peer."""
         import torch.distributed as dist
 
         if self.enabled and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
 

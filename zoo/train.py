@@ -565,8 +565,12 @@ class _Trainer:
             return plain
         key = (self.cache_k if self.cache is not None else None, tuple(self.in_optimizer))
         if self._ddp_key != key:
+            import gc
+
             from torch.nn.parallel import DistributedDataParallel
 
+            self._ddp_model = None  # the old wrapper's gradient hooks go with it, before new ones are added
+            gc.collect()
             wrapped = self.model if self.cache is None else _Owner(self.model, self.suffix)
             ids = [self.device.index] if self.device.type == "cuda" else None
             # auxiliary heads get no gradient over cached activations, nor in every forward
