@@ -166,6 +166,8 @@ def test_launch_options_are_checked_before_anything_starts(tmp_path):
     if not torch.cuda.is_available():
         sync = runner.invoke(app, ["finetune", "resnet18", str(data), "--nproc-per-node", "2", "--sync-bn"])
         assert sync.exit_code == 1 and "--sync-bn: SyncBatchNorm needs CUDA" in sync.output
+    unknown = runner.invoke(app, ["finetune", "resnet19", str(data), "--nproc-per-node", "2"])
+    assert unknown.exit_code == 2 and "did you mean resnet18" in unknown.output
     nodes = runner.invoke(app, ["finetune", "resnet18", str(data), "--nnodes", "2"])
     assert nodes.exit_code == 1 and "--rdzv-endpoint" in nodes.output
     assert not (tmp_path / "runs").exists()

@@ -456,8 +456,8 @@ def test_offline_registry_entry_says_where_to_put_the_file(tmp_path):
 
 
 def test_old_model_zoo_style_graph_opset_7(tmp_path):
-    """The shape of ResNet/SqueezeNet files in the ONNX Model Zoo: opset 7, IR 3, initializers listed as inputs,
-    BatchNormalization-7, Sum for the residual, Gemm with transB, Softmax output."""
+    """The shape of ResNet/GoogLeNet files in the ONNX Model Zoo: opset 7, IR 3, initializers listed as inputs,
+    BatchNormalization-7, LRN, Sum for the residual, Dropout, Gemm with transB, Softmax output."""
     rng = np.random.default_rng(0)
 
     def t(name, *shape, low=-0.5, high=0.5):
@@ -470,12 +470,14 @@ def test_old_model_zoo_style_graph_opset_7(tmp_path):
     nodes = [
         helper.make_node("Conv", ["data", "c1_w", "c1_b"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
         helper.make_node("BatchNormalization", ["c1", "bn_s", "bn_b", "bn_m", "bn_v"], ["bn"], epsilon=1e-5),
-        helper.make_node("Relu", ["bn"], ["r1"]),
+        helper.make_node("Relu", ["bn"], ["r0"]),
+        helper.make_node("LRN", ["r0"], ["r1"], size=3, alpha=1e-4, beta=0.75, bias=1.0),  # AlexNet/GoogLeNet
         helper.make_node("Conv", ["r1", "c2_w"], ["c2"], pads=[1, 1, 1, 1]),
         helper.make_node("Sum", ["c2", "r1"], ["res"]),
         helper.make_node("MaxPool", ["res"], ["mp"], kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("GlobalAveragePool", ["mp"], ["gap"]),
-        helper.make_node("Flatten", ["gap"], ["flat"]),
+        helper.make_node("Flatten", ["gap"], ["flat0"]),
+        helper.make_node("Dropout", ["flat0"], ["flat"], ratio=0.5),
         helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1),
         helper.make_node("Softmax", ["logits"], ["prob"]),
     ]

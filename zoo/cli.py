@@ -326,6 +326,10 @@ def _launch(job, backbone, data, resume, options, epochs):
             raise ZooError("zoo finetune needs BACKBONE and DATA (or --resume RUN_DIR)")
         cfg = TrainConfig(backbone=backbone, data=str(data), **options)
         cfg.check()
+        from zoo.registry import get_registry
+
+        get_registry().get(backbone)  # once, here: an unknown name fails before any worker starts (and an
+        # ONNX registry entry is downloaded and imported once, not by every worker)
         world = job.nproc_per_node * job.nnodes
         if cfg.batch_size is not None and cfg.batch_size % world:
             raise ZooError(f"--batch-size {cfg.batch_size}: the global batch must divide evenly over {world} workers")
