@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 import types
 
 import pytest
@@ -80,6 +82,18 @@ def plugin_module(name: str, *specs: Backbone, policies=()) -> types.SimpleNames
                 register(policy_name, factory, help="test policy")
 
     return Plugin()
+
+
+def pytest_configure(config):
+    """Collection already builds the registry (tests/test_backbones.py): never from the user's own zoo home,
+    where imported ONNX models or registry overrides would change what the tests see."""
+    config._zoo_home = os.environ["ZOO_HOME"] = tempfile.mkdtemp(prefix="zoo-test-home-")
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    shutil.rmtree(getattr(config, "_zoo_home", ""), ignore_errors=True)
 
 
 @pytest.fixture

@@ -159,7 +159,8 @@ def test_killed_worker_stops_the_job_naming_its_rank_and_resume_completes(tmp_pa
     assert s["status"] == "completed" and s["epochs_run"] == 30 and s["world_size"] == 2
 
 
-def test_launch_options_are_checked_before_anything_starts(tmp_path):
+def test_launch_options_are_checked_before_anything_starts(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a run folder would appear
     data = make_images(tmp_path / "data", per_class=4)
     bad = runner.invoke(app, ["finetune", "resnet18", str(data), "--nproc-per-node", "2", "--batch-size", "7"])
     assert bad.exit_code == 1 and "--batch-size 7: the global batch must divide evenly over 2 workers" in bad.output

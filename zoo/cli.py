@@ -316,6 +316,7 @@ def _launch(job, backbone, data, resume, options, epochs):
     from zoo.distributed import launch
     from zoo.train import FinetuneResult, TrainConfig, _run_dir
 
+    job.check()
     if resume:
         run_dir = Path(resume).expanduser()
         if not (run_dir / "last.pt").is_file():
