@@ -523,3 +523,17 @@ def test_head_override_by_onnx_node_name_and_a_head_zoo_cannot_replace(tmp_path)
     reset_registry()
     result = zoo("finetune", "digits", digits_folder(tmp_path / "d"), "--epochs", "1")
     one_line_error(result, "head 'Convolution110' is Conv2d", "zoo replaces a Linear or a 1x1 Conv2d")
+
+
+@pytest.mark.parametrize(
+    "policy",
+    ["finetune", "scratch", "discriminative:0.5", "gradual:1", "cut:stage0_s28x28", "ulmfit", "fine-tune-fastai"],
+)
+def test_every_policy_runs_on_an_imported_model(tmp_path, policy):
+    """feature-extract and freeze:K are covered above; these are the rest of the built-in policies."""
+    assert import_mnist("digits").exit_code == 0
+    data = digits_folder(tmp_path / "d", digits="012", per_class=4)
+    run = zoo("finetune", "digits", data, "--policy", policy, "--epochs", "2", "--out", tmp_path, "--name", "r")
+    assert run.exit_code == 0, run.output
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["status"] == "completed" and s["epochs_run"] == 2 and s["policy"]["name"] == policy
