@@ -91,42 +91,45 @@ def test_nproc_per_node_feature_extract_uses_per_rank_caches(tmp_path, env):
     assert len(history) == 8
 
 
+def _proc(pid) -> tuple[list[bytes], int] | None:
+    """(environ, parent pid) of a process, from /proc."""
+    try:
+        environ = (Path("/proc") / str(pid) / "environ").read_bytes().split(b"\0")
+        parent = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return environ, parent
+
+
 def _worker_pid(launcher: int, rank: int) -> int | None:
-    """The pid of the worker process with RANK=rank that descends from `launcher` (read from /proc)."""
+    """The worker process with RANK=rank under `launcher` (not one of its DataLoader children, which share its env)."""
+    tag = f"RANK={rank}".encode()
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or (info := _proc(entry.name)) is None or tag not in info[0]:
             continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if f"RANK={rank}".encode() not in environ:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        parent_info = _proc(info[1])
+        if parent_info is not None and tag in parent_info[0]:
+            continue  # a child of the worker
+        parent = info[1]
         while parent > 1:
             if parent == launcher:
                 return int(entry.name)
-            try:
-                parent = int((Path("/proc") / str(parent) / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                break
+            up = _proc(parent)
+            parent = up[1] if up else 1
     return None
 
 
 def _start_and_catch_rank1(tmp_path, env, *extra):
-    """Launch a 30-epoch 2-process run; once its first checkpoint exists, return (launcher, run dir, rank-1 pid)."""
+    """Launch a 30-epoch 2-process run; once its first checkpoint exists, return (launcher, run dir, rank-1 pid).
+
+    Output goes to files, not pipes: waiting on the launcher must not depend on which processes hold a pipe.
+    """
     data = make_images(tmp_path / "data", classes=("a", "b"), per_class=60, size=48)
     run = tmp_path / "runs" / "job"
     args = ["finetune", "tiny", data, "--epochs", "30", "--batch-size", "8", "--nproc-per-node", "2",
             "--out", tmp_path / "runs", "--name", "job", *extra]  # fmt: skip
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "zoo", *map(str, args)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        launcher = subprocess.Popen([sys.executable, "-m", "zoo", *map(str, args)], env=env, stdout=out, stderr=err)
     deadline = time.time() + 180
     while not (run / "last.pt").is_file() and launcher.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -137,12 +140,25 @@ def _start_and_catch_rank1(tmp_path, env, *extra):
     return launcher, run, victim
 
 
+def _ended(launcher, tmp_path, timeout=120) -> str:
+    """Wait for the launcher to exit on its own; its stderr. A hang fails the test with the process tree."""
+    try:
+        launcher.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        tree = subprocess.run(["ps", "-eo", "pid,ppid,stat,etime,args"], capture_output=True, text=True).stdout
+        launcher.kill()
+        pytest.fail(
+            f"the job did not end within {timeout} s:\n{tree[-3000:]}\n{(tmp_path / 'err.txt').read_text()[-3000:]}"
+        )
+    return (tmp_path / "err.txt").read_text()
+
+
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the worker through /proc (Linux)")
 def test_killed_worker_stops_the_job_naming_its_rank_and_resume_completes(tmp_path, env):
     launcher, run, victim = _start_and_catch_rank1(tmp_path, env, "--dist-timeout", "60")
     try:
         os.kill(victim, signal.SIGKILL)
-        _, stderr = launcher.communicate(timeout=120)  # no hang: the job ends on its own
+        stderr = _ended(launcher, tmp_path)  # no hang: the job ends on its own
     finally:
         if launcher.poll() is None:
             launcher.kill()
@@ -210,7 +226,7 @@ def test_a_stuck_worker_ends_the_job_after_the_timeout(tmp_path, env):
     try:
         os.kill(victim, signal.SIGSTOP)
         start = time.time()
-        _, stderr = launcher.communicate(timeout=120)
+        stderr = _ended(launcher, tmp_path)
         elapsed = time.time() - start
     finally:
         if launcher.poll() is None:

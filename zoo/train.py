@@ -298,6 +298,8 @@ class _Trainer:
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.loader_gen = torch.Generator().manual_seed(cfg.seed)
         self.workers = cfg.workers if cfg.workers is not None else min(4, max(0, (os.cpu_count() or 1) - 1))
+        if self.dist.enabled and cfg.workers is None and self.device.type == "cpu":
+            self.workers = 0  # the ranks already share the cores; and no fork of a process that runs gloo threads
         self.optimizer: torch.optim.Optimizer | None = None
         self.in_optimizer: list[str] = []
         self.cache: FeatureCache | None = None
@@ -414,6 +416,8 @@ class _Trainer:
             generator=generator,
             persistent_workers=False,
             worker_init_fn=_seed_worker if self.workers else None,
+            # forking a process whose gloo/NCCL threads hold locks can deadlock the child: start workers cleanly
+            multiprocessing_context="forkserver" if self.dist.enabled and self.workers else None,
         )
 
     def _cache_wanted(self, k: int) -> bool:
