@@ -29,11 +29,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 DATA = ROOT.parent / "shared" / "data" / "hymenoptera"
 
 
-def run(policy: str, nproc: int, epochs: int, out: Path) -> dict:
-    name = f"{policy[:6]}-{nproc}"
+def run(policy: str, nproc: int, epochs: int, out: Path, workers: int | None = None) -> dict:
+    name = f"{policy[:6]}-{nproc}-{workers}"
     cmd = [sys.executable, "-m", "zoo", "finetune", "efficientnet_lite0", str(DATA), "--policy", policy,
            "--epochs", str(epochs), "--batch-size", "16", "--seed", "0", "--out", str(out), "--name", name,
            "--nproc-per-node", str(nproc), "--quiet"]  # fmt: skip
+    if workers is not None:
+        cmd += ["--workers", str(workers)]
     start = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -46,6 +48,7 @@ def run(policy: str, nproc: int, epochs: int, out: Path) -> dict:
     return {
         "policy": policy,
         "processes": nproc,
+        "loader_workers": "default" if workers is None else workers,
         "epochs": epochs,
         "train_img_s_last_epoch": float(rows[-1]["train_img_s"]),
         "wall_s": round(wall, 1),
@@ -61,9 +64,13 @@ def main() -> None:
 
     out = Path(tempfile.mkdtemp(prefix="zoo-dist-bench-"))
     rows = []
-    for policy, epochs in (("finetune", 2), ("feature-extract", 5)):
-        for nproc in (1, 2):
-            rows.append(run(policy, nproc, epochs, out))
+    # defaults: one process decodes in 1 DataLoader worker process; distributed CPU ranks decode in-process
+    for policy, epochs, configs in (
+        ("finetune", 2, ((1, None), (1, 0), (2, None))),
+        ("feature-extract", 5, ((1, None), (2, None))),
+    ):
+        for nproc, workers in configs:
+            rows.append(run(policy, nproc, epochs, out, workers))
             print(rows[-1], flush=True)
     record = {"cpu_count": os.cpu_count(), "data": str(DATA), "rows": rows}
     publish("distributed_scaling", record, render(rows), update_doc=not args.no_doc)
@@ -71,14 +78,16 @@ def main() -> None:
 
 def render(rows: list[dict]) -> str:
     lines = [
-        "| policy | processes | train img/s (last epoch) | speed-up | wall s (whole command) | wall ratio | val acc |",
-        "|---|---|---|---|---|---|---|",
+        "| policy | processes | loader workers | train img/s (last epoch) | speed-up | wall s (whole command) "
+        "| wall ratio | val acc |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    base = {r["policy"]: r for r in rows if r["processes"] == 1}
+    base = {r["policy"]: r for r in rows if r["processes"] == 1 and r["loader_workers"] == "default"}
     for r in rows:
         b = base[r["policy"]]
         lines.append(
-            f"| {r['policy']} ({r['epochs']} epochs) | {r['processes']} | {r['train_img_s_last_epoch']:.1f} | "
+            f"| {r['policy']} ({r['epochs']} epochs) | {r['processes']} | {r['loader_workers']} | "
+            f"{r['train_img_s_last_epoch']:.1f} | "
             f"{r['train_img_s_last_epoch'] / b['train_img_s_last_epoch']:.2f}x | {r['wall_s']:.1f} | "
             f"{b['wall_s'] / r['wall_s']:.2f}x | {r['final_val_acc']:.4f} |"
         )
