@@ -166,13 +166,19 @@ def test_killed_worker_stops_the_job_naming_its_rank_and_resume_completes(tmp_pa
     text = " ".join(stderr.split())
     assert "worker rank 1" in text and "SIGKILL" in text, text[-2000:]
     assert f"--resume {run}" in text and "Traceback" not in text.split("error:")[-1]
-    done = torch.load(run / "last.pt", weights_only=False)["epoch"]
-    assert 1 <= done < 30  # the last complete checkpoint survived the crash
+    from zoo.checkpoint import read_checkpoint
+
+    before = read_checkpoint(run / "last.pt")  # loads as a complete checkpoint (weights_only)
+    done = before["epoch"]
+    metrics_rows = (run / "metrics.csv").read_text().strip().splitlines()[1:]
+    assert done < 30 and len(before["history"]) == done == len(metrics_rows)  # epoch, history and csv agree
 
     resumed = zoo(env, "finetune", "--resume", run, "--nproc-per-node", "2", "--quiet")
     assert resumed.returncode == 0, resumed.stderr
     s = summary(run)
     assert s["status"] == "completed" and s["epochs_run"] == 30 and s["world_size"] == 2
+    after = torch.load(run / "last.pt", weights_only=False)["history"]
+    assert after[:done] == before["history"]  # continued from the checkpoint, not started again
 
 
 def test_launch_options_are_checked_before_anything_starts(tmp_path, monkeypatch):
