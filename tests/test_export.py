@@ -193,3 +193,22 @@ def test_predict_onnx_works_without_torch(run, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)[0]["top"][0]["label"] in ("cats", "dogs")
+
+
+def test_a_shape_mismatch_on_the_first_batch_is_a_failed_check_not_a_crash():
+    """onnxruntime giving another shape than torch: reported as a failure row (this used to raise NameError)."""
+    import numpy as np
+
+    from zoo.export import compare
+
+    class WrongSession:
+        def get_inputs(self):
+            return [type("I", (), {"name": "input"})()]
+
+        def run(self, _outputs, feed):
+            return [np.zeros((len(feed["input"]), 7), np.float32)]
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    rows = compare(model, WrongSession(), np.ones((2, 3, 2, 2), np.float32), 1e-4, (1, 2))
+    assert [r.failures for r in rows] == [["shape [1, 7] != torch [1, 3]"], ["shape [2, 7] != torch [2, 3]"]]
+    assert all(r.max_abs_diff == float("inf") and r.top1_agreement == 0.0 for r in rows)

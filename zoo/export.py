@@ -186,18 +186,26 @@ def compare(model, session, images: np.ndarray, atol: float, batch_sizes: tuple[
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).float().numpy()
         got = session.run(None, {session.get_inputs()[0].name: x})[0]
-        failures = []
-        if list(got.shape) != list(ref.shape):
-            failures.append(f"shape {list(got.shape)} != torch {list(ref.shape)}")
-            diff, agree = float("inf"), 0.0
-        else:
-            diff = float(np.abs(got - ref).max())
-            agree = float((got.argmax(1) == ref.argmax(1)).mean())
-            allowed = atol * max(1.0, float(np.abs(ref).max()))
-            if not np.isfinite(diff) or diff > allowed:
-                failures.append(f"max abs diff {diff:.3g} > tolerance {allowed:.3g}")
-        results.append(CheckResult(b, "logits", list(ref.shape), list(got.shape), diff, allowed, agree, failures))
+        results.append(check_outputs(b, ref, got, atol, reference="torch"))
     return results
+
+
+def check_outputs(batch: int, torch_out: np.ndarray, onnx_out: np.ndarray, atol: float, reference: str) -> CheckResult:
+    """One comparison of torch and onnxruntime outputs: shape, then max abs difference within
+    `atol * max(1, max |reference|)`, and top-1 agreement. `reference` ("torch" or "onnxruntime")
+    is the side taken as right: the exporter checks ONNX against torch, the importer torch against ONNX."""
+    ref, got = (torch_out, onnx_out) if reference == "torch" else (onnx_out, torch_out)
+    failures = []
+    if list(got.shape) != list(ref.shape):
+        failures.append(f"shape {list(got.shape)} != {reference} {list(ref.shape)}")
+        diff, agree, allowed = float("inf"), 0.0, atol
+    else:
+        diff = float(np.abs(got - ref).max())
+        agree = float((got.argmax(1) == ref.argmax(1)).mean())
+        allowed = atol * max(1.0, float(np.abs(ref).max()))
+        if not np.isfinite(diff) or diff > allowed:
+            failures.append(f"max abs diff {diff:.3g} > tolerance {allowed:.3g}")
+    return CheckResult(batch, "logits", list(torch_out.shape), list(onnx_out.shape), diff, allowed, agree, failures)
 
 
 def _metadata(model_path: Path, props: dict[str, str]) -> None:
