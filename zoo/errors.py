@@ -35,5 +35,13 @@ class WeightsError(ZooError):
     """Weights cannot be found, downloaded, verified or loaded."""
 
 
+class DownloadError(WeightsError):
+    """A file could not be downloaded: `url`, `reason`, and `target`, where a copy would be found instead."""
+
+    def __init__(self, message: str, url: str, reason: str, target):
+        super().__init__(message)
+        self.url, self.reason, self.target = url, reason, target
+
+
 class RegistryError(ZooError):
     """A registry.toml file is malformed."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from zoo.backbone import Backbone, Weights
-from zoo.errors import WeightsError
+from zoo.errors import DownloadError, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +83,13 @@ def _download(weights: Weights, target: Path, progress: bool) -> None:
         torch.hub.download_url_to_file(weights.url, str(target), hash_prefix=None, progress=progress)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        raise WeightsError(
+        raise DownloadError(
             f"cannot download weights '{weights.tag}' from {weights.url} ({reason}); "
             f"put the file at {target}, or pass --weights PATH (a local file) "
-            "or --weights none (random init)"
+            "or --weights none (random init)",
+            weights.url,
+            str(reason),
+            target,
         ) from None
     try:
         verify(target, weights)

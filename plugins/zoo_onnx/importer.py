@@ -26,11 +26,11 @@ from typing import Any
 from zoo import __version__
 from zoo.atomic import write_json, write_text
 from zoo.backbone import _NAME, Backbone, Group, Weights
-from zoo.errors import InvalidBackbone, WeightsError, ZooError
+from zoo.errors import DownloadError, InvalidBackbone, WeightsError, ZooError
 from zoo.export import CheckResult
-from zoo.registry import get_registry, load_registry_data, reset_registry, zoo_home
+from zoo.registry import get_registry, load_registry_data, read_registry_file, reset_registry, zoo_home
 from zoo_onnx import LAYOUT_VERSION, model_dir, preprocess_of, settings_digest, spec_from_entry
-from zoo_onnx.graph import OnnxImportError, Prepared, find_head, load, prepare, stages
+from zoo_onnx.graph import OnnxImportError, Prepared, external_files, find_head, load, prepare, stages
 
 log = logging.getLogger(__name__)
 CHECK_BATCH = 8
@@ -144,7 +144,7 @@ def import_file(
     with tempfile.TemporaryDirectory(dir=_ensure(zoo_home() / "onnx")) as tmp:
         staged = Path(tmp) / "files"
         staged.mkdir()
-        files = [path, *_external_files(path)]
+        files = [path, *external_files(path)]
         for f in files:
             shutil.copy2(f, staged / f.name)
         from zoo.weights import sha256_of
@@ -177,18 +177,12 @@ def import_entry(name: str, check_data: str | Path | None = None, force: bool = 
     weights = Weights(tag=f"onnx.{name}", url=entry["url"], sha256=entry.get("sha256"))
     try:
         path = fetch(weights)
+    except DownloadError as exc:  # the file is the model itself: --weights does not apply here
+        raise WeightsError(
+            f"[onnx.{name}]: cannot download {exc.url} ({exc.reason}); copy the file to {exc.target} "
+            "(its sha256 is checked) and run again"
+        ) from None
     except WeightsError as exc:
-        from urllib.parse import urlparse
-
-        from zoo.weights import cache_dir
-
-        target = cache_dir() / Path(urlparse(entry["url"]).path).name
-        if "cannot download" in str(exc):  # the file is the model itself: --weights does not apply here
-            reason = str(exc).split(" (", 1)[-1].split(");", 1)[0]
-            raise WeightsError(
-                f"[onnx.{name}]: cannot download {entry['url']} ({reason}); copy the file to {target} "
-                "(its sha256 is checked) and run again"
-            ) from None
         raise WeightsError(f"[onnx.{name}] {entry['url']}: {exc}") from None
     where = f"{name} ({path})"
     prepared = prepare(load(path, where), where, input_size=entry.get("input_size"), layout=entry.get("layout"))
@@ -354,27 +348,15 @@ def _groups_from_starts(starts, prepared: Prepared, head: str, where: str) -> li
     return [(g, m) for g, m in out if m]
 
 
-def _external_files(path: Path) -> list[Path]:
-    from zoo_onnx.graph import external_files
-
-    return external_files(path)
-
-
 def _ensure(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
 def _user_entry(name: str) -> bool:
+    """Whether `[onnx.NAME]` is in the user's registry.toml (an earlier import), not the project's."""
     path = zoo_home() / "registry.toml"
-    if not path.is_file():
-        return False
-    import tomllib
-
-    try:
-        return name in tomllib.loads(path.read_text(encoding="utf-8")).get("onnx", {})
-    except tomllib.TOMLDecodeError:
-        return False
+    return path.is_file() and name in read_registry_file(path).get("onnx", {})
 
 
 def _write_entry(name: str, entry: dict[str, Any]) -> None:
