@@ -314,13 +314,12 @@ def finetune(
 def _launch(job, backbone, data, resume, options, epochs):
     """`--nproc-per-node N`: the same run on N workers through torchrun's engine; the result read back."""
     from zoo.distributed import launch
-    from zoo.train import FinetuneResult, TrainConfig, _run_dir
+    from zoo.train import FinetuneResult, TrainConfig, _run_dir, check_distributed, last_checkpoint, pick_device
 
     job.check()
     if resume:
         run_dir = Path(resume).expanduser()
-        if not (run_dir / "last.pt").is_file():
-            raise ZooError(f"--resume {run_dir}: no last.pt; the run did not finish an epoch")
+        last_checkpoint(run_dir)  # before any worker starts
         launch(job, {"epochs": epochs, "quiet": options["quiet"]}, run_dir, resume=True)
     else:
         if backbone is None or data is None:
@@ -331,14 +330,7 @@ def _launch(job, backbone, data, resume, options, epochs):
 
         get_registry().get(backbone)  # once, here: an unknown name fails before any worker starts (and an
         # ONNX registry entry is downloaded and imported once, not by every worker)
-        world = job.nproc_per_node * job.nnodes
-        if cfg.batch_size is not None and cfg.batch_size % world:
-            raise ZooError(f"--batch-size {cfg.batch_size}: the global batch must divide evenly over {world} workers")
-        if cfg.sync_bn and cfg.device != "cpu":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ZooError("--sync-bn: SyncBatchNorm needs CUDA (NCCL); on the CPU leave it off")
+        check_distributed(cfg, job.nproc_per_node * job.nnodes, pick_device(cfg.device).type)
         run_dir = _run_dir(cfg) if job.node_rank == 0 else Path(tempfile.mkdtemp(prefix="zoo-node-"))
         launch(job, dataclasses.asdict(cfg), run_dir)
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}

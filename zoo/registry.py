@@ -113,16 +113,16 @@ class Registry:
         """The backbone name behind an alias (or the name itself)."""
         return self.aliases.get(name, name)
 
-    def get(self, name: str, complete: bool = True) -> Backbone:
+    def get(self, name: str) -> Backbone:
         """The spec called `name` (or an alias of it); UnknownBackbone with suggestions otherwise.
 
         A spec registered with `resolve` and no groups yet (an ONNX model-zoo entry) is
-        completed first, unless `complete` is False: that may download and convert a file.
+        completed first: that may download and convert a file. `list()` never does.
         """
         real = self.resolve(name)
         if real in self.backbones:
             spec = self.backbones[real]
-            if complete and spec.resolve and not spec.groups:
+            if spec.resolve and not spec.groups:
                 spec = self._complete(spec)
             return spec
         candidates = list(self.backbones) + list(self.aliases)

@@ -45,7 +45,7 @@ def read_layout(name: str, entry: dict[str, Any]) -> dict[str, Any] | None:
     return layout
 
 
-def labels_of(entry: dict[str, Any], where: str) -> tuple[str, ...]:
+def labels_of(entry: dict[str, Any]) -> tuple[str, ...]:
     labels = entry.get("labels", ())
     if isinstance(labels, str):  # a file, one label per line
         try:
@@ -72,11 +72,11 @@ def preprocess_of(entry: dict[str, Any]) -> Preprocess:
 
 def spec_from_entry(name: str, entry: dict[str, Any]) -> Backbone:
     """The Backbone for one `[onnx.NAME]` entry: complete once imported, to be resolved otherwise."""
-    where = f"registry.toml [onnx.{name}]"
     url = entry.get("url")
     layout = read_layout(name, entry)
     if layout:  # what the graph fixes, where the entry does not say
         entry = {"input_size": layout["input_size"], "channels": layout["channels"], **entry}
+    preprocess = preprocess_of(entry)
     imported = "imported" if entry.get("imported_from") else "onnx-model-zoo"
     tags = ["onnx", imported, *entry.get("tags", [])]
     if entry.get("forced"):
@@ -87,19 +87,19 @@ def spec_from_entry(name: str, entry: dict[str, Any]) -> Backbone:
         build="zoo_onnx.build:build",
         description=entry.get("description", f"ONNX classifier ({url})"),
         tags=tuple(dict.fromkeys(tags)),
-        preprocess=preprocess_of(entry),
+        preprocess=preprocess,
         weights=(
             Weights(
                 tag="onnx",
                 url=url or "",
                 sha256=entry.get("sha256"),
-                categories=labels_of(entry, where),
+                categories=labels_of(entry),
                 license=entry.get("license", ""),
                 acc1=entry.get("acc1"),
             ),
         ),
         default_weights="onnx",
-        min_input_size=min(preprocess_of(entry).input_size),
+        min_input_size=min(preprocess.input_size),
         atol=float(entry.get("atol", 1e-4)),
         build_kwargs={"layout": entry.get("layout")},
     )
