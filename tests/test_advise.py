@@ -72,6 +72,7 @@ def test_no_probes_gives_a_clear_safe_answer():
     assert "could not be probed" in evidence[-1]
 
 
+@pytest.mark.slow
 def test_probe_accuracy_separates_what_is_separable():
     gen = torch.Generator().manual_seed(0)
     labels = torch.arange(60) % 3
@@ -82,7 +83,8 @@ def test_probe_accuracy_separates_what_is_separable():
 
 
 def test_boundary_features_for_every_group_but_the_head(tiny_registry, tmp_path):
-    from zoo.data import ImageDataset, build_transform, scan
+    from zoo.data import scan
+    from zoo.loaders import ImageDataset, build_transform
     from zoo.models import create_model
 
     spec = tiny_registry.get("tiny")
@@ -93,6 +95,7 @@ def test_boundary_features_for_every_group_but_the_head(tiny_registry, tmp_path)
     assert labels.tolist() == [s.label for s in split.train]
 
 
+@pytest.mark.slow
 def test_advise_cli_on_real_weights(tmp_path):
     data = make_images(tmp_path, per_class=6, size=48)
     result = runner.invoke(app, ["advise", "efficientnet_lite0", str(data), "--json"])
@@ -121,14 +124,13 @@ def test_advise_needs_pretrained_weights(tmp_path):
         advise("efficientnet_lite0", make_images(tmp_path), weights="none")
 
 
+@pytest.mark.slow
 def test_finetune_auto_records_its_choice(tmp_path):
     from zoo.checkpoint import read_checkpoint
     from zoo.train import finetune, resume_run
 
     data = make_images(tmp_path / "data", per_class=6, size=48)
-    result = finetune(
-        "efficientnet_lite0", data, policy="auto", epochs=1, out=str(tmp_path / "runs"), workers=0, quiet=True
-    )
+    result = finetune("efficientnet_lite0", data, policy="auto", epochs=1, out=str(tmp_path / "runs"), workers=0)
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert summary["auto"]["policy"] == summary["policy"]["name"]
     assert summary["auto"]["evidence"]

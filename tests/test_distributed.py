@@ -18,7 +18,11 @@ from typer.testing import CliRunner
 
 from conftest import install_tiny_plugin, make_images
 from zoo.cli import app
-from zoo.distributed import Dist, Launch, failure_message, shard, unshard
+from zoo.config import LaunchConfig as Launch
+from zoo.dist import Dist, shard, unshard
+from zoo.launch import failure_message
+
+pytestmark = pytest.mark.slow  # subprocesses and whole-model checks: minutes
 
 runner = CliRunner()
 
@@ -185,14 +189,14 @@ def test_launch_options_are_checked_before_anything_starts(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)  # where a run folder would appear
     data = make_images(tmp_path / "data", per_class=4)
     bad = runner.invoke(app, ["finetune", "resnet18", str(data), "--nproc-per-node", "2", "--batch-size", "7"])
-    assert bad.exit_code == 1 and "--batch-size 7: the global batch must divide evenly over 2 workers" in bad.output
+    assert bad.exit_code == 2 and "--batch-size 7: the global batch must divide evenly over 2 workers" in bad.output
     if not torch.cuda.is_available():
         sync = runner.invoke(app, ["finetune", "resnet18", str(data), "--nproc-per-node", "2", "--sync-bn"])
-        assert sync.exit_code == 1 and "--sync-bn: SyncBatchNorm needs CUDA" in sync.output
+        assert sync.exit_code == 2 and "--sync-bn: SyncBatchNorm needs CUDA" in sync.output
     unknown = runner.invoke(app, ["finetune", "resnet19", str(data), "--nproc-per-node", "2"])
     assert unknown.exit_code == 2 and "did you mean resnet18" in unknown.output
     nodes = runner.invoke(app, ["finetune", "resnet18", str(data), "--nnodes", "2"])
-    assert nodes.exit_code == 1 and "--rdzv-endpoint" in nodes.output
+    assert nodes.exit_code == 2 and "--rdzv-endpoint" in nodes.output
     assert not (tmp_path / "runs").exists()
 
 
@@ -210,7 +214,7 @@ def test_failure_message_names_rank_signal_and_resume():
     failure = ProcessFailure(local_rank=1, pid=4242, exitcode=-9, error_file="/nonexistent")
     other = ProcessFailure(local_rank=0, pid=4241, exitcode=1, error_file="/nonexistent")
     other.timestamp = failure.timestamp + 5
-    exc = ChildFailedError("zoo.distributed", {1: failure, 0: other})
+    exc = ChildFailedError("zoo.launch", {1: failure, 0: other})
     text = failure_message(exc, Path("runs/x"), Launch(nproc_per_node=2))
     assert text.startswith("worker rank 1 (pid 4242) was killed by SIGKILL; the job stopped (1 other worker(s)")
     assert "zoo finetune --resume runs/x --nproc-per-node 2" in text

@@ -15,15 +15,18 @@ from typer.testing import CliRunner
 
 from conftest import TUTORIAL_MODELS, make_images
 from zoo.cli import app
-from zoo.export import ExportError, export, export_model, verify
+from zoo.errors import QuantizationRefused
+from zoo.export import export, export_model, verify
 from zoo.models import create_model
+from zoo.onnx_meta import ModelMetadata
 from zoo.registry import get_registry
-from zoo.runtime import Predictor, read_metadata
+from zoo.runtime import Predictor
 from zoo.train import finetune
 
 runner = CliRunner()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TUTORIAL_MODELS)
 def test_tutorial_families_export_and_verify(tmp_path, name):
     spec = get_registry().get(name)
@@ -61,26 +64,27 @@ def run(tmp_path_factory):
         workers=0,
         lr=0.01,
         out=str(root / "runs"),
-        quiet=True,
     )
     yield result, data, root
     zoo.registry._REGISTRY = saved
 
 
+@pytest.mark.slow
 def test_export_run_writes_verified_model_metadata_and_report(run, tmp_path):
     result, _, _ = run
     report = export(result.run_dir, tmp_path / "model.onnx")
     assert report.passed and "from the run's data" in report.images
-    meta = read_metadata({p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props})
-    assert meta.labels == ["cats", "dogs"] and meta.input_size == (32, 32)
-    assert meta.mean == (0.485, 0.456, 0.406) and meta.interpolation == "bilinear"
-    assert meta.metadata["zoo.backbone"] == "tiny" and meta.metadata["zoo.policy"] == "finetune"
-    assert float(meta.metadata["zoo.val_acc"]) == result.best_val_acc
-    assert json.loads(meta.metadata["zoo.check"])["passed"] is True
+    meta = ModelMetadata.from_props({p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props})
+    assert meta.labels == ("cats", "dogs") and meta.preprocess.input_size == (32, 32)
+    assert meta.preprocess.mean == (0.485, 0.456, 0.406) and meta.preprocess.interpolation == "bilinear"
+    assert meta.backbone == "tiny" and meta.extra["policy"] == "finetune" and meta.precision == "fp32"
+    assert meta.extra["val_acc"] == result.best_val_acc
+    assert meta.extra["check"]["passed"] is True
     # a dynamic batch axis: batch 5 runs too
     assert Predictor(tmp_path / "model.onnx").logits(np.zeros((5, 3, 32, 32), np.float32)).shape == (5, 2)
 
 
+@pytest.mark.slow
 def test_runtime_predictions_equal_torch(run, tmp_path):
     from zoo.evaluate import predict
 
@@ -109,6 +113,7 @@ class _Sneaky(torch.nn.Module):
         return out
 
 
+@pytest.mark.slow
 def test_a_graph_that_computes_something_else_is_caught(tmp_path):
     spec = get_registry().get("resnet18")
     pre = dataclasses.replace(spec.preprocess, input_size=(64, 64), crop_pct=1.0)
@@ -122,6 +127,7 @@ def test_a_graph_that_computes_something_else_is_caught(tmp_path):
     assert kept.path.endswith("bad.FAILED.onnx") and (tmp_path / "bad.FAILED.onnx").exists()
 
 
+@pytest.mark.slow
 def test_a_wrong_tolerance_is_caught(tmp_path):
     spec = get_registry().get("resnet18")
     pre = dataclasses.replace(spec.preprocess, input_size=(64, 64), crop_pct=1.0)
@@ -130,6 +136,7 @@ def test_a_wrong_tolerance_is_caught(tmp_path):
     assert not report.passed and not (tmp_path / "m.onnx").exists()
 
 
+@pytest.mark.slow
 def test_tampered_file_is_caught_by_verify(run, tmp_path):
     result, _, _ = run
     export(result.run_dir, tmp_path / "model.onnx")
@@ -142,34 +149,42 @@ def test_tampered_file_is_caught_by_verify(run, tmp_path):
     onnx.save(proto, str(tmp_path / "model.onnx"))
     assert not verify(tmp_path / "model.onnx", result.run_dir).passed
     cli = runner.invoke(app, ["verify", str(tmp_path / "model.onnx"), str(result.run_dir)])
-    assert cli.exit_code == 1 and "does not come from this checkpoint, or was changed" in cli.output
+    assert cli.exit_code == 4 and "does not come from this checkpoint, or was changed" in cli.output
 
 
+@pytest.mark.slow
 def test_export_cli_exit_codes(run, tmp_path):
     result, _, _ = run
     ok = runner.invoke(app, ["export", str(result.run_dir), "-o", str(tmp_path / "m.onnx")])
     assert ok.exit_code == 0, ok.output
     assert "verified" in ok.output
     bad = runner.invoke(app, ["export", str(result.run_dir), "-o", str(tmp_path / "m.pt")])
-    assert bad.exit_code == 1 and "must end in .onnx" in bad.output
+    assert bad.exit_code == 2 and "must end in .onnx" in bad.output
     unknown = runner.invoke(app, ["export", "resnet19", "-o", str(tmp_path / "x.onnx")])
     assert unknown.exit_code == 2 and "did you mean resnet18" in unknown.output
     no_int8 = runner.invoke(app, ["export", "resnet18", "--weights", "none", "--int8", "-o", str(tmp_path / "x.onnx")])
-    assert no_int8.exit_code == 1 and "--int8 needs a fine-tuned run" in no_int8.output
+    assert no_int8.exit_code == 2 and "--int8 needs a fine-tuned run" in no_int8.output
 
 
-def test_int8_reports_accuracy_and_refuses_a_big_drop(run, tmp_path):
+@pytest.mark.slow
+def test_int8_reports_accuracy_and_refuses_a_big_drop(run, tmp_path, monkeypatch):
     result, _, _ = run
     report = export(result.run_dir, tmp_path / "m.onnx", int8=True, max_drop=100.0, calib_size=16)
     q = report.int8
     assert (tmp_path / "m.int8.onnx").exists()
     assert {"fp32_val_acc", "int8_val_acc", "speedup", "drop_points"} <= set(q)
-    assert read_metadata({p.key: p.value for p in onnx.load(str(tmp_path / "m.int8.onnx")).metadata_props}).labels
-    with pytest.raises(ExportError, match="more than --max-drop"):
-        export(result.run_dir, tmp_path / "n.onnx", int8=True, max_drop=-1.0, calib_size=16)
+    meta = ModelMetadata.from_props({p.key: p.value for p in onnx.load(str(tmp_path / "m.int8.onnx")).metadata_props})
+    assert meta.labels and meta.precision == "int8" and meta.extra["int8"]["max_drop"] == 100.0
+    import zoo.quantize
+
+    accuracies = iter([0.9, 0.5])  # fp32, then int8: a 40-point drop
+    monkeypatch.setattr(zoo.quantize, "accuracy", lambda *a, **k: next(accuracies))
+    with pytest.raises(QuantizationRefused, match=r"more than --max-drop 1\.0"):
+        export(result.run_dir, tmp_path / "n.onnx", int8=True, max_drop=1.0, calib_size=16)
     assert not (tmp_path / "n.int8.onnx").exists()
 
 
+@pytest.mark.slow
 def test_predict_onnx_works_without_torch(run, tmp_path):
     result, data, _ = run
     export(result.run_dir, tmp_path / "model.onnx")

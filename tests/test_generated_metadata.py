@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from zoo_torchvision import DATA
 from zoo_torchvision.generate import dumps, generate
+
+pytestmark = pytest.mark.slow  # subprocesses and whole-model checks: minutes
 
 
 def test_models_json_matches_torchvision():

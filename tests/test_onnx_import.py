@@ -111,6 +111,7 @@ def import_mnist(name="digits", *extra):
     return zoo("import", MNIST, "--name", name, "--mean", "0", "--std", str(1 / 255), *extra)
 
 
+@pytest.mark.slow
 def test_mnist8_round_trip_import_finetune_export_predict(tmp_path, monkeypatch):
     """The real ONNX Model Zoo file: opset 8, batch fixed at 1, SAME_UPPER pads, biases as Adds, raw 0-255 input."""
     labels = tmp_path / "labels.txt"
@@ -133,15 +134,13 @@ def test_mnist8_round_trip_import_finetune_export_predict(tmp_path, monkeypatch)
 
     # the pretrained weights really are MNIST's: most drawn digits are recognised
     data = digits_folder(tmp_path / "digits", digits="0123456789", per_class=3)
-    from zoo.data import load_for_eval
+    from zoo.images import load_for_eval
     from zoo.models import create_model
 
     model = create_model("digits").eval()
     p = spec.preprocess
     files = sorted(data.glob("*/*.png"))
-    x = torch.from_numpy(
-        np.stack([load_for_eval(f, p.input_size, p.resize_size, p.mean, p.std, "bilinear", 28) for f in files])
-    )
+    x = torch.from_numpy(np.stack([load_for_eval(f, p, 28) for f in files]))
     with torch.no_grad():
         pred = model(x).argmax(1).tolist()
     hits = sum(int(f.parent.name) == y for f, y in zip(files, pred, strict=True))
@@ -175,6 +174,7 @@ def test_mnist8_round_trip_import_finetune_export_predict(tmp_path, monkeypatch)
     ],
     ids=["reshape-batch-1", "nhwc", "conv-head"],
 )
+@pytest.mark.slow
 def test_exported_cnns_import_and_pass_the_plugin_kit(tmp_path, kind):
     path = export_cnn(tmp_path / "cnn.onnx", **kind)
     result = zoo("import", path, "--name", "cnn", "--json")
@@ -190,6 +190,7 @@ def test_exported_cnns_import_and_pass_the_plugin_kit(tmp_path, kind):
     check_backbone(spec, num_classes=3)
 
 
+@pytest.mark.slow
 def test_feature_extract_and_freeze_on_an_exported_cnn_then_export(tmp_path, monkeypatch):
     from zoo.models import create_model
 
@@ -223,7 +224,8 @@ def test_registry_entry_is_downloaded_checked_and_imported_on_first_use(tmp_path
     (home / "registry.toml").write_text(
         "[onnx.served]\n"
         f'url = "{base}/mnist-8.onnx"\nsha256 = "{MNIST_SHA256}"\n'
-        'mean = [0.0]\nstd = [0.00392156862745098]\ncrop_pct = 1.0\nlabels = ["0", "1", "2"]\n'
+        'mean = [0.0]\nstd = [0.00392156862745098]\ncrop_pct = 1.0\nlabels = ["0", "1", "2", "3", "4", "5", "6", '
+        '"7", "8", "9"]\n'
     )
     listed = json.loads(zoo("list", "served", "--json").output)
     assert listed[0]["source"] == "onnx"
@@ -349,6 +351,7 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path):
     one_line_error(zoo("import", folder / "evil.onnx", "--name", "evil"), "outside the model's folder", "refused")
 
 
+@pytest.mark.slow
 def test_a_wrong_converter_is_caught_and_the_diverging_node_named(tmp_path, monkeypatch):
     """A converter that is silently wrong (ReLU6 for Relu) must not pass: the import is refused."""
     from onnx2torch.node_converters import registry as converters
@@ -402,6 +405,7 @@ def test_registry_entry_overrides_head_and_groups(tmp_path):
     check_backbone(spec, num_classes=2, export=False)
 
 
+@pytest.mark.slow
 def test_imported_slice_and_reshape_trace_with_torch_export(tmp_path):
     """onnx2torch's Slice reads its bounds with .numpy() and its Reshape branches on values: torch.export
     (the dynamo ONNX exporter) fails on both; zoo swaps in modules with the constants baked in."""
@@ -455,6 +459,7 @@ def test_offline_registry_entry_says_where_to_put_the_file(tmp_path):
     assert str(cache_dir() / "far.onnx") in text and "--weights" not in text
 
 
+@pytest.mark.slow
 def test_old_model_zoo_style_graph_opset_7(tmp_path):
     """The shape of ResNet/GoogLeNet files in the ONNX Model Zoo: opset 7, IR 3, initializers listed as inputs,
     BatchNormalization-7, LRN, Sum for the residual, Dropout, Gemm with transB, Softmax output."""
@@ -499,6 +504,7 @@ def test_old_model_zoo_style_graph_opset_7(tmp_path):
     check_backbone(spec, num_classes=2)
 
 
+@pytest.mark.slow
 def test_check_data_adds_real_images_to_the_conversion_check(tmp_path):
     data = digits_folder(tmp_path / "digits", digits="0123", per_class=3)
     result = import_mnist("digits", "--check-data", data)
@@ -529,6 +535,7 @@ def test_head_override_by_onnx_node_name_and_a_head_zoo_cannot_replace(tmp_path)
     "policy",
     ["finetune", "scratch", "discriminative:0.5", "gradual:1", "cut:stage0_s28x28", "ulmfit", "fine-tune-fastai"],
 )
+@pytest.mark.slow
 def test_every_policy_runs_on_an_imported_model(tmp_path, policy):
     """feature-extract and freeze:K are covered above; these are the rest of the built-in policies."""
     assert import_mnist("digits").exit_code == 0

@@ -12,7 +12,7 @@ from conftest import plugin_module, tiny_spec
 from zoo import Group, hookimpl
 
 
-def test_good_plugin_registers_with_its_name(use_registry):
+def test_register_backbones_good_plugin_registers_with_its_name(use_registry):
     r = use_registry(("tinyplugin", plugin_module("tinyplugin", tiny_spec())))
     assert r.get("tiny").source == "tinyplugin"
     assert r.plugins["tinyplugin"].backbones == ["tiny"]
@@ -84,3 +84,94 @@ def test_plugin_that_fails_to_import_is_named_and_skipped(tmp_path):
     assert plugins["zoo_broken"]["errors"] == ["failed to load: ImportError: needs libfoo"]
     assert plugins["zoo_extra"]["version"] == "0.3"
     assert plugins["zoo_extra"]["backbones"] == ["extra_net"]
+
+
+def test_register_policies_adds_a_named_policy(use_registry):
+    from zoo.policies import Policy, resolve_policy
+
+    class PolicyPlugin:
+        @hookimpl
+        def register_policies(self, register):
+            register("top", lambda arg: Policy("top", frozen=int(arg or 1)), help="freeze the first N")
+            register("broken", lambda arg: "not a policy", help="returns the wrong type")
+
+    registry = use_registry(("policyplugin", PolicyPlugin()))
+    assert registry.plugins["policyplugin"].policies == ["top", "broken"]
+    assert resolve_policy("top:2", registry).frozen == 2
+    import pytest
+
+    from zoo.errors import PolicyError
+
+    with pytest.raises(PolicyError, match="plugin 'policyplugin': policy 'broken' returned str"):
+        resolve_policy("broken", registry)
+
+
+def test_register_commands_adds_a_command_and_a_failing_plugin_is_named(tmp_path):
+    _install_fake_distribution(
+        tmp_path,
+        "zoo_hello",
+        """
+        import typer
+        from zoo import hookimpl
+
+        @hookimpl
+        def register_commands(cli):
+            @cli.command()
+            def hello(name: str = typer.Argument("world")):
+                \"\"\"Say hello.\"\"\"
+                typer.echo(f"hello {name}")
+    """,
+    )
+    _install_fake_distribution(
+        tmp_path,
+        "zoo_badcmd",
+        """
+        from zoo import hookimpl
+
+        @hookimpl
+        def register_commands(cli):
+            raise RuntimeError("cannot add")
+    """,
+    )
+    result = _zoo(["hello", "zoo"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello zoo\n"
+    assert "plugin 'zoo_badcmd' failed in register_commands: RuntimeError: cannot add" in result.stderr
+    plugins = {p["name"]: p for p in json.loads(_zoo(["plugins", "--json"], tmp_path).stdout)}
+    assert plugins["zoo_hello"]["commands"] == ["hello"]
+    assert plugins["onnx"]["commands"] == ["import"]  # the built-in ONNX plugin adds `zoo import` the same way
+    assert "hello" in _zoo(["--help"], tmp_path).stdout
+
+
+def test_on_run_event_reaches_plugins_and_a_failing_one_does_not_stop_the_run(use_registry, tmp_path):
+    from conftest import make_images
+    from zoo.train import finetune
+
+    seen = []
+
+    class Tracker:
+        @hookimpl
+        def on_run_event(self, event):
+            seen.append(event)
+
+    class Broken:
+        @hookimpl
+        def on_run_event(self, event):
+            raise ValueError("tracker down")
+
+    registry = use_registry(
+        ("tinyplugin", plugin_module("tinyplugin", tiny_spec())), ("tracker", Tracker()), ("broken", Broken())
+    )
+    data = make_images(tmp_path / "data", per_class=6)
+    callback_events = []
+    result = finetune(
+        "tiny", data, epochs=2, weights="none", workers=0, out=str(tmp_path / "runs"), callback=callback_events.append
+    )
+    kinds = [e.kind for e in seen]
+    assert kinds[0] == "started" and kinds[-1] == "finished"
+    assert kinds.count("epoch_ended") == 2 and "best_improved" in kinds
+    assert "progress" not in kinds  # per-batch progress goes to the caller's callback only
+    assert any(e.kind == "progress" for e in callback_events)
+    assert all(e.run_dir == str(result.run_dir) for e in seen[1:])
+    assert seen[-1].data["summary"]["epochs_run"] == 2
+    assert any("on_run_event raised ValueError: tracker down" in e for e in registry.plugins["broken"].errors)

@@ -7,29 +7,52 @@ import torch
 
 from conftest import make_images, plugin_module
 from zoo.checkpoint import read_checkpoint
-from zoo.policies import HEAD_ONLY, Policy, PolicyError, resolve_policy
+from zoo.errors import PolicyError
+from zoo.policies import Policy, resolve_policy
 from zoo.train import finetune
 
 GROUPS = ("stem", "stage1", "stage2", "head")
 
 
+def frozen(text: str) -> int:
+    return resolve_policy(text).resolve(GROUPS).frozen
+
+
 def test_builtin_policies_parse():
-    assert resolve_policy("feature-extract").frozen == HEAD_ONLY
-    assert resolve_policy("linear-probe").frozen_count(GROUPS) == 3
-    assert resolve_policy("freeze:2").frozen_count(GROUPS) == 2
-    assert resolve_policy("freeze:stage1").frozen_count(GROUPS) == 2
-    assert resolve_policy("finetune").frozen_count(GROUPS) == 0
+    assert resolve_policy("feature-extract").head_only
+    assert frozen("linear-probe") == 3
+    assert frozen("freeze:2") == 2
+    assert frozen("freeze:stage1") == 2
+    assert frozen("finetune") == 0
     assert resolve_policy("scratch").pretrained is False
     assert resolve_policy("cut:stage1").cut == "stage1"
-    plan = resolve_policy("discriminative:0.5").plan(GROUPS)
-    assert [p.lr_mult for p in plan] == [0.125, 0.25, 0.5, 1.0]
-    assert all(p.trainable for p in plan)
+    plan = resolve_policy("discriminative:0.5").resolve(GROUPS)
+    assert plan.lr_mults == (0.125, 0.25, 0.5, 1.0)
+    assert all(plan.trainable(0).values())
 
 
 def test_gradual_unfreezes_one_group_from_the_top_every_n_epochs():
-    policy = resolve_policy("gradual:2")
-    assert [policy.frozen_at(GROUPS, e) for e in range(8)] == [3, 3, 2, 2, 1, 1, 0, 0]
-    assert [p.trainable for p in policy.plan(GROUPS, 4)] == [False, True, True, True]
+    plan = resolve_policy("gradual:2").resolve(GROUPS)
+    assert [plan.frozen_at(e) for e in range(8)] == [3, 3, 2, 2, 1, 1, 0, 0]
+    assert list(plan.trainable(4).values()) == [False, True, True, True]
+
+
+def test_freeze_head_is_refused_not_feature_extract():
+    """`freeze:head` once meant feature-extract by accident: "head" was also the head-only sentinel."""
+    with pytest.raises(PolicyError, match="'head' is the head group, which always trains"):
+        resolve_policy("freeze:head").resolve(GROUPS)
+    assert not resolve_policy("freeze:head").head_only
+
+
+def test_legacy_frozen_head_in_data_still_means_head_only():
+    policy = Policy.from_dict({"name": "old", "frozen": "head"})
+    assert policy.head_only and policy.resolve(GROUPS).frozen == 3
+
+
+@pytest.mark.parametrize("factor", ["nan", "inf", "-inf"])
+def test_non_finite_lr_factors_are_refused(factor):
+    with pytest.raises(PolicyError, match="finite"):
+        resolve_policy(f"discriminative:{factor}")
 
 
 @pytest.mark.parametrize(
@@ -38,7 +61,7 @@ def test_gradual_unfreezes_one_group_from_the_top_every_n_epochs():
         ("freeze", "needs K"),
         ("freeze:4", "can freeze 0 to 3"),
         ("freeze:stage9", "no group 'stage9'"),
-        ("discriminative:x", "needs a factor"),
+        ("discriminative:x", "needs a finite factor"),
         ("discriminative:-1", "must be > 0"),
         ("gradual:0", "N must be >= 1"),
         ("cut", "needs a group"),
@@ -47,7 +70,7 @@ def test_gradual_unfreezes_one_group_from_the_top_every_n_epochs():
 )
 def test_bad_policies_are_explained(text, message):
     with pytest.raises(PolicyError, match=message):
-        resolve_policy(text).frozen_count(GROUPS)
+        resolve_policy(text).resolve(GROUPS)
 
 
 def test_registry_and_plugin_policies(use_registry):
@@ -55,11 +78,11 @@ def test_registry_and_plugin_policies(use_registry):
         return Policy(f"top-two:{arg}", frozen=int(arg or 2))
 
     registry = use_registry(("policy_plugin", plugin_module("policy_plugin", policies=[("top-two", top_two)])))
-    assert resolve_policy("top-two:1").frozen_count(GROUPS) == 1
+    assert frozen("top-two:1") == 1
     ulmfit = resolve_policy("ulmfit", registry)  # declared as data in registry.toml
     assert ulmfit.unfreeze_every == 1 and ulmfit.lr_decay == pytest.approx(1 / 2.6, rel=1e-3)
     fastai = resolve_policy("fine-tune-fastai", registry)
-    assert [fastai.frozen_at(GROUPS, e) for e in range(3)] == [3, 0, 0]
+    assert [fastai.resolve(GROUPS).frozen_at(e) for e in range(3)] == [3, 0, 0]
 
 
 def _train(tmp_path, policy, cache="auto", epochs=2, **options):
@@ -74,7 +97,6 @@ def _train(tmp_path, policy, cache="auto", epochs=2, **options):
         weights="none",
         cache=cache,
         workers=0,
-        quiet=True,
         **options,
     )
 
@@ -134,9 +156,26 @@ def test_gradual_unfreezes_at_the_right_epochs(tmp_path, tiny_registry):
     assert groups == ["head", "head", "stage2", "stage2", "stage1", "stage1"]  # each: decay, then no decay
 
 
-def test_scratch_ignores_pretrained_weights(tmp_path, tiny_registry):
-    result = _train(tmp_path, "scratch", epochs=1)
-    assert result.summary["weights"] == "none"
+def test_scratch_ignores_pretrained_weights(tmp_path, use_registry):
+    """With default pretrained weights registered, freeze:1 keeps them in the stem; scratch starts from random."""
+    from conftest import build_tiny, tiny_spec
+    from zoo import Weights
+    from zoo.weights import sha256_of
+
+    pretrained = build_tiny(None).state_dict()
+    pretrained["stem.0.weight"].fill_(0.5)
+    path = tmp_path / "tiny-weights.pt"
+    torch.save(pretrained, path)
+    weights = Weights("mine", path.as_uri(), sha256=sha256_of(path))
+    use_registry(("p", plugin_module("p", tiny_spec(weights=(weights,), default_weights="mine"))))
+    data = make_images(tmp_path / "data", per_class=10)
+    options = dict(epochs=1, batch_size=8, out=str(tmp_path / "runs"), workers=0)
+    kept = finetune("tiny", data, policy="freeze:1", **options)
+    assert kept.summary["weights"] == "mine"
+    assert torch.equal(_state(kept.run_dir)["stem.0.weight"], pretrained["stem.0.weight"])
+    scratch = finetune("tiny", data, policy="scratch", **options)
+    assert scratch.summary["weights"] == "none"
+    assert not torch.isclose(_state(scratch.run_dir)["stem.0.weight"], torch.tensor(0.5)).any()
 
 
 def test_cut_puts_a_new_head_on_an_inner_group(tmp_path, tiny_registry):
@@ -152,10 +191,11 @@ def test_cut_puts_a_new_head_on_an_inner_group(tmp_path, tiny_registry):
         _train(tmp_path / "x", "cut:head", epochs=1)
 
 
+@pytest.mark.slow
 def test_cut_works_on_real_architectures():
+    from zoo.cut import cut_model
     from zoo.models import create_model
     from zoo.registry import get_registry
-    from zoo.split import cut_model
 
     for name, group, channels in [
         ("resnet18", "layer2", 128),
@@ -171,15 +211,16 @@ def test_cut_works_on_real_architectures():
         assert cut_spec.group_names[-1] == "head"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["efficientnet_lite0", "resnet18", "inception_v3"])
-def test_every_boundary_splits_into_per_image_tensors(name):
+def test_every_boundary_cuts_into_per_image_tensors(name):
     """What crosses a boundary must be cacheable: tensors with the batch first, whatever batch comes later.
 
     efficientnet_lite0's forward takes `inputs.size(0)` at the top and uses it at the end.
     """
+    from zoo.cut import cut_at
     from zoo.models import create_model
     from zoo.registry import get_registry
-    from zoo.split import split_at
 
     spec = get_registry().get(name)
     model = create_model(spec, num_classes=3, weights="none").eval()
@@ -188,7 +229,7 @@ def test_every_boundary_splits_into_per_image_tensors(name):
     with torch.no_grad():
         ref = model(x)
         for k in range(1, len(spec.groups)):
-            prefix, suffix = split_at(model, spec, k)
+            prefix, suffix = cut_at(model, spec, k)
             acts = prefix(x)
             assert all(isinstance(a, torch.Tensor) and a.shape[0] == 3 for a in acts), spec.groups[k - 1].name
             assert torch.allclose(suffix(*[a[:2] for a in acts]), ref[:2], atol=1e-4)

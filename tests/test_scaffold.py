@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
 from typer.testing import CliRunner
 
 from zoo.cli import app
@@ -15,6 +16,7 @@ from zoo.cli import app
 runner = CliRunner()
 
 
+@pytest.mark.slow
 def test_plugin_new_writes_a_package_that_registers_and_passes_check_backbone(tmp_path, monkeypatch):
     result = runner.invoke(app, ["plugin", "new", "my-models", "--dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -43,6 +45,6 @@ def test_plugin_new_writes_a_package_that_registers_and_passes_check_backbone(tm
 def test_plugin_new_refuses_to_overwrite_and_bad_names(tmp_path):
     assert runner.invoke(app, ["plugin", "new", "mine", "--dir", str(tmp_path)]).exit_code == 0
     again = runner.invoke(app, ["plugin", "new", "mine", "--dir", str(tmp_path)])
-    assert again.exit_code == 1 and "already exists" in again.output
+    assert again.exit_code == 2 and "already exists" in again.output
     bad = runner.invoke(app, ["plugin", "new", "My Models", "--dir", str(tmp_path)])
-    assert bad.exit_code == 1 and "plugin name 'My Models'" in bad.output
+    assert bad.exit_code == 2 and "plugin name 'My Models'" in bad.output

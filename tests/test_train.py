@@ -17,14 +17,15 @@ from typer.testing import CliRunner
 from conftest import install_tiny_plugin, make_images
 from zoo.checkpoint import read_checkpoint
 from zoo.cli import app
+from zoo.errors import Interrupted
 from zoo.evaluate import evaluate, predict
-from zoo.train import TrainingInterrupted, _Trainer, finetune, resume_run
+from zoo.train import Trainer, finetune, resume_run
 
 runner = CliRunner()
 
 
 def _options(tmp_path, **extra):
-    options = dict(epochs=3, batch_size=8, out=str(tmp_path / "runs"), weights="none", workers=0, quiet=True)
+    options = dict(epochs=3, batch_size=8, out=str(tmp_path / "runs"), weights="none", workers=0)
     options.update(extra)
     return options
 
@@ -62,15 +63,15 @@ def test_run_folder_holds_everything(tmp_path, tiny_registry, images):
 
 def _stop_at_epoch(monkeypatch, stop: int):
     """Make training raise KeyboardInterrupt when epoch `stop` (0-based) starts, as Ctrl-C would."""
-    original = _Trainer._train_epoch
+    original = Trainer._train_epoch
 
-    def train_epoch(self, epoch, plan, bar):
+    def train_epoch(self, epoch):
         if epoch == stop:
             raise KeyboardInterrupt
-        return original(self, epoch, plan, bar)
+        return original(self, epoch)
 
-    monkeypatch.setattr(_Trainer, "_train_epoch", train_epoch)
-    return lambda: monkeypatch.setattr(_Trainer, "_train_epoch", original)
+    monkeypatch.setattr(Trainer, "_train_epoch", train_epoch)
+    return lambda: monkeypatch.setattr(Trainer, "_train_epoch", original)
 
 
 @pytest.mark.parametrize(
@@ -81,7 +82,7 @@ def test_resume_equals_the_uninterrupted_run(tmp_path, tiny_registry, images, po
     options = _options(tmp_path, epochs=4, policy=policy, augment=augment)
     whole = finetune("tiny", images, name="whole", **options)
     restore = _stop_at_epoch(monkeypatch, 2)
-    with pytest.raises(TrainingInterrupted):
+    with pytest.raises(Interrupted):
         finetune("tiny", images, name="part", **options)
     restore()
     resumed = resume_run(tmp_path / "runs" / "part")
@@ -127,7 +128,7 @@ def test_large_cache_goes_to_disk_and_is_cleaned_up(tmp_path, tiny_registry, ima
 
 def test_ctrl_c_saves_and_resume_completes(tmp_path, tiny_registry, images, monkeypatch):
     restore = _stop_at_epoch(monkeypatch, 1)
-    with pytest.raises(TrainingInterrupted, match="1 complete epoch") as err:
+    with pytest.raises(Interrupted, match="1 complete epoch") as err:
         finetune("tiny", images, policy="finetune", name="stop", **_options(tmp_path))
     assert err.value.exit_code == 130
     run = tmp_path / "runs" / "stop"
@@ -137,6 +138,7 @@ def test_ctrl_c_saves_and_resume_completes(tmp_path, tiny_registry, images, monk
     assert resume_run(run).epochs_run == 3
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume(tmp_path, images):
     plugin = install_tiny_plugin(tmp_path / "site")
     env = dict(os.environ, PYTHONPATH=str(plugin))
@@ -183,6 +185,7 @@ def test_kill_9_then_resume(tmp_path, images):
     assert json.loads(resume.stdout)["epochs_run"] == epoch + 2
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict(tmp_path, tiny_registry, images):
     result = finetune("tiny", images, policy="finetune", lr=0.01, **_options(tmp_path, epochs=6))
     report = evaluate(result.run_dir, images)
@@ -198,9 +201,9 @@ def test_evaluate_and_predict(tmp_path, tiny_registry, images):
     assert cli.exit_code == 0 and "accuracy" in cli.output and "confusion matrix" in cli.output
     bad = make_images(tmp_path / "other", classes=("cows", "dogs"))
     cli = runner.invoke(app, ["evaluate", str(result.run_dir), str(bad)])
-    assert cli.exit_code == 1 and "cows are not among the model's classes" in cli.output
+    assert cli.exit_code == 3 and "cows are not among the model's classes" in cli.output
     cli = runner.invoke(app, ["predict", str(tmp_path / "nowhere"), str(image)])
-    assert cli.exit_code == 1 and "no such run folder" in cli.output
+    assert cli.exit_code == 3 and "no such run folder" in cli.output
 
 
 def test_finetune_cli_errors_are_one_line(tmp_path, tiny_registry, images):
@@ -251,6 +254,7 @@ def test_policies_cli_lists_every_source():
     assert sources["feature-extract"] == "built-in" and sources["ulmfit"] == "registry.toml"
 
 
+@pytest.mark.slow
 def test_demo_fine_tunes_real_weights_offline(tmp_path):
     """The README's main job: efficientnet_lite0 with its shipped ImageNet weights on the built-in photos."""
     result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--epochs", "6"])

@@ -12,7 +12,7 @@ import torch
 
 from conftest import build_tiny, tiny_spec
 from zoo import Weights
-from zoo.errors import WeightsError
+from zoo.errors import UsageError, WeightsError
 from zoo.models import create_model, resolve_weights
 from zoo.registry import get_registry
 from zoo.weights import cache_dir, fetch
@@ -106,7 +106,7 @@ def test_weights_path_errors_are_one_line(tmp_path):
         create_model("resnet18", weights=tmp_path / "r34.pt")
     with pytest.raises(WeightsError, match="no such file"):
         create_model("resnet18", weights=tmp_path / "missing.pt")
-    with pytest.raises(WeightsError, match="tags: IMAGENET1K_V1; or 'none'"):
+    with pytest.raises(UsageError, match="tags: IMAGENET1K_V1; or 'none'"):
         create_model("resnet18", weights="IMAGENET1K_V9")
 
 

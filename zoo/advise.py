@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoo.errors import ZooError
+from zoo.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +124,16 @@ def boundary_features(model, spec, loader) -> dict[str, Any]:
     import torch
     import torch.fx as fx
 
-    from zoo.split import _Pool, _staged_graph, activations_crossing
+    from zoo.cut import Pool, activations_crossing, staged_graph
 
-    gm, stage = _staged_graph(model, spec)
+    gm, stage = staged_graph(model, spec)
     n = len(spec.groups)
     # for each boundary k (after group k-1): the single activation that crosses it, if there is one
     crossing: dict[int, fx.Node] = {}
     for k in range(1, n):
         if len(tensors := activations_crossing(gm, stage, k)) == 1:
             crossing[k] = tensors[0]
-    pool = _Pool(spec.features_layout)
+    pool = Pool(spec.features_layout)
     wanted = {node: spec.groups[k - 1].name for k, node in crossing.items()}
     out: dict[str, list] = {name: [] for name in wanted.values()}
     labels = []
@@ -197,29 +197,50 @@ def advise(
     val_fraction: float = 0.2,
     seed: int = 0,
     large_per_class: int = LARGE_PER_CLASS,
-    batch_size: int = 32,
-    workers: int = 0,
 ) -> Advice:
-    """Measure size and similarity of DATA for BACKBONE, and recommend a freeze policy."""
-    import time
-
-    import torch
-
-    from zoo.data import ImageDataset, build_transform, decode_size, scan
+    """Measure size and similarity of DATA for BACKBONE, and recommend a freeze policy (`zoo advise`)."""
+    from zoo.data import scan
+    from zoo.images import decode_size
     from zoo.models import create_model, resolve_weights
     from zoo.registry import get_registry
 
-    start = time.perf_counter()
+    if large_per_class < 1:
+        raise UsageError(f"--large-per-class {large_per_class}: must be >= 1")
     spec = get_registry().get(backbone)
     choice = resolve_weights(spec, weights)
-    if choice.tag is None and choice.path is None:
-        raise ZooError(
+    if not choice.pretrained:
+        raise UsageError(
             f"zoo advise measures how well {spec.name}'s pretrained features fit the data: "
             "it needs pretrained weights (not --weights none)"
         )
     pre = spec.preprocess_for(choice.tag)
     decoded: dict = {}
     split = scan(data, val_fraction, seed, decode_size(pre), decoded)
+    model = create_model(spec, weights=choice)
+    return measure(model, spec, split, decoded, pre, seed=seed, large_per_class=large_per_class)
+
+
+def measure(
+    model,
+    spec,
+    split,
+    decoded: dict,
+    pre,
+    *,
+    seed: int = 0,
+    large_per_class: int = LARGE_PER_CLASS,
+    batch_size: int = 32,
+) -> Advice:
+    """The advice for a scanned data split and a built model with pretrained weights (also `--policy auto`,
+    which then trains the same model: the data is scanned and the model built once)."""
+    import time
+
+    import torch
+
+    from zoo.images import decode_size
+    from zoo.loaders import ImageDataset, build_transform
+
+    start = time.perf_counter()
     per_class = split.counts("train")
     groups = spec.group_names
     probes: dict[str, float] = {}
@@ -227,13 +248,13 @@ def advise(
     if usable:
         samples = _stratified_sample(split.train, MAX_IMAGES, seed)
         folds = max(2, min(FOLDS, min(per_class.values())))
-        model = create_model(spec, weights=choice).eval()
+        was_training = model.training
         loader = torch.utils.data.DataLoader(
-            ImageDataset(samples, build_transform(pre, "none"), decoded, decode_size(pre)),
-            batch_size=batch_size,
-            num_workers=workers,
+            ImageDataset(samples, build_transform(pre, "none"), decoded, decode_size(pre)), batch_size=batch_size
         )
-        feats, labels = boundary_features(model, spec, loader)
+        with torch.random.fork_rng(devices=[]):  # measuring draws no random number the training would have drawn
+            feats, labels = boundary_features(model.eval(), spec, loader)
+        model.train(was_training)
         for name in groups[:-1]:
             if name in feats:
                 probes[name] = probe_accuracy(feats[name], labels, folds, seed)

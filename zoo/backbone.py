@@ -7,6 +7,8 @@ through `build`, a "module:function" string (or a callable).
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -15,8 +17,10 @@ from typing import Any
 
 from zoo.errors import InvalidBackbone
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
+# lower case; a plugin may put its backbones in a namespace of their own: `timm/resnet18`
+NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*(/[a-z0-9][a-z0-9_.\-]*)?$")
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+LAYOUTS = ("NCHW", "NHWC", "NLC")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,28 @@ class Preprocess:
     def resize_size(self) -> int:
         """Short side before the centre crop (torchvision's `resize_size`)."""
         return round(max(self.input_size) / self.crop_pct)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, numbers, strings): the one serialisation for checkpoints, metadata and JSON."""
+        return {
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Preprocess:
+        """The inverse of `to_dict`; unknown keys are refused (TypeError)."""
+        values = dict(data)
+        values.pop("resize_size", None)  # derived, written by older versions
+        for key in ("input_size", "mean", "std"):
+            if key in values:
+                values[key] = tuple(values[key])
+        if "crop_pct" in values:
+            values["crop_pct"] = float(values["crop_pct"])
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -111,12 +137,37 @@ class Backbone:
     def preprocess_for(self, weights: Weights | None) -> Preprocess:
         return weights.preprocess if weights and weights.preprocess else self.preprocess
 
+    @property
+    def where(self) -> str:
+        """How errors name this spec: its plugin and its name."""
+        return f"plugin '{self.source or '?'}', backbone '{self.name}'"
+
+
+def load_callable(target: str | Callable[..., Any], spec: Backbone) -> Callable[..., Any]:
+    """The function a spec names as "module:function" (its `build` or `resolve`), imported on first use."""
+    if callable(target):
+        return target
+    module_name, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise InvalidBackbone(f"{spec.where}: cannot load builder '{target}': {type(exc).__name__}: {exc}") from None
+
+
+def with_overrides(spec: Backbone, **changes: Any) -> Backbone:
+    """A copy of `spec` with fields changed, checked again."""
+    new = dataclasses.replace(spec, **changes)
+    check_spec(new)
+    return new
+
 
 def check_spec(spec: Backbone) -> None:
     """Static checks that need no model: raise InvalidBackbone naming the plugin."""
-    where = f"plugin '{spec.source or '?'}', backbone '{spec.name}'"
-    if not isinstance(spec.name, str) or not _NAME.match(spec.name):
-        raise InvalidBackbone(f"{where}: name must be lower case letters, digits, '_', '.', '-'")
+    where = spec.where
+    if not isinstance(spec.name, str) or not NAME.match(spec.name):
+        raise InvalidBackbone(
+            f"{where}: name must be lower case letters, digits, '_', '.', '-' (and at most one '/' for a namespace)"
+        )
     pending = spec.resolve is not None and not spec.groups  # head and groups come later
     if not spec.head and not pending:
         raise InvalidBackbone(f"{where}: no head path")
@@ -136,5 +187,7 @@ def check_spec(spec: Backbone) -> None:
         raise InvalidBackbone(f"{where}: weights tags repeat: {', '.join(tags)}")
     if spec.default_weights is not None and spec.default_weights not in tags:
         raise InvalidBackbone(f"{where}: default weights '{spec.default_weights}' is not one of its tags")
+    if spec.features_layout not in LAYOUTS:
+        raise InvalidBackbone(f"{where}: features_layout must be one of {', '.join(LAYOUTS)}")
     if isinstance(spec.build, str) and ":" not in spec.build:
         raise InvalidBackbone(f"{where}: build must be 'module:function', got '{spec.build}'")

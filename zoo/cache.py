@@ -10,21 +10,22 @@ and its output is checked against torch's before it is used.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from zoo.check import all_close
+from zoo.errors import CutError, ModelFileError
+
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "torch", "onnxruntime")
 MEMORY_LIMIT = 2 << 30  # activations larger than this go to a memory-mapped file on disk
 ORT_MIN_IMAGES = 48  # below this, exporting the prefix (about 1.5 s) costs more than onnxruntime saves
 
@@ -70,47 +71,45 @@ class FeatureCache:
 
 def _ort_session(prefix, example: torch.Tensor, n_outputs: int):
     """The prefix exported to ONNX and loaded in onnxruntime, or None when it cannot be."""
-    import onnxruntime as ort
+    from zoo.onnx_io import ort_session, write_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "prefix.onnx")
-        names = [f"out{i}" for i in range(n_outputs)]
-        axes = {name: {0: "batch"} for name in ["input", *names]}
+        path = Path(tmp) / "prefix.onnx"
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # exporter chatter about constant folding and deprecations
-                torch.onnx.export(
-                    prefix,
-                    (example,),
-                    path,
-                    input_names=["input"],
-                    output_names=names,
-                    dynamic_axes=axes,
-                    opset_version=17,
-                    dynamo=False,
-                )
-        except Exception as exc:  # an exporter gap only costs speed: torch computes the cache instead
+            # TorchScript first: it exports a prefix in a fraction of the dynamo exporter's time
+            write_onnx(
+                prefix,
+                (example,),
+                path,
+                output_names=tuple(f"out{i}" for i in range(n_outputs)),
+                exporter="torchscript",
+            )
+            return ort_session(path, threads=torch.get_num_threads())
+        except (ModelFileError, Exception) as exc:  # an exporter gap only costs speed: torch computes the cache
             log.info(
                 "onnxruntime cache engine unavailable (%s: %s); using torch",
                 type(exc).__name__,
-                str(exc).splitlines()[0][:160],
+                str(exc).splitlines()[0][:160] if str(exc) else "",
             )
             return None
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 class PrefixRunner:
     """Runs a frozen prefix batch by batch: with onnxruntime where it is faster and agrees with torch."""
 
     def __init__(
-        self, prefix, device: torch.device, engine: str = "auto", images: int = 0, channels_last: bool = False
+        self,
+        prefix,
+        device: torch.device,
+        engine: str = "auto",
+        images: int = 0,
+        channels_last: bool = False,
+        atol: float = 1e-4,
     ):
         if engine == "auto":
             engine = "onnxruntime" if device.type == "cpu" and images >= ORT_MIN_IMAGES else "torch"
         self.prefix, self.device, self.engine, self.channels_last = prefix.eval(), device, engine, channels_last
+        self.atol = atol  # the backbone's tolerance, as for its export check
         self.session = None
         self.checked = engine != "onnxruntime"
 
@@ -126,7 +125,7 @@ class PrefixRunner:
             self.session = _ort_session(self.prefix, images[:2].to(self.device), len(reference))
             if self.session is not None:
                 got = self.session.run(None, {"input": images.numpy()})
-                if _close(got, reference):
+                if all_close([r.numpy() for r in reference], got, self.atol):
                     return [torch.from_numpy(o) for o in got]
                 log.info("onnxruntime prefix differs from torch; computing the cache with torch")
                 self.session = None
@@ -202,12 +201,111 @@ def compute_cache(
     return cache
 
 
-def _close(got: list[np.ndarray], reference: list[torch.Tensor]) -> bool:
-    for g, r in zip(got, reference, strict=True):
-        r = r.cpu().numpy()
-        if g.shape != r.shape:
+class BoundaryCache:
+    """The frozen-prefix cache of one run: computed at the freeze boundary, recomputed when it moves, dropped
+    when the boundary is 0 or the train images are augmented (unless augmented copies are cached).
+
+    `batches()` then yields the suffix's inputs instead of images.
+    """
+
+    def __init__(
+        self,
+        model,
+        spec,
+        groups,
+        device: torch.device,
+        loaders,
+        train_samples: list,
+        val_samples: list,
+        *,
+        mode: str = "auto",
+        engine: str = "auto",
+        augmented_copies: int = 0,
+        augment: str = "none",
+        train_bn: bool = False,
+        channels_last: bool = False,
+        seed: int = 0,
+        disk_dir: Path | None = None,
+        progress=None,
+    ):
+        self.model, self.spec, self.groups, self.device, self.loaders = model, spec, groups, device, loaders
+        self.train_samples, self.val_samples = train_samples, val_samples  # this rank's val share
+        self.mode, self.engine, self.augmented_copies, self.augment = mode, engine, augmented_copies, augment
+        self.train_bn, self.channels_last, self.seed, self.disk_dir = train_bn, channels_last, seed, disk_dir
+        self.progress = progress  # progress(phase, done, total)
+        self.train: FeatureCache | None = None
+        self.val: FeatureCache | None = None
+        self.suffix = None
+        self.k = 0
+        self.info: dict[str, Any] | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.train is not None
+
+    def wanted(self, k: int) -> bool:
+        if self.mode == "off" or k == 0 or self.train_bn:
             return False
-        scale = max(1.0, float(np.abs(r).max()))
-        if not math.isfinite(float(np.abs(g - r).max())) or float(np.abs(g - r).max()) > 1e-3 * scale:
-            return False
-    return True
+        return self.augment == "none" or self.augmented_copies > 0
+
+    def ensure(self, k: int) -> None:
+        """Compute (or recompute, when the boundary moved) the train and val activations at group boundary k."""
+        if not self.wanted(k):
+            self.drop()
+            return
+        if self.active and self.k == k:
+            return
+        self.drop()
+        from zoo.cut import cut_at
+
+        try:
+            prefix, suffix = cut_at(self.model, self.spec, k, self.groups)
+        except CutError as exc:
+            log.info("frozen-prefix cache off: %s", exc)
+            return
+        self.model.eval()
+        copies = self.augmented_copies if self.augmented_copies and self.augment != "none" else 1
+        train_aug = self.augment if copies > 1 else "none"
+        gen = torch.Generator().manual_seed(self.seed + 1000 * k)
+        images = len(self.train_samples) * copies + len(self.val_samples)
+        boundary = self.spec.groups[k - 1].name
+
+        def progress(done: int, total: int) -> None:
+            if self.progress:
+                self.progress(f"caching {boundary}", done, total)
+
+        # its own RNG stream: a resumed run recomputes the cache without shifting the training's random numbers
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + 1000 * k)
+            runner = PrefixRunner(prefix, self.device, self.engine, images, self.channels_last, self.spec.atol)
+            train_loader = self.loaders.loader(self.train_samples, train_aug, False, gen, epoch=0)  # rank's shard
+            train = compute_cache(runner, train_loader, copies, disk_dir=self.disk_dir, progress=progress)
+            val = compute_cache(runner, self.loaders.loader(self.val_samples), 1, disk_dir=self.disk_dir)
+        self.train, self.val, self.suffix, self.k = train, val, suffix, k
+        self.info = {
+            "boundary": boundary,
+            "engine": train.engine,
+            "copies": copies,
+            "megabytes": round((train.nbytes + val.nbytes) / 1e6, 1),
+            "seconds": round(train.seconds + val.seconds, 2),
+            "on_disk": train.on_disk,
+        }
+
+    def batches(self, train: bool, epoch: int, batch_size: int, generator: torch.Generator | None):
+        cache = self.train if train else self.val
+        copy = epoch % cache.copies if train else 0
+        for tensors, target in cache.batches(batch_size, generator if train else None, copy, shuffle=train):
+            yield [t.to(self.device, non_blocking=True) for t in tensors], target.to(self.device)
+
+    def drop(self) -> None:
+        if self.train is not None:
+            self.train.release()
+            self.val.release()
+        self.train = self.val = self.suffix = None
+        if self.disk_dir is not None:
+            folders = [self.disk_dir] + ([self.disk_dir.parent] if self.disk_dir.name.startswith("rank") else [])
+            for folder in folders:
+                try:
+                    folder.rmdir()  # only when empty; another rank may still be using the parent
+                except OSError:
+                    pass

@@ -1,19 +1,27 @@
-"""Checkpoints: everything needed to rebuild a fine-tuned model, loadable with weights_only=True."""
+"""Checkpoints: written and read here, loadable with weights_only=True (plain data and tensors only).
+
+A checkpoint holds everything needed to rebuild the fine-tuned model (backbone,
+classes, preprocessing, the policy as it was resolved) and, in `last.pt`,
+everything needed to continue the run exactly (optimizer, schedule step, RNG
+state, history).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from zoo import atomic
 from zoo.backbone import Preprocess
-from zoo.errors import ZooError
+from zoo.errors import CheckpointError, ResumeError, ZooError
+from zoo.policies import Policy
 
 FORMAT = "zoo-checkpoint-1"
 
 
-class CheckpointError(ZooError):
-    """A run folder or checkpoint file cannot be used."""
+def write_checkpoint(path: Path, ckpt: dict[str, Any]) -> Path:
+    """Write atomically (complete or absent)."""
+    return atomic.torch_save(path, {"format": FORMAT, **ckpt})
 
 
 def find_checkpoint(path: Path | str, prefer: str = "best.pt") -> Path:
@@ -27,6 +35,21 @@ def find_checkpoint(path: Path | str, prefer: str = "best.pt") -> Path:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such run folder or checkpoint file")
     return path
+
+
+def last_checkpoint(run_dir: Path | str) -> Path:
+    """RUN/last.pt, which `--resume` continues from; a one-line error for anything else."""
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.exists():
+        raise ResumeError(f"--resume {run_dir}: no such run folder")
+    if not run_dir.is_dir():
+        raise ResumeError(f"--resume {run_dir}: not a folder; --resume takes a run folder (runs/NAME), not a file")
+    path = run_dir / "last.pt"
+    if path.is_file():
+        return path
+    if (run_dir / "config.json").is_file():
+        raise ResumeError(f"--resume {run_dir}: the run did not finish an epoch (no last.pt); start it again")
+    raise ResumeError(f"--resume {run_dir}: not a zoo run folder (no last.pt, no config.json)")
 
 
 def read_checkpoint(path: Path | str) -> dict[str, Any]:
@@ -48,22 +71,19 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
 
 
 def preprocess_of(ckpt: dict[str, Any]) -> Preprocess:
-    data = dict(ckpt["preprocess"])
-    for key in ("input_size", "mean", "std"):
-        data[key] = tuple(data[key])
-    return Preprocess(**data)
+    return Preprocess.from_dict(ckpt["preprocess"])
 
 
-def preprocess_dict(pre: Preprocess) -> dict[str, Any]:
-    return asdict(pre)
+def policy_of(ckpt: dict[str, Any]) -> Policy:
+    """The policy the run used, as it was resolved when it started."""
+    return Policy.from_dict(ckpt["policy"])
 
 
 def load_model(path: Path | str):
     """(model in eval mode, checkpoint dict) from a run folder or checkpoint file."""
+    from zoo.cut import cut_model
     from zoo.models import create_model
-    from zoo.policies import Policy
     from zoo.registry import get_registry
-    from zoo.split import cut_model
 
     ckpt = read_checkpoint(path)
     try:
@@ -75,7 +95,7 @@ def load_model(path: Path | str):
         ) from None
     num_classes = len(ckpt["classes"])
     model = create_model(spec, num_classes=num_classes, weights="none", check=False)
-    policy = Policy(**ckpt["policy"])
+    policy = policy_of(ckpt)
     if policy.cut:
         model, spec = cut_model(model, spec, policy.cut, num_classes)
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)

@@ -1,38 +1,30 @@
-"""Image folders: scan, validate, split, decode, transform.
+"""Labelled image data: scan a folder, check every file, split it into train and val.
 
 Two layouts are accepted: `DATA/train/<class>/` + `DATA/val/<class>/`, or
 `DATA/<class>/` which is split into train and val by a seeded, stratified
 split. Every file is decoded once during the scan: files that cannot be used
 are skipped and listed, and the decoded (already downscaled) images are kept
-in memory so later epochs decode nothing.
+in memory so later epochs decode nothing. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import os
 import random
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image
 
-from zoo.backbone import Preprocess
-from zoo.errors import ZooError
+from zoo.errors import DataError
+from zoo.images import EXTENSIONS, is_image_name, shrink, try_decode
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-AUGMENTS = ("none", "light", "strong")
-MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold; larger images are refused
 CACHE_LIMIT_BYTES = 4 << 30  # keep decoded images in memory up to this size
-
-
-class DataError(ZooError):
-    """The data folder cannot be trained on."""
+_SYSTEM_TREES = ("/proc", "/sys", "/dev")
 
 
 @dataclass(frozen=True)
@@ -58,69 +50,43 @@ class DataSplit:
         return {name: counted.get(i, 0) for i, name in enumerate(self.classes)}
 
 
-def is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in EXTENSIONS and not path.name.startswith(".")
-
-
 def class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The class folders of `folder`: its sub-folders, hidden ones left out."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot list it ({exc.strerror or exc})") from None
+    return sorted(p for p in entries if not p.name.startswith(".") and _is_dir(p))
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def check_class_dir(path: Path, root: Path) -> None:
+    """Refuse a class folder that is (or links to) a filesystem root, a system tree, or a folder above the data."""
+    real = Path(os.path.realpath(path))
+    top = Path(os.path.realpath(root))
+    if real == Path(real.anchor) or real in top.parents or real == top:
+        raise DataError(f"{path}: the class folder leads to {real}, which holds the data folder itself; fix the link")
+    if any(str(real) == t or str(real).startswith(t + "/") for t in _SYSTEM_TREES):
+        raise DataError(f"{path}: the class folder leads to {real}, a system folder, not images; fix the link")
+
+
+def walk_files(folder: Path) -> list[Path]:
+    """Every file under `folder`, sorted; sub-folders that are symlinks are not followed, unreadable ones skipped."""
+    out = []
+    for here, dirs, files in os.walk(folder, followlinks=False, onerror=lambda exc: None):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        out += [Path(here) / f for f in files]
+    return sorted(out)
 
 
 def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_name(p))
-
-
-def open_rgb(path: Path | str, min_short_side: int | None = None) -> Image.Image:
-    """Decode any image as RGB, EXIF orientation applied, downscaled while decoding where JPEG allows.
-
-    `min_short_side` lets libjpeg decode at 1/2, 1/4 or 1/8 scale (`Image.draft`) as long
-    as the short side stays at least that large: several times faster on big photos.
-    Raises OSError/ValueError (or Image.DecompressionBombError) for unusable files.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = Image.open(path)
-        if img.width * img.height > MAX_PIXELS:
-            raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels is over the {MAX_PIXELS} limit")
-        if min_short_side and img.format == "JPEG":
-            w, h = img.size
-            scale = min(w, h) / min_short_side
-            if scale >= 2:
-                img.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
-        img.load()
-    img = ImageOps.exif_transpose(img)
-    return to_rgb(img)
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB from any mode: 16-bit and float scaled down, transparency composited on white."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        if img.mode == "F" and arr.max() <= 1.0:
-            top = 1.0
-        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, img.convert("RGBA"))
-    return img.convert("RGB") if img.mode != "RGB" else img
-
-
-def _check(path: Path, min_short_side: int) -> tuple[Image.Image | None, str | None]:
-    if path.stat().st_size == 0:
-        return None, "empty file"
-    previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey bottom half
-    try:
-        return open_rgb(path, min_short_side), None
-    except Image.DecompressionBombError as exc:
-        return None, f"decompression bomb refused ({exc})"
-    except Exception as exc:  # PIL raises many types for bad files; each is a reason to skip, not to stop
-        return None, f"{type(exc).__name__}: {str(exc)[:120]}"
-    finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+    return [p for p in walk_files(folder) if is_image_name(p)]
 
 
 def scan(
@@ -136,7 +102,7 @@ def scan(
     (short side at least `min_short_side`) are stored in it, so training decodes nothing again.
     """
     root = Path(root).expanduser()
-    if not root.is_dir():
+    if not _is_dir(root):
         raise DataError(f"{root}: no such folder; expected DATA/<class>/*.jpg or DATA/train + DATA/val")
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"--val-fraction {val_fraction}: must be between 0 and 1")
@@ -148,9 +114,15 @@ def scan(
         nonlocal kept_bytes
         out = {}
         for class_dir in class_dirs(folder):
+            check_class_dir(class_dir, root)
             good = []
-            for path in image_files(class_dir):
-                img, reason = _check(path, min_short_side)
+            for path in walk_files(class_dir):
+                if path.name.startswith("."):
+                    continue
+                if not is_image_name(path):
+                    skipped.append((path, "not an image file extension"))
+                    continue
+                img, reason = try_decode(path, min_short_side)
                 if reason:
                     skipped.append((path, reason))
                     continue
@@ -159,13 +131,9 @@ def scan(
                     decoded[path] = small = shrink(img, min_short_side)
                     kept_bytes += small.width * small.height * 3
             out[class_dir.name] = good
-            ignored = [
-                p for p in class_dir.rglob("*") if p.is_file() and not is_image_name(p) and not p.name.startswith(".")
-            ]
-            skipped.extend((p, "not an image file extension") for p in ignored)
         return out
 
-    if train_dir.is_dir() and val_dir.is_dir():
+    if _is_dir(train_dir) and _is_dir(val_dir):
         train_files, val_files = load(train_dir), load(val_dir)
         layout = "train/val"
         classes = _check_classes(train_files, root / "train", skipped)
@@ -185,10 +153,17 @@ def scan(
     if not val:
         raise DataError(f"{root}: the validation set is empty; add images to val/ or raise --val-fraction")
     if skipped:
-        shown = "; ".join(f"{p.relative_to(root)} ({why})" for p, why in skipped[:10])
+        shown = "; ".join(f"{_relative(p, root)} ({why})" for p, why in skipped[:10])
         more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
         log.warning("skipped %d unusable file(s): %s%s", len(skipped), shown, more)
     return DataSplit(root, classes, train, val, layout, skipped)
+
+
+def _relative(path: Path, root: Path) -> Path:
+    try:
+        return path.relative_to(root)
+    except ValueError:
+        return path
 
 
 def _check_classes(files: dict[str, list[Path]], where: Path, skipped) -> list[str]:
@@ -221,115 +196,32 @@ def stratified_split(files: dict[int, list[Path]], val_fraction: float, seed: in
     return train, val
 
 
-def shrink(img: Image.Image, min_short_side: int) -> Image.Image:
-    """Downscale so the short side is `min_short_side` (never upscale): what every transform needs."""
-    w, h = img.size
-    scale = min_short_side / min(w, h)
-    if scale >= 1:
-        return img
-    return img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR, reducing_gap=3.0)
+def eval_samples(data: Path | str, classes: list[str]) -> list[Sample]:
+    """Labelled images of DATA (its val/ part when it has one), labelled with a model's classes."""
+    data = Path(data).expanduser()
+    if not _is_dir(data):
+        raise DataError(f"{data}: no such folder")
+    root = data / "val" if _is_dir(data / "val") else data
+    folders = class_dirs(root)
+    if not folders:
+        raise DataError(f"{root}: no class folders; expected {root}/<class>/*.jpg")
+    for folder in folders:
+        check_class_dir(folder, data)
+    unknown = [f.name for f in folders if f.name not in classes]
+    if unknown:
+        raise DataError(
+            f"{root}: class(es) {', '.join(unknown)} are not among the model's classes ({', '.join(classes)})"
+        )
+    samples = [Sample(p, classes.index(f.name)) for f in folders for p in image_files(f)]
+    if not samples:
+        raise DataError(f"{root}: no images")
+    return samples
 
 
-def decode_size(pre: Preprocess) -> int:
-    """Short side to decode at: enough for the eval resize and for random crops."""
-    return max(pre.resize_size, round(max(pre.input_size) * 1.15))
-
-
-_FILTERS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-}
-
-
-def eval_array(img: Image.Image, input_size, resize_size: int, mean, std, interpolation: str = "bilinear"):
-    """The evaluation preprocessing, in numpy: resize the short side, centre-crop, scale, normalise.
-
-    One implementation for training's validation, `zoo evaluate`, `zoo predict` and the
-    torch-free runtime, so every path sees exactly the same pixels. Returns (C, H, W) float32:
-    C = 3, or 1 (grayscale) when `mean` has one value.
-    """
-    w, h = img.size
-    scale = resize_size / min(w, h)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if size != img.size:
-        img = img.resize(size, _FILTERS.get(interpolation, Image.Resampling.BILINEAR))
-    ch, cw = input_size
-    left, top = round((size[0] - cw) / 2.0), round((size[1] - ch) / 2.0)
-    img = img.crop((left, top, left + cw, top + ch))
-    if len(mean) == 1:
-        img = img.convert("L")
-    arr = np.asarray(img, dtype=np.float32).reshape(ch, cw, -1) / np.float32(255.0)
-    arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
-
-
-def load_for_eval(path: Path | str, input_size, resize_size: int, mean, std, interpolation: str, short_side: int):
-    """A file as the model's evaluation input, decoded exactly as during training."""
-    img = shrink(open_rgb(path, short_side), short_side)
-    return eval_array(img, input_size, resize_size, mean, std, interpolation)
-
-
-class EvalTransform:
-    """`eval_array` as a transform that returns a torch tensor."""
-
-    def __init__(self, pre: Preprocess):
-        self.pre = pre
-
-    def __call__(self, img: Image.Image):
-        import torch
-
-        p = self.pre
-        return torch.from_numpy(eval_array(img, p.input_size, p.resize_size, p.mean, p.std, p.interpolation))
-
-
-def build_transform(pre: Preprocess, augment: str = "none"):
-    """The evaluation transform (`none`), or torchvision v2 train augmentation, from a backbone's preprocessing."""
-    if augment not in AUGMENTS:
-        raise DataError(f"--augment {augment}: choose one of {', '.join(AUGMENTS)}")
-    if augment == "none":
-        return EvalTransform(pre)
-    import torch
-    from torchvision.transforms import InterpolationMode, v2
-
-    interpolation = InterpolationMode(pre.interpolation)
-    scale = (0.35, 1.0) if augment == "light" else (0.08, 1.0)
-    steps = [
-        v2.PILToTensor(),
-        v2.RandomResizedCrop(list(pre.input_size), scale=scale, interpolation=interpolation, antialias=True),
-        v2.RandomHorizontalFlip(),
-    ]
-    if augment == "strong":
-        steps.append(v2.TrivialAugmentWide(interpolation=interpolation))
-    if pre.channels == 1:
-        steps.append(v2.Grayscale(1))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
-    if augment == "strong":
-        steps.append(v2.RandomErasing(p=0.25))
-    return v2.Compose(steps)
-
-
-class ImageDataset:
-    """(tensor, label) pairs, decoding from the in-memory cache when the image is in it."""
-
-    def __init__(
-        self,
-        samples: list[Sample],
-        transform,
-        decoded: dict[Path, Image.Image] | None = None,
-        min_short_side: int = 256,
-    ):
-        self.samples = samples
-        self.transform = transform
-        self.decoded = decoded or {}
-        self.min_short_side = min_short_side
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        sample = self.samples[index]
-        img = self.decoded.get(sample.path)
-        if img is None:
-            img = shrink(open_rgb(sample.path, self.min_short_side), self.min_short_side)
-        return self.transform(img), sample.label
+def image_folder_files(folder: Path) -> list[Path]:
+    """Every image of a folder, in its class folders (its val/ part first when it has one) or at its top."""
+    root = folder / "val" if _is_dir(folder / "val") else folder
+    dirs = class_dirs(root)
+    for d in dirs:
+        check_class_dir(d, folder)
+    return [f for d in dirs for f in image_files(d)] or image_files(root)

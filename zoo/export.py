@@ -1,22 +1,24 @@
-"""`zoo export`: ONNX that proves itself.
+"""`zoo export` and `zoo verify`: ONNX that proves itself.
 
-The model is exported with `torch.onnx.export` (the dynamo exporter first, the
-TorchScript one where dynamo fails, and the report says which), checked by
-`onnx.checker`, and then run by onnxruntime beside torch on real images at batch
-1 and batch N. Every output is compared (shape, max abs difference against the
-backbone's tolerance, top-1 agreement); any failure is collected, reported as a
-table, and the file is not left at its final path. The file carries its
-preprocessing, labels and the check's results as metadata, so `zoo.runtime` can
-use it without torch.
+The model is written by `zoo.onnx_io.write_onnx` (one opset policy), checked by
+`onnx.checker`, and then run by onnxruntime beside torch on real images at
+batch 1 and batch N; every output is compared by `zoo.check.compare_outputs`
+(shape, max abs difference against the backbone's tolerance, top-1 agreement).
+Any failure is collected, reported as a table, and the file is not left at its
+final path. The file carries its preprocessing, labels and the check's results
+as metadata (`zoo.onnx_meta`), so `zoo.runtime` can use it without torch.
+
+Beside `NAME.onnx` zoo writes `NAME.json`, the verification report (and, with
+`--int8`, `NAME.int8.onnx`); it never overwrites a file it did not write.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +27,17 @@ import torch
 
 from zoo import atomic
 from zoo.backbone import Backbone, Preprocess
-from zoo.data import DataError, class_dirs, decode_size, image_files, load_for_eval
-from zoo.errors import ZooError
+from zoo.check import CheckResult, compare_outputs
+from zoo.data import image_folder_files
+from zoo.errors import DataError, ExportError, ModelFileError, OutputError, UsageError
+from zoo.images import decode_size, load_for_eval
 from zoo.models import split_outputs
+from zoo.onnx_io import DEFAULT_OPSET, check_opset, ort_session, write_onnx
+from zoo.onnx_meta import ModelMetadata, read_props, write_props
 
 log = logging.getLogger(__name__)
 
-
-class ExportError(ZooError):
-    """The model could not be exported, or the exported model does not match torch."""
-
-
-@dataclass
-class CheckResult:
-    """One comparison of onnxruntime against torch."""
-
-    batch: int
-    output: str
-    torch_shape: list[int]
-    onnx_shape: list[int]
-    max_abs_diff: float
-    atol: float
-    top1_agreement: float
-    failures: list[str] = field(default_factory=list)
+REPORT_MARK = "zoo_report"  # a key every report zoo writes has: how zoo knows a .json beside a model is its own
 
 
 @dataclass
@@ -62,60 +52,14 @@ class ExportReport:
     seconds: float
     notes: list[str] = field(default_factory=list)
     int8: dict[str, Any] | None = None
+    report_path: str = ""
+    precision: str = "fp32"
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return asdict(self)
+        return {REPORT_MARK: "export", **asdict(self)}
 
 
-def _export(model, example: torch.Tensor, path: Path, opset: int, dynamic: bool) -> tuple[str, list[str]]:
-    """Write the ONNX file; returns (exporter used, notes)."""
-    notes = []
-    axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                model,
-                (example,),
-                dynamo=True,
-                input_names=["input"],
-                output_names=["logits"],
-                dynamic_axes=axes,
-                opset_version=opset,
-                external_data=False,
-                verbose=False,
-            )
-            program.save(str(path), external_data=False)
-        return "dynamo", notes
-    except Exception as exc:  # the exporters differ in coverage: try the other one, and say so
-        notes.append(
-            f"dynamo exporter failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            "used the TorchScript exporter"
-        )
-        log.warning(notes[-1])
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                dynamo=False,
-                input_names=["input"],
-                output_names=["logits"],
-                dynamic_axes=axes,
-                opset_version=min(opset, 20),
-            )
-        return "torchscript", notes
-    except Exception as exc:
-        raise ExportError(
-            f"torch.onnx.export failed with both exporters: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
-        ) from None
-
-
-class _Logits(torch.nn.Module):
+class Logits(torch.nn.Module):
     """The model in eval mode returning only its main logits (auxiliary heads are never exported)."""
 
     def __init__(self, model):
@@ -123,14 +67,13 @@ class _Logits(torch.nn.Module):
         self.model = model
 
     def forward(self, x):
-        out = self.model(x)
-        return split_outputs(out)[0]
+        return split_outputs(self.model(x))[0]
 
 
-def check_images(
+def load_sample_inputs(
     pre: Preprocess, count: int, check_data: Path | None, fallback: Path | None, seed: int = 0
 ) -> tuple[np.ndarray, str]:
-    """`count` real images as model inputs: from --check-data, else the run's data, else generated ones."""
+    """`count` model inputs: real images from --check-data, else the run's data, else generated ones."""
     for folder, what in ((check_data, "--check-data"), (fallback, "the run's data")):
         if folder is None:
             continue
@@ -139,104 +82,88 @@ def check_images(
             if what == "--check-data":
                 raise DataError(f"--check-data {folder}: no such folder")
             continue
-        root = folder / "val" if (folder / "val").is_dir() else folder
-        files = [f for d in class_dirs(root) for f in image_files(d)] or image_files(root)
+        files = image_folder_files(folder)
         arrays = []
         rng = np.random.default_rng(seed)
         for i in rng.permutation(len(files)):
             try:
-                arrays.append(
-                    load_for_eval(
-                        files[i],
-                        pre.input_size,
-                        pre.resize_size,
-                        pre.mean,
-                        pre.std,
-                        pre.interpolation,
-                        decode_size(pre),
-                    )
-                )
+                arrays.append(load_for_eval(files[i], pre))
             except Exception:  # an unreadable file is not a reason to fail an export check
                 continue
             if len(arrays) == count:
                 break
         if arrays:
-            return np.stack(arrays), f"{len(arrays)} images from {what} ({root})"
+            return np.stack(arrays), f"{len(arrays)} images from {what} ({folder})"
         if what == "--check-data":
             raise DataError(f"--check-data {folder}: no readable images")
+    return generated_inputs(pre, count, seed), f"{count} generated images (no data folder)"
+
+
+def generated_inputs(pre: Preprocess, count: int, seed: int = 0) -> np.ndarray:
+    """Smooth random images, normalised like real ones, for when no real image is at hand."""
     rng = np.random.default_rng(seed)
-    # smooth random images, normalised like real ones, when no real image is at hand
     base = rng.random((count, pre.channels, 8, 8), dtype=np.float32)
     h, w = pre.input_size
     up = np.repeat(np.repeat(base, -(-h // 8), axis=2), -(-w // 8), axis=3)[:, :, :h, :w]
     arr = (up - np.asarray(pre.mean, np.float32)[:, None, None]) / np.asarray(pre.std, np.float32)[:, None, None]
-    return arr.astype(np.float32), f"{count} generated images (no data folder)"
+    return arr.astype(np.float32)
 
 
-def compare(model, session, images: np.ndarray, atol: float, batch_sizes: tuple[int, ...]) -> list[CheckResult]:
-    """onnxruntime against torch at each batch size: shape, max abs difference, top-1 agreement.
-
-    The tolerance scales with the logits: `atol * max(1, max |torch logits|)`, since float32
-    rounding grows with magnitude (random-init Inception v3 gives logits in the thousands).
-    """
+def compare(model, session, images: np.ndarray, atol: float, batch_sizes: tuple[int, ...], min_agreement=None):
+    """onnxruntime against torch at each batch size."""
     results = []
     for b in batch_sizes:
-        b = min(b, len(images))
-        x = images[:b]
+        x = images[: min(b, len(images))]
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).float().numpy()
         got = session.run(None, {session.get_inputs()[0].name: x})[0]
-        results.append(check_outputs(b, ref, got, atol, reference="torch"))
+        results.append(compare_outputs(ref, got, atol, min_agreement=min_agreement))
     return results
 
 
-def check_outputs(batch: int, torch_out: np.ndarray, onnx_out: np.ndarray, atol: float, reference: str) -> CheckResult:
-    """One comparison of torch and onnxruntime outputs: shape, then max abs difference within
-    `atol * max(1, max |reference|)`, and top-1 agreement. `reference` ("torch" or "onnxruntime")
-    is the side taken as right: the exporter checks ONNX against torch, the importer torch against ONNX."""
-    ref, got = (torch_out, onnx_out) if reference == "torch" else (onnx_out, torch_out)
-    failures = []
-    if list(got.shape) != list(ref.shape):
-        failures.append(f"shape {list(got.shape)} != {reference} {list(ref.shape)}")
-        diff, agree, allowed = float("inf"), 0.0, atol
-    else:
-        diff = float(np.abs(got - ref).max())
-        agree = float((got.argmax(1) == ref.argmax(1)).mean())
-        allowed = atol * max(1.0, float(np.abs(ref).max()))
-        if not np.isfinite(diff) or diff > allowed:
-            failures.append(f"max abs diff {diff:.3g} > tolerance {allowed:.3g}")
-    return CheckResult(batch, "logits", list(torch_out.shape), list(onnx_out.shape), diff, allowed, agree, failures)
+def is_ours(path: Path) -> bool:
+    """A file zoo wrote for an export: a report with zoo's mark, or an ONNX file with zoo metadata."""
+    try:
+        if path.suffix == ".json":
+            return REPORT_MARK in json.loads(path.read_text(encoding="utf-8"))
+        if path.suffix == ".onnx":
+            return any(k.startswith("zoo.") for k in read_props(path))
+    except Exception:
+        return False
+    return False
 
 
-def _metadata(model_path: Path, props: dict[str, str]) -> None:
-    import onnx
-
-    proto = onnx.load(str(model_path))
-    del proto.metadata_props[:]
-    for key, value in props.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(model_path))
-
-
-def metadata_for(spec: Backbone, pre: Preprocess, labels: list[str], extra: dict[str, Any]) -> dict[str, str]:
-    from zoo import __version__
-
-    props = {
-        "zoo.labels": json.dumps(labels),
-        "zoo.input_size": json.dumps(list(pre.input_size)),
-        "zoo.resize_size": str(pre.resize_size),
-        "zoo.decode_size": str(decode_size(pre)),
-        "zoo.crop_pct": str(pre.crop_pct),
-        "zoo.mean": json.dumps(list(pre.mean)),
-        "zoo.std": json.dumps(list(pre.std)),
-        "zoo.interpolation": pre.interpolation,
-        "zoo.backbone": spec.name,
-        "zoo.plugin": spec.source,
-        "zoo.version": __version__,
+def sidecars(output: Path) -> dict[str, Path]:
+    return {
+        "report": output.with_suffix(".json"),
+        "failed": output.with_name(f"{output.stem}.FAILED.onnx"),
+        "failed_report": output.with_name(f"{output.stem}.FAILED.json"),
+        "int8": output.with_name(f"{output.stem}.int8.onnx"),
     }
-    props.update({f"zoo.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
-    return props
+
+
+def check_output(output: Path, mkdir: bool = False) -> None:
+    """Before any work: the path can be written, and no file zoo would write there belongs to someone else."""
+    if output.suffix != ".onnx":
+        raise OutputError(f"-o {output}: the file name must end in .onnx")
+    if output.is_dir():
+        raise OutputError(f"-o {output}: is a folder; name the .onnx file to write")
+    parent = output.parent
+    if not parent.exists():
+        if not mkdir:
+            raise OutputError(f"-o {output}: the folder {parent} does not exist; create it, or add --mkdir")
+        try:
+            parent.mkdir(parents=True)
+        except OSError as exc:
+            raise OutputError(f"-o {output}: cannot create {parent} ({exc.strerror or exc})") from None
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"-o {output}: {parent} is not a writable folder")
+    for path in (output, *sidecars(output).values()):
+        if path.exists() and not is_ours(path):
+            raise OutputError(
+                f"-o {output}: {path} exists and zoo did not write it (zoo writes {output.name} and its report "
+                f"{output.with_suffix('.json').name} beside it); choose another name"
+            )
 
 
 def export_model(
@@ -246,7 +173,7 @@ def export_model(
     labels: list[str],
     output: Path | str,
     *,
-    opset: int = 18,
+    opset: int = DEFAULT_OPSET,
     batch: str = "dynamic",
     check_data: Path | None = None,
     data_fallback: Path | None = None,
@@ -255,37 +182,36 @@ def export_model(
     keep_on_mismatch: bool = False,
     extra_metadata: dict[str, Any] | None = None,
     atol: float | None = None,
+    mkdir: bool = False,
 ) -> ExportReport:
     """Export `model`, verify it against torch, write it with metadata and a JSON report beside it."""
     import onnx
-    import onnxruntime as ort
 
     start = time.perf_counter()
     output = Path(output)
-    if output.suffix != ".onnx":
-        raise ExportError(f"-o {output}: the file name must end in .onnx")
+    check_opset(opset)
     dynamic = batch == "dynamic"
+    fixed = 0
     if not dynamic:
         try:
             fixed = int(batch)
         except ValueError:
-            raise ExportError(f"--batch {batch}: use 'dynamic' or a number") from None
+            raise UsageError(f"--batch {batch}: use 'dynamic' or a number") from None
         if fixed < 1:
-            raise ExportError(f"--batch {batch}: must be >= 1")
-    wrapped = _Logits(model.eval().float().cpu()).eval()
-    images, source = check_images(pre, max(check_batch, 2), check_data, data_fallback)
+            raise UsageError(f"--batch {batch}: must be >= 1")
+    check_output(output, mkdir)
+    wrapped = Logits(model.eval().float().cpu()).eval()
+    images, source = load_sample_inputs(pre, max(check_batch, 2), check_data, data_fallback)
     # an example batch > 1: with batch 1 the exporter may bake the batch size in (pytorch#148629)
-    example_batch = 2 if dynamic else fixed
-    example = torch.from_numpy(np.resize(images, (example_batch, *images.shape[1:])).astype(np.float32))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.stem}.tmp-export.onnx")
+    example = torch.from_numpy(np.resize(images, (2 if dynamic else fixed, *images.shape[1:])).astype(np.float32))
+    tmp = output.with_name(f".{output.stem}.tmp-export-{os.getpid()}.onnx")
     try:
-        exporter, notes = _export(wrapped, example, tmp, opset, dynamic)
+        written = write_onnx(wrapped, (example,), tmp, opset=opset, dynamic_batch=dynamic)
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
         except Exception as exc:
             raise ExportError(f"onnx.checker rejected the exported model: {str(exc).splitlines()[0][:300]}") from None
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        session = ort_session(tmp)
         sizes = (1, check_batch) if dynamic else (fixed,)
         checks = compare(
             wrapped,
@@ -293,52 +219,93 @@ def export_model(
             images if dynamic else np.resize(images, (fixed, *images.shape[1:])),
             atol if atol is not None else spec.atol,
             sizes,
+            min_agreement,
         )
-        for c in checks:
-            if c.top1_agreement < min_agreement:
-                c.failures.append(f"top-1 agreement {c.top1_agreement:.1%} < {min_agreement:.1%}")
-        passed = not any(c.failures for c in checks)
+        passed = all(c.passed for c in checks)
         report = ExportReport(
-            str(output), exporter, opset, source, checks, min_agreement, passed, time.perf_counter() - start, notes
-        )
-        check_summary = {
+            str(output), written.exporter, written.opset, source, checks, min_agreement, passed,
+            time.perf_counter() - start, written.notes,
+        )  # fmt: skip
+        summary = {
             "passed": passed,
-            "exporter": exporter,
+            "exporter": written.exporter,
             "images": source,
             "max_abs_diff": max(c.max_abs_diff for c in checks),
             "top1_agreement": min(c.top1_agreement for c in checks),
         }
-        _metadata(tmp, metadata_for(spec, pre, labels, {**(extra_metadata or {}), "check": check_summary}))
-        final = output if passed else output.with_name(f"{output.stem}.FAILED.onnx")
+        meta = metadata_for(spec, pre, labels, {**(extra_metadata or {}), "check": summary})
+        write_props(tmp, meta.to_props())
+        paths = sidecars(output)
+        final, report_path = (output, paths["report"]) if passed else (paths["failed"], paths["failed_report"])
         if passed or keep_on_mismatch:
             tmp.replace(final)
             report.path = str(final)
-        atomic.write_json(final.with_suffix(".json"), report.to_dict())
+        report.report_path = str(report_path)
+        atomic.write_json(report_path, report.to_dict())
         return report
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def metadata_for(spec: Backbone, pre: Preprocess, labels: list[str], extra: dict[str, Any]) -> ModelMetadata:
+    from zoo import __version__
+
+    return ModelMetadata(
+        labels=tuple(labels),
+        preprocess=pre,
+        decode_size=decode_size(pre),
+        backbone=spec.name,
+        plugin=spec.source,
+        zoo_version=__version__,
+        extra=extra,
+    )
+
+
 def mismatch_error(report: ExportReport) -> ExportError:
     rows = [f"batch {c.batch} {c.output}: " + "; ".join(c.failures) for c in report.checks if c.failures]
     if report.exporter == "existing file":
-        where = f"{report.path} does not come from this checkpoint, or was changed"
+        what = "the INT8 model" if report.precision == "int8" else "it"
+        where = f"{report.path}: {what} does not come from this checkpoint, or was changed"
     else:
         kept = f"kept as {report.path}" if report.path.endswith(".FAILED.onnx") else "no model file written"
-        where = f"{kept}; report: {Path(report.path).with_suffix('.json')}"
+        where = f"{kept}; report: {report.report_path}"
     return ExportError(f"onnxruntime does not match torch ({where}): " + " | ".join(rows))
 
 
-def _labelled(samples, pre: Preprocess, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def labelled_inputs(samples, pre: Preprocess, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     arrays, labels = [], []
     for s in samples[:limit] if limit else samples:
-        arrays.append(
-            load_for_eval(
-                s.path, pre.input_size, pre.resize_size, pre.mean, pre.std, pre.interpolation, decode_size(pre)
-            )
-        )
+        arrays.append(load_for_eval(s.path, pre))
         labels.append(s.label)
     return np.stack(arrays), np.asarray(labels)
+
+
+def _source(source: str | Path, num_classes: int | None, weights: str):
+    """(model, spec, preprocess, labels, run's data folder or None, metadata, checkpoint or None) to export."""
+    from zoo.checkpoint import load_model, preprocess_of
+    from zoo.models import create_model, head_size, resolve_weights
+    from zoo.registry import get_registry
+
+    path = Path(source).expanduser()
+    if path.exists():
+        model, ckpt = load_model(path)
+        spec = get_registry().get(ckpt["backbone"])
+        extra = {
+            "policy": ckpt["policy"]["name"],
+            "val_acc": ckpt["best_val_acc"],
+            "epoch": ckpt["epoch"],
+            "weights": ckpt.get("weights", ""),
+        }
+        return model, spec, preprocess_of(ckpt), list(ckpt["classes"]), ckpt["config"]["data"], extra, ckpt
+    spec = get_registry().get(str(source))
+    if num_classes is not None and num_classes < 1:
+        raise UsageError(f"--num-classes {num_classes}: must be >= 1")
+    choice = resolve_weights(spec, weights)
+    model = create_model(spec, num_classes=num_classes, weights=choice).eval()
+    n = head_size(model, spec)
+    cats = list(choice.tag.categories) if choice.tag and not num_classes else []
+    labels = cats if len(cats) == n else [f"class_{i}" for i in range(n)]
+    return model, spec, spec.preprocess_for(choice.tag), labels, None, {"weights": choice.label}, None
 
 
 def export(
@@ -347,7 +314,7 @@ def export(
     *,
     num_classes: int | None = None,
     weights: str = "default",
-    opset: int = 18,
+    opset: int = DEFAULT_OPSET,
     batch: str = "dynamic",
     check_data: str | Path | None = None,
     min_agreement: float = 1.0,
@@ -355,58 +322,29 @@ def export(
     int8: bool = False,
     calib_size: int = 64,
     max_drop: float = 1.0,
+    mkdir: bool = False,
 ) -> ExportReport:
     """Export a run folder, a checkpoint, or a registered backbone; verify it; optionally add an INT8 model.
 
     Raises ExportError (after writing the report) when onnxruntime and torch disagree.
     """
-    from zoo.checkpoint import load_model, preprocess_of
-    from zoo.models import create_model, resolve_weights
-    from zoo.registry import get_registry
-
     if not 0 <= min_agreement <= 1:
-        raise ExportError(f"--min-agreement {min_agreement}: a fraction between 0 and 1")
-    path = Path(source).expanduser()
-    run_data = None
-    if path.exists():
-        model, ckpt = load_model(path)
-        spec = get_registry().get(ckpt["backbone"])
-        pre, labels = preprocess_of(ckpt), list(ckpt["classes"])
-        run_data = ckpt["config"]["data"]
-        extra = {
-            "policy": ckpt["policy"]["name"],
-            "val_acc": ckpt["best_val_acc"],
-            "epoch": ckpt["epoch"],
-            "weights": ckpt.get("weights", ""),
-        }
-    else:
-        if int8:
-            raise ExportError(
-                "--int8 needs a fine-tuned run or checkpoint: its data gives the calibration and val images"
-            )
-        spec = get_registry().get(str(source))
-        choice = resolve_weights(spec, weights)
-        pre = spec.preprocess_for(choice.tag)
-        model = create_model(spec, num_classes=num_classes, weights=choice).eval()
-        head = model.get_submodule(spec.head)
-        n = getattr(head, "out_features", None) or getattr(head, "out_channels", None)
-        cats = list(choice.tag.categories) if choice.tag and not num_classes else []
-        labels = cats if len(cats) == n else [f"class_{i}" for i in range(n)]
-        extra = {"weights": choice.label}
+        raise UsageError(f"--min-agreement {min_agreement}: a fraction between 0 and 1")
+    check_opset(opset)
+    if int8:
+        if calib_size < 1:
+            raise UsageError(f"--calib-size {calib_size}: must be >= 1 (training images to calibrate on)")
+        if not (np.isfinite(max_drop) and max_drop >= 0):
+            raise UsageError(f"--max-drop {max_drop}: accuracy points, a finite number >= 0")
+    check_output(Path(output), mkdir)
+    model, spec, pre, labels, run_data, extra, ckpt = _source(source, num_classes, weights)
+    if int8 and ckpt is None:
+        raise UsageError("--int8 needs a fine-tuned run or checkpoint: its data gives the calibration and val images")
     report = export_model(
-        model,
-        spec,
-        pre,
-        labels,
-        Path(output),
-        opset=opset,
-        batch=batch,
-        check_data=Path(check_data) if check_data else None,
-        data_fallback=Path(run_data) if run_data else None,
-        min_agreement=min_agreement,
-        keep_on_mismatch=keep_on_mismatch,
-        extra_metadata=extra,
-    )
+        model, spec, pre, labels, Path(output), opset=opset, batch=batch,
+        check_data=Path(check_data) if check_data else None, data_fallback=Path(run_data) if run_data else None,
+        min_agreement=min_agreement, keep_on_mismatch=keep_on_mismatch, extra_metadata=extra, mkdir=mkdir,
+    )  # fmt: skip
     if not report.passed:
         raise mismatch_error(report)
     if int8:
@@ -416,14 +354,12 @@ def export(
         cfg = ckpt["config"]
         split = scan(cfg["data"], cfg["val_fraction"], cfg["seed"], decode_size(pre))
         if split.classes != labels:
-            raise ExportError(f"--int8: the run's data ({cfg['data']}) no longer has the run's classes")
-        calibration, _ = _labelled(split.train[:: max(1, len(split.train) // calib_size)], pre, calib_size)
-        val_images, val_labels = _labelled(split.val, pre)
+            raise DataError(f"--int8: the run's data ({cfg['data']}) no longer has the run's classes")
+        calibration, _ = labelled_inputs(split.train[:: max(1, len(split.train) // calib_size)], pre, calib_size)
+        val_images, val_labels = labelled_inputs(split.val, pre)
         out = Path(report.path)
-        report.int8 = build_int8(
-            out, out.with_name(f"{out.stem}.int8.onnx"), calibration, val_images, val_labels, max_drop
-        )
-        atomic.write_json(out.with_suffix(".json"), report.to_dict())
+        report.int8 = build_int8(out, sidecars(out)["int8"], calibration, val_images, val_labels, max_drop)
+        atomic.write_json(Path(report.report_path), report.to_dict())
     return report
 
 
@@ -434,35 +370,53 @@ def verify(
     check_batch: int = 8,
     min_agreement: float = 1.0,
 ) -> ExportReport:
-    """Check an existing ONNX file against the checkpoint it claims to come from (catches tampering)."""
-    import onnxruntime as ort
+    """Check an existing ONNX file against the checkpoint it claims to come from (catches tampering).
 
+    An INT8 file is held to INT8's criteria: the labels match, and its val accuracy is within the
+    `--max-drop` it was exported with of the checkpoint's (on the run's val images).
+    """
     from zoo.checkpoint import load_model, preprocess_of
-    from zoo.registry import get_registry
-    from zoo.runtime import read_metadata
 
     start = time.perf_counter()
     model_path = Path(model_path)
     if not model_path.is_file():
-        raise ExportError(f"{model_path}: no such model file")
+        raise ModelFileError(f"{model_path}: no such model file")
+    session = ort_session(model_path)
+    info = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, str(model_path))
     model, ckpt = load_model(source)
+    from zoo.registry import get_registry
+
     spec = get_registry().get(ckpt["backbone"])
-    try:
-        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ExportError(f"{model_path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
-    info = read_metadata(session.get_modelmeta().custom_metadata_map, str(model_path))
     pre = preprocess_of(ckpt)
-    images, where = check_images(
-        pre, check_batch, Path(check_data) if check_data else None, Path(ckpt["config"]["data"])
-    )
-    checks = compare(_Logits(model), session, images, spec.atol, (1, check_batch))
-    if info.labels != list(ckpt["classes"]):
-        checks[0].failures.append(f"labels {info.labels} != the checkpoint's {ckpt['classes']}")
-    for c in checks:
-        if c.top1_agreement < min_agreement:
-            c.failures.append(f"top-1 agreement {c.top1_agreement:.1%} < {min_agreement:.1%}")
-    passed = not any(c.failures for c in checks)
+    if info.precision == "int8":
+        checks, where = _verify_int8(model, session, info, ckpt, pre)
+    else:
+        images, where = load_sample_inputs(
+            pre, check_batch, Path(check_data) if check_data else None, Path(ckpt["config"]["data"])
+        )
+        checks = compare(Logits(model), session, images, spec.atol, (1, check_batch), min_agreement)
+    if list(info.labels) != list(ckpt["classes"]):
+        checks[0].failures.append(f"labels {list(info.labels)} != the checkpoint's {ckpt['classes']}")
+    passed = all(c.passed for c in checks)
     return ExportReport(
-        str(model_path), "existing file", 0, where, checks, min_agreement, passed, time.perf_counter() - start
-    )
+        str(model_path), "existing file", 0, where, checks, min_agreement, passed, time.perf_counter() - start,
+        precision=info.precision,
+    )  # fmt: skip
+
+
+def _verify_int8(model, session, info: ModelMetadata, ckpt: dict, pre: Preprocess) -> tuple[list[CheckResult], str]:
+    from zoo.data import scan
+    from zoo.quantize import accuracy
+
+    cfg = ckpt["config"]
+    split = scan(cfg["data"], cfg["val_fraction"], cfg["seed"], decode_size(pre))
+    images, labels = labelled_inputs(split.val, pre)
+    with torch.no_grad():
+        torch_acc = float((Logits(model)(torch.from_numpy(images)).argmax(1).numpy() == labels).mean())
+    int8_acc = accuracy(session, images, labels)
+    allowed = float((info.extra.get("int8") or {}).get("max_drop", 1.0))
+    drop = 100 * (torch_acc - int8_acc)
+    row = CheckResult(len(images), "int8 val accuracy", [len(images)], [len(images)], drop, allowed, int8_acc)
+    if drop > allowed:
+        row.failures.append(f"val accuracy {torch_acc:.4f} -> {int8_acc:.4f}: -{drop:.2f} points > {allowed} allowed")
+    return [row], f"{len(images)} val images of the run ({cfg['data']}), INT8 criteria"

@@ -9,23 +9,16 @@ from zoo.registry import get_registry
 
 
 def _preprocess(p: Preprocess) -> dict[str, Any]:
-    return {
-        "input_size": list(p.input_size),
-        "resize_size": p.resize_size,
-        "mean": list(p.mean),
-        "std": list(p.std),
-        "interpolation": p.interpolation,
-        "crop_pct": p.crop_pct,
-    }
+    return {**p.to_dict(), "resize_size": p.resize_size}
 
 
 def describe(name: str) -> dict[str, Any]:
     """Everything about one backbone as plain data; builds it on the meta device (no weights, no memory)."""
-    from zoo.models import build_for_inspection, group_param_counts
+    from zoo.models import GroupMap, build_for_inspection
 
     spec: Backbone = get_registry().get(name)
     model = build_for_inspection(spec)
-    counts = group_param_counts(model, spec)
+    counts = GroupMap(model, spec).counts()
     head = model.get_submodule(spec.head)
     return {
         "name": spec.name,

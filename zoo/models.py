@@ -1,20 +1,21 @@
-"""Building a backbone: construct, load weights, replace the head, check the spec.
+"""Building a backbone: construct, load weights, replace the head; and the one parameter -> group map.
 
 This is the one place that turns a `Backbone` spec into an `nn.Module`; the
-fine-tuner, exporter and `zoo info` all come through `create_model`.
+fine-tuner, exporter and `zoo info` all come through `create_model`. `GroupMap`
+says which layer group every parameter and module belongs to: the freeze
+policies, the optimizer, the graph cut and the checks all ask it.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zoo.backbone import Backbone, Weights
-from zoo.errors import InvalidBackbone, WeightsError
+from zoo.backbone import Backbone, Weights, load_callable
+from zoo.errors import InvalidBackbone, UsageError, WeightsError
 from zoo.registry import get_registry
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,18 @@ class WeightsChoice:
             return self.tag.tag
         return str(self.path) if self.path else "none"
 
+    @property
+    def pretrained(self) -> bool:
+        return self.tag is not None or self.path is not None
+
 
 def resolve_weights(spec: Backbone, weights: str | Path | None = "default") -> WeightsChoice:
-    """Turn a `--weights` value into a choice: "default", "none", a tag, or a file path."""
+    """Turn a `--weights` value into a choice: "default", "none", a tag, or a file path.
+
+    "default" is the spec's default tag, as the registry left it (`[defaults] weights = "none"` clears it).
+    """
     if weights is None or str(weights) == "default":
-        default = get_registry().data.get("defaults", {}).get("weights", "default")
-        if default == "none" or spec.default_weights is None:
+        if spec.default_weights is None:
             return WeightsChoice()
         return WeightsChoice(tag=spec.get_weights(spec.default_weights))
     value = str(weights)
@@ -52,26 +59,16 @@ def resolve_weights(spec: Backbone, weights: str | Path | None = "default") -> W
             raise WeightsError(f"--weights {value}: no such file")
         return WeightsChoice(path=path)
     tags = ", ".join(w.tag for w in spec.weights) or "(none registered)"
-    raise WeightsError(
+    raise UsageError(
         f"--weights {value}: not a file, and {spec.name} has no such tag; tags: {tags}; or 'none' for random init"
     )
 
 
-def load_callable(target: str | Callable[..., Any], spec: Backbone) -> Callable[..., Any]:
-    if callable(target):
-        return target
-    module_name, _, attr = target.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise InvalidBackbone(
-            f"plugin '{spec.source}', backbone '{spec.name}': cannot load builder "
-            f"'{target}': {type(exc).__name__}: {exc}"
-        ) from None
-
-
 def create_model(
-    spec: Backbone | str, num_classes: int | None = None, weights: str | Path | None = "default", check: bool = True
+    spec: Backbone | str,
+    num_classes: int | None = None,
+    weights: str | Path | WeightsChoice | None = "default",
+    check: bool = True,
 ):
     """Build `spec` with its weights, replace its head for `num_classes`, check its groups.
 
@@ -91,7 +88,7 @@ def create_model(
     if num_classes is not None:
         replace_head(model, spec, num_classes)
     if check:
-        check_groups(model, spec)
+        GroupMap(model, spec)
     return model
 
 
@@ -114,9 +111,7 @@ def replace_head(model, spec: Backbone, num_classes: int) -> None:
             old = model.get_submodule(path)
         except AttributeError:
             if path == spec.head:
-                raise InvalidBackbone(
-                    f"plugin '{spec.source}', backbone '{spec.name}': head '{path}' is not a module of the model"
-                ) from None
+                raise InvalidBackbone(f"{spec.where}: head '{path}' is not a module of the model") from None
             continue  # an auxiliary head the weights' builder left out
         _set_submodule(model, path, new_head(old, num_classes, spec))
 
@@ -131,11 +126,16 @@ def new_head(old, num_classes: int, spec: Backbone):
         new = nn.Conv2d(old.in_channels, num_classes, kernel_size=1, bias=old.bias is not None)
     else:
         raise InvalidBackbone(
-            f"plugin '{spec.source}', backbone '{spec.name}': head '{spec.head}' is "
-            f"{type(old).__name__}; zoo replaces a Linear or a 1x1 Conv2d"
+            f"{spec.where}: head '{spec.head}' is {type(old).__name__}; zoo replaces a Linear or a 1x1 Conv2d"
         )
     p = next(old.parameters())
     return new.to(device=p.device, dtype=p.dtype)
+
+
+def head_size(model, spec: Backbone) -> int:
+    """How many outputs the head has."""
+    head = model.get_submodule(spec.head)
+    return getattr(head, "out_features", None) or head.out_channels
 
 
 def _set_submodule(model, path: str, module) -> None:
@@ -143,60 +143,88 @@ def _set_submodule(model, path: str, module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, module)
 
 
+class GroupMap:
+    """Which layer group each parameter and module of a built model belongs to: computed once, checked once.
+
+    Raises InvalidBackbone (naming the plugin) unless the head resolves, every group member
+    exists, every parameter is in exactly one group, the head's parameters are in the last
+    group and no group is empty.
+    """
+
+    def __init__(self, model, spec: Backbone):
+        self.spec = spec
+        self.names = spec.group_names
+        where = spec.where
+        try:
+            model.get_submodule(spec.head)
+        except AttributeError:
+            raise InvalidBackbone(f"{where}: head '{spec.head}' is not a module of the model") from None
+        modules = dict(model.named_modules())
+        params = dict(model.named_parameters())
+        for group in spec.groups:
+            for member in group.members:
+                if member.startswith("re:") or member in modules or member in params or _optional(spec, member):
+                    continue
+                raise InvalidBackbone(f"{where}: group '{group.name}' names '{member}', which is not in the model")
+        self.params: dict[str, list[tuple[str, Any]]] = {g: [] for g in self.names}
+        self._of_param: dict[str, str] = {}
+        for name, param in params.items():
+            owners = [g.name for g in spec.groups if g.matches(name)]
+            if len(owners) != 1:
+                what = "no group" if not owners else f"{len(owners)} groups ({', '.join(owners)})"
+                raise InvalidBackbone(
+                    f"{where}: parameter '{name}' belongs to {what}; every parameter must belong to exactly one group"
+                )
+            self._of_param[name] = owners[0]
+            self.params[owners[0]].append((name, param))
+        for name in dict(model.get_submodule(spec.head).named_parameters()):
+            if self._of_param[f"{spec.head}.{name}"] != self.names[-1]:
+                raise InvalidBackbone(f"{where}: head parameter '{spec.head}.{name}' is not in the last group")
+        empty = [g for g, members in self.params.items() if not members]
+        if empty:
+            raise InvalidBackbone(f"{where}: group(s) {', '.join(empty)} hold no parameters")
+        # a module belongs to the group of all its parameters (None when they span groups)
+        self._of_module: dict[str, str | None] = {}
+        for name, group in self._of_param.items():
+            parts = name.split(".")[:-1]
+            for i in range(len(parts) + 1):
+                path = ".".join(parts[:i])
+                seen = self._of_module.get(path, group)
+                self._of_module[path] = group if seen == group else None
+
+    def of_param(self, name: str) -> str:
+        return self._of_param[name]
+
+    def of_module(self, path: str) -> str | None:
+        """The group of a module (or of a parameter or buffer by its path); None when it spans several groups."""
+        if path in self._of_param:
+            return self._of_param[path]
+        if path in self._of_module:
+            return self._of_module[path]
+        parent = path.rpartition(".")[0]  # a buffer: its module's group
+        if parent in self._of_module:
+            return self._of_module[parent]
+        for group in self.spec.groups:  # a module without parameters, inside a member
+            if group.matches(path):
+                return group.name
+        return None
+
+    def index(self, group: str | None) -> int | None:
+        return None if group is None else self.names.index(group)
+
+    def counts(self) -> dict[str, int]:
+        """Number of parameters in each group, in group order."""
+        return {name: sum(p.numel() for _, p in pairs) for name, pairs in self.params.items()}
+
+
 def _optional(spec: Backbone, member: str) -> bool:
     """Members that belong to auxiliary heads may be absent (a builder can leave them out)."""
     return any(aux == member or aux.startswith(member + ".") or member.startswith(aux + ".") for aux in spec.aux_heads)
 
 
-def group_of_params(model, spec: Backbone) -> dict[str, list[tuple[str, Any]]]:
-    """Each group's (name, parameter) pairs, after checking that the groups partition the model."""
-    check_groups(model, spec)
-    return _assign(model, spec)
-
-
-def _assign(model, spec: Backbone) -> dict[str, list[tuple[str, Any]]]:
-    out: dict[str, list[tuple[str, Any]]] = {g.name: [] for g in spec.groups}
-    for name, param in model.named_parameters():
-        for group in spec.groups:
-            if group.matches(name):
-                out[group.name].append((name, param))
-                break
-    return out
-
-
-def check_groups(model, spec: Backbone) -> None:
+def check_groups(model, spec: Backbone) -> GroupMap:
     """Raise InvalidBackbone unless the head resolves and every parameter is in exactly one group."""
-    where = f"plugin '{spec.source}', backbone '{spec.name}'"
-    try:
-        model.get_submodule(spec.head)
-    except AttributeError:
-        raise InvalidBackbone(f"{where}: head '{spec.head}' is not a module of the model") from None
-    names = dict(model.named_modules())
-    params = dict(model.named_parameters())
-    for group in spec.groups:
-        for member in group.members:
-            if member.startswith("re:") or member in names or member in params or _optional(spec, member):
-                continue
-            raise InvalidBackbone(f"{where}: group '{group.name}' names '{member}', which is not in the model")
-    for name in params:
-        owners = [g.name for g in spec.groups if g.matches(name)]
-        if len(owners) != 1:
-            what = "no group" if not owners else f"{len(owners)} groups ({', '.join(owners)})"
-            raise InvalidBackbone(
-                f"{where}: parameter '{name}' belongs to {what}; every parameter must belong to exactly one group"
-            )
-    for name in dict(model.get_submodule(spec.head).named_parameters()):
-        full = f"{spec.head}.{name}"
-        if not spec.groups[-1].matches(full):
-            raise InvalidBackbone(f"{where}: head parameter '{full}' is not in the last group")
-    empty = [g.name for g in spec.groups if not any(g.matches(n) for n in params)]
-    if empty:
-        raise InvalidBackbone(f"{where}: group(s) {', '.join(empty)} hold no parameters")
-
-
-def group_param_counts(model, spec: Backbone) -> dict[str, int]:
-    """Number of parameters in each group, in group order."""
-    return {name: sum(p.numel() for _, p in pairs) for name, pairs in group_of_params(model, spec).items()}
+    return GroupMap(model, spec)
 
 
 def on_meta_device(fn: Callable[[], Any]):
@@ -210,7 +238,7 @@ def on_meta_device(fn: Callable[[], Any]):
     try:
         with torch.device("meta"):
             return fn()
-    except NotImplementedError:
+    except (NotImplementedError, RuntimeError):
         return fn()
 
 

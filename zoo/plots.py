@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo import atomic
+from zoo.metrics import confusion
 
 
 def _pyplot():
@@ -38,13 +39,6 @@ def curves(path: Path, history: list[dict[str, Any]]) -> None:
     _save(fig, path)
 
 
-def confusion(labels: list[int], preds: list[int], n: int) -> list[list[int]]:
-    matrix = [[0] * n for _ in range(n)]
-    for t, p in zip(labels, preds, strict=True):
-        matrix[t][p] += 1
-    return matrix
-
-
 def confusion_matrix(path: Path, matrix: list[list[int]], classes: list[str]) -> None:
     plt = _pyplot()
     n = len(classes)
@@ -71,7 +65,7 @@ def confusion_matrix(path: Path, matrix: list[list[int]], classes: list[str]) ->
 
 def predictions(path: Path, samples, preds: list[int], classes: list[str], decoded: dict, count: int = 16) -> None:
     """A grid of val images titled 'predicted (true)', mistakes first and in red."""
-    from zoo.data import open_rgb
+    from zoo.images import open_rgb
 
     plt = _pyplot()
     order = sorted(range(len(samples)), key=lambda i: preds[i] == samples[i].label)[:count]

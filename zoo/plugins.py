@@ -13,8 +13,10 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
 import pluggy
 
@@ -35,7 +37,41 @@ class PluginInfo:
     module: str = ""
     backbones: list[str] = field(default_factory=list)
     policies: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)  # import failure, or specs it was refused
+    commands: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # import failure, specs it was refused, hooks that raised
+
+
+@dataclass
+class Plugins:
+    """A plugin manager with every installed plugin loaded, and what zoo knows about each."""
+
+    pm: pluggy.PluginManager
+    infos: dict[str, PluginInfo]
+
+    def add(self, module: ModuleType | object, name: str, version: str = "") -> None:
+        """Add a plugin object by hand (tests, and programs embedding zoo)."""
+        self.pm.register(module, name=name)
+        self.infos[name] = PluginInfo(name=name, version=version, module=getattr(module, "__name__", repr(module)))
+
+    def call_each(self, hook: str, **kwargs: Any) -> None:
+        """Call one hook plugin by plugin, so a plugin that raises is named and the others still run."""
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            info = self.infos.setdefault(impl.plugin_name, PluginInfo(name=impl.plugin_name))
+            try:
+                impl.function(**kwargs)
+            except Exception as exc:  # a third party's bug must not stop zoo
+                info.errors.append(f"{hook} raised {type(exc).__name__}: {exc}")
+                log.warning("plugin '%s' failed in %s: %s: %s", info.name, hook, type(exc).__name__, exc)
+
+    def register_with(self, hook: str, make_register: Callable[[PluginInfo, str], Callable[..., None]]) -> None:
+        """Call a `register`-style hook plugin by plugin, each with its own `register` callback."""
+        for impl in getattr(self.pm.hook, hook).get_hookimpls():
+            info = self.infos.setdefault(impl.plugin_name, PluginInfo(name=impl.plugin_name))
+            try:
+                impl.function(register=make_register(info, impl.plugin_name))
+            except Exception as exc:  # a third party's bug must not stop zoo
+                info.errors.append(f"{hook} raised {type(exc).__name__}: {exc}")
+                log.warning("plugin '%s' failed in %s: %s: %s", info.name, hook, type(exc).__name__, exc)
 
 
 def allowed_plugins() -> set[str] | None:
@@ -46,8 +82,8 @@ def allowed_plugins() -> set[str] | None:
     return {name.strip() for name in value.split(",") if name.strip()}
 
 
-def make_manager() -> tuple[pluggy.PluginManager, dict[str, PluginInfo]]:
-    """A plugin manager with every installed plugin loaded (or its failure recorded)."""
+def load_plugins(extra: tuple[tuple[str, object], ...] = ()) -> Plugins:
+    """Every installed plugin loaded (or its failure recorded), plus `extra` (name, object) pairs."""
     pm = pluggy.PluginManager("zoo")
     pm.add_hookspecs(hookspecs)
     infos: dict[str, PluginInfo] = {}
@@ -66,12 +102,24 @@ def make_manager() -> tuple[pluggy.PluginManager, dict[str, PluginInfo]]:
         except Exception as exc:  # a third party's import error must not stop zoo
             info.errors.append(f"failed to load: {type(exc).__name__}: {exc}")
             log.warning("plugin '%s' skipped: %s: %s", ep.name, type(exc).__name__, exc)
-    return pm, infos
+    plugins = Plugins(pm, infos)
+    for name, module in extra:
+        plugins.add(module, name)
+    return plugins
 
 
-def register_module(
-    pm: pluggy.PluginManager, infos: dict[str, PluginInfo], module: ModuleType | object, name: str, version: str = ""
-) -> None:
-    """Add a plugin object by hand (tests, and programs embedding zoo)."""
-    pm.register(module, name=name)
-    infos[name] = PluginInfo(name=name, version=version, module=getattr(module, "__name__", repr(module)))
+_PLUGINS: Plugins | None = None
+
+
+def get_plugins() -> Plugins:
+    """The process-wide plugins, loaded on first use."""
+    global _PLUGINS
+    if _PLUGINS is None:
+        _PLUGINS = load_plugins()
+    return _PLUGINS
+
+
+def set_plugins(plugins: Plugins | None) -> None:
+    """Install `plugins` as the process-wide ones (None: load again on next use)."""
+    global _PLUGINS
+    _PLUGINS = plugins

@@ -1,10 +1,10 @@
 """Freeze policies: which layer groups train, at what learning rate, from which epoch.
 
-A policy is data (`Policy`); `Policy.plan` turns it into one `GroupPlan` per
-layer group for a given epoch, and `apply_plan` sets `requires_grad` and the
-BatchNorm modes on a model. Named policies come from three places: the
-built-ins here, `[policies.NAME]` tables in registry.toml, and plugins through
-the `register_policies` hook.
+A `Policy` is data: it can live in registry.toml, come from a plugin, or be
+parsed from `--policy`. It is resolved once per run against the model's layer
+groups into a `RunPlan`, which the training loop consults every epoch. Named
+policies come from three places: the built-ins here, `[policies.NAME]` tables in
+registry.toml, and plugins through the `register_policies` hook.
 
 | policy | what trains | the case it is for |
 |---|---|---|
@@ -20,23 +20,14 @@ the `register_policies` hook.
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from zoo.errors import ZooError
+from zoo.errors import PolicyError
 
-HEAD_ONLY = "head"  # `frozen` value: every group but the last
-
-
-class PolicyError(ZooError):
-    """A policy name or its argument is wrong."""
-
-
-@dataclass(frozen=True)
-class GroupPlan:
-    name: str
-    trainable: bool
-    lr_mult: float = 1.0
+LEGACY_HEAD_ONLY = "head"  # `frozen = "head"` in registry.toml files and checkpoints written before `head_only`
 
 
 @dataclass(frozen=True)
@@ -45,54 +36,110 @@ class Policy:
 
     name: str
     description: str = ""
-    frozen: int | str = 0  # leading groups frozen at the start: a count, a group name (frozen up to it), or "head"
+    frozen: int | str = 0  # leading groups frozen at the start: a count, or a group name (frozen up to it)
+    head_only: bool = False  # every group but the last (the head) frozen at the start: feature extraction
     unfreeze_every: int | None = None  # gradual: unfreeze one more group from the top every N epochs
     unfreeze_at: int | None = None  # unfreeze everything at this epoch (fastai's fine_tune)
     lr_decay: float | None = None  # discriminative: LR multiplier per group going down from the head
     cut: str | None = None  # drop the groups after this one; the new head sits on its pooled output
     pretrained: bool = True  # False: random init (scratch)
 
-    def frozen_count(self, groups: tuple[str, ...]) -> int:
-        """How many leading groups are frozen at epoch 0."""
-        n = len(groups)
-        if self.frozen == HEAD_ONLY:
-            return n - 1
-        if isinstance(self.frozen, str):
-            if self.frozen not in groups:
-                raise PolicyError(f"policy '{self.name}': no group '{self.frozen}'; groups: {', '.join(groups)}")
-            return groups.index(self.frozen) + 1
-        if not 0 <= self.frozen < n:
-            raise PolicyError(
-                f"policy '{self.name}': can freeze 0 to {n - 1} of the {n} groups "
-                f"({', '.join(groups)}); the head always trains"
-            )
-        return int(self.frozen)
-
-    def frozen_at(self, groups: tuple[str, ...], epoch: int) -> int:
-        """Leading groups frozen during `epoch` (0-based)."""
-        k = self.frozen_count(groups)
-        if self.unfreeze_at is not None and epoch >= self.unfreeze_at:
-            return 0
-        if self.unfreeze_every:
-            k = max(0, k - epoch // self.unfreeze_every)
-        return k
-
     @property
     def fixed_prefix(self) -> bool:
         """True when the frozen prefix never changes during the run (what the activation cache needs)."""
         return self.unfreeze_every is None and self.unfreeze_at is None
 
-    def plan(self, groups: tuple[str, ...], epoch: int = 0) -> list[GroupPlan]:
-        k = self.frozen_at(groups, epoch)
+    def resolve(self, groups: tuple[str, ...]) -> RunPlan:
+        """This policy on a model with these groups: checked once, consulted every epoch."""
         n = len(groups)
-        out = []
-        for i, name in enumerate(groups):
-            mult = self.lr_decay ** (n - 1 - i) if self.lr_decay else 1.0
-            out.append(GroupPlan(name, trainable=i >= k, lr_mult=mult))
-        return out
+        if self.head_only:
+            frozen = n - 1
+        elif isinstance(self.frozen, str):
+            if self.frozen not in groups:
+                raise PolicyError(f"policy '{self.name}': no group '{self.frozen}'; groups: {', '.join(groups)}")
+            frozen = groups.index(self.frozen) + 1
+            if frozen == n:
+                raise PolicyError(
+                    f"policy '{self.name}': '{self.frozen}' is the head group, which always trains; "
+                    "to train only the head use --policy feature-extract"
+                )
+        else:
+            frozen = int(self.frozen)
+            if not 0 <= frozen < n:
+                raise PolicyError(
+                    f"policy '{self.name}': can freeze 0 to {n - 1} of the {n} groups "
+                    f"({', '.join(groups)}); the head always trains"
+                )
+        mults = tuple(self.lr_decay ** (n - 1 - i) if self.lr_decay else 1.0 for i in range(n))
+        return RunPlan(self, groups, frozen, mults)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "checkpoint") -> Policy:
+        """A stored policy (checkpoint or registry.toml table), with the legacy `frozen = "head"` read as head_only."""
+        values = dict(data)
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise PolicyError(
+                f"{where}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_FIELDS))}"
+            )
+        if values.get("frozen") == LEGACY_HEAD_ONLY:
+            values["frozen"], values["head_only"] = 0, True
+        policy = cls(**values)
+        policy.check(where)
+        return policy
+
+    def check(self, where: str = "") -> None:
+        """Refuse values no run can use (also for policies from data and plugins)."""
+        label = where or f"policy '{self.name}'"
+        if isinstance(self.frozen, bool) or not isinstance(self.frozen, int | str):
+            raise PolicyError(f"{label}: frozen must be a count or a group name")
+        if isinstance(self.frozen, int) and self.frozen < 0:
+            raise PolicyError(f"{label}: frozen must be >= 0")
+        if self.lr_decay is not None and not (math.isfinite(self.lr_decay) and self.lr_decay > 0):
+            raise PolicyError(f"{label}: the LR factor must be a finite number > 0, not {self.lr_decay}")
+        for key in ("unfreeze_every", "unfreeze_at"):
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise PolicyError(f"{label}: {key} must be a whole number >= 1")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A policy resolved against a model's groups: which groups train in each epoch, and their LR multipliers."""
+
+    policy: Policy
+    groups: tuple[str, ...]
+    frozen: int  # leading groups frozen at epoch 0
+    lr_mults: tuple[float, ...]  # per group, input to output
+
+    @property
+    def head_only(self) -> bool:
+        return self.frozen == len(self.groups) - 1
+
+    def frozen_at(self, epoch: int) -> int:
+        """Leading groups frozen during `epoch` (0-based)."""
+        p = self.policy
+        if p.unfreeze_at is not None and epoch >= p.unfreeze_at:
+            return 0
+        if p.unfreeze_every:
+            return max(0, self.frozen - epoch // p.unfreeze_every)
+        return self.frozen
+
+    def trainable(self, epoch: int) -> dict[str, bool]:
+        """Group name -> trains in `epoch`."""
+        k = self.frozen_at(epoch)
+        return {name: i >= k for i, name in enumerate(self.groups)}
+
+    def rows(self, epoch: int, base_lr: float) -> list[dict[str, Any]]:
+        """One row per group for a plan table: name, trains, lr."""
+        trains = self.trainable(epoch)
+        return [
+            {"group": name, "trains": trains[name], "lr": base_lr * mult if trains[name] else None}
+            for name, mult in zip(self.groups, self.lr_mults, strict=True)
+        ]
 
 
 BUILTIN_HELP = {
@@ -105,6 +152,7 @@ BUILTIN_HELP = {
     "cut:GROUP": "drop the groups after GROUP, train a new head on its pooled output",
     "auto": "measure the data's size and similarity to the pretraining data (zoo advise), then pick one",
 }
+_FIELDS = {f.name for f in dataclasses.fields(Policy)} - {"name"}
 
 
 def _number(text: str, kind, policy: str, what: str):
@@ -112,6 +160,8 @@ def _number(text: str, kind, policy: str, what: str):
         value = kind(text)
     except ValueError:
         raise PolicyError(f"--policy {policy}: {what}") from None
+    if kind is float and not math.isfinite(value):
+        raise PolicyError(f"--policy {policy}: {what}")
     return value
 
 
@@ -119,7 +169,7 @@ def builtin_policy(text: str) -> Policy | None:
     """A built-in policy from its command-line form, or None when the name is not built in."""
     name, _, arg = text.partition(":")
     if name in ("feature-extract", "linear-probe") and not arg:
-        return Policy(text, BUILTIN_HELP["feature-extract"], frozen=HEAD_ONLY)
+        return Policy(text, BUILTIN_HELP["feature-extract"], head_only=True)
     if name == "finetune" and not arg:
         return Policy(text, BUILTIN_HELP["finetune"])
     if name == "scratch" and not arg:
@@ -132,9 +182,9 @@ def builtin_policy(text: str) -> Policy | None:
     if name == "cut":
         if not arg:
             raise PolicyError("--policy cut:GROUP needs a group name (see `zoo info MODEL`)")
-        return Policy(text, BUILTIN_HELP["cut:GROUP"], frozen=HEAD_ONLY, cut=arg)
+        return Policy(text, BUILTIN_HELP["cut:GROUP"], head_only=True, cut=arg)
     if name == "discriminative":
-        factor = _number(arg or "", float, text, "needs a factor F > 0, e.g. discriminative:0.5")
+        factor = _number(arg or "", float, text, "needs a finite factor F > 0, e.g. discriminative:0.5")
         if factor <= 0:
             raise PolicyError(f"--policy {text}: the factor must be > 0")
         return Policy(text, BUILTIN_HELP["discriminative:F"], lr_decay=factor)
@@ -142,22 +192,13 @@ def builtin_policy(text: str) -> Policy | None:
         every = _number(arg or "", int, text, "needs a whole number of epochs N >= 1, e.g. gradual:2")
         if every < 1:
             raise PolicyError(f"--policy {text}: N must be >= 1")
-        return Policy(text, BUILTIN_HELP["gradual:N"], frozen=HEAD_ONLY, unfreeze_every=every)
+        return Policy(text, BUILTIN_HELP["gradual:N"], head_only=True, unfreeze_every=every)
     return None
-
-
-_FIELDS = {f.name for f in dataclasses.fields(Policy)} - {"name"}
 
 
 def policy_from_data(name: str, data: dict[str, Any], where: str = "registry.toml") -> Policy:
     """A `[policies.NAME]` table as a Policy."""
-    unknown = set(data) - _FIELDS
-    if unknown:
-        raise PolicyError(
-            f"{where} [policies.{name}]: unknown key(s) {', '.join(sorted(unknown))}; "
-            f"allowed: {', '.join(sorted(_FIELDS))}"
-        )
-    return Policy(name=name, **data)
+    return Policy.from_dict({"name": name, **data}, where=f"{where} [policies.{name}]")
 
 
 def resolve_policy(text: str, registry=None) -> Policy:
@@ -181,6 +222,7 @@ def resolve_policy(text: str, registry=None) -> Policy:
             raise PolicyError(
                 f"plugin '{entry.source}': policy '{name}' returned {type(policy).__name__}, not a zoo.policies.Policy"
             )
+        policy.check(f"plugin '{entry.source}', policy '{name}'")
         return policy
     known = [
         "feature-extract",
@@ -191,6 +233,7 @@ def resolve_policy(text: str, registry=None) -> Policy:
         "discriminative:F",
         "gradual:N",
         "cut:GROUP",
+        "auto",
         *sorted(tables),
         *sorted(registry.policies),
     ]
@@ -208,32 +251,3 @@ def available_policies(registry=None) -> list[tuple[str, str, str]]:
     ]
     rows += [(e.name, e.source, e.help) for e in registry.policies.values()]
     return rows
-
-
-def apply_plan(model, spec, plan: list[GroupPlan], train_bn: bool = False) -> None:
-    """Set requires_grad per group, and put BatchNorm in frozen groups in eval mode (unless `train_bn`).
-
-    Call after `model.train()`: frozen BatchNorm layers then keep their running statistics.
-    """
-    from torch import nn
-
-    trainable = {p.name: p.trainable for p in plan}
-    groups = {g.name: g for g in spec.groups}
-    for name, param in model.named_parameters():
-        param.requires_grad_(trainable[_owner(groups, name)])
-    if train_bn:
-        return
-    for path, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            owner = _owner(groups, f"{path}.weight", default=None)
-            if owner is not None and not trainable[owner]:
-                module.eval()
-
-
-def _owner(groups: dict, name: str, default: Any = ...) -> str:
-    for group in groups.values():
-        if group.matches(name):
-            return group.name
-    if default is ...:
-        raise KeyError(name)
-    return default

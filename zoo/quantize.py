@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from zoo.export import ExportError
+from zoo.errors import QuantizationRefused
+from zoo.onnx_io import ort_session, quiet_stdout
+from zoo.onnx_meta import ModelMetadata, read_props, write_props
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +25,8 @@ def quantize_int8(fp32: Path, int8: Path, calibration: np.ndarray, batch: int = 
         QuantFormat,
         QuantType,
         quant_pre_process,
-        quantize_static,
     )
+    from onnxruntime.quantization import quantize_static as _quantize_static
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -41,18 +43,19 @@ def quantize_int8(fp32: Path, int8: Path, calibration: np.ndarray, batch: int = 
         except Exception as exc:  # pre-processing only helps; quantize the export as it is
             log.info("quant_pre_process skipped: %s", exc)
             prepared = fp32
-        quantize_static(
-            str(prepared),
-            str(int8),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            # percentile ranges ignore rare outlier activations: measured here, lite0 on ants/bees
-            # loses 0.65 points with them and 1.31 with plain min/max
-            calibrate_method=CalibrationMethod.Percentile,
-        )
+        with quiet_stdout():  # onnxruntime's calibration prints to stdout, which stays for results (--json)
+            _quantize_static(
+                str(prepared),
+                str(int8),
+                Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                # percentile ranges ignore rare outlier activations: measured here, lite0 on ants/bees
+                # loses 0.65 points with them and 1.31 with plain min/max
+                calibrate_method=CalibrationMethod.Percentile,
+            )
 
 
 def accuracy(session, images: np.ndarray, labels: np.ndarray, batch: int = 32) -> float:
@@ -75,21 +78,13 @@ def build_int8(
     fp32: Path, int8: Path, calibration: np.ndarray, val_images: np.ndarray, val_labels: np.ndarray, max_drop: float
 ) -> dict[str, Any]:
     """Quantize, measure fp32 and int8 val accuracy and speed; refuse (no file) if accuracy drops too far."""
-    import onnx
-    import onnxruntime as ort
+    import dataclasses
 
     tmp = int8.with_name(f".{int8.stem}.tmp-int8.onnx")
     try:
         quantize_int8(fp32, tmp, calibration)
-        meta = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
-        proto = onnx.load(str(tmp))
-        del proto.metadata_props[:]
-        for key, value in {**meta, "zoo.precision": "int8"}.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save(proto, str(tmp))
-        f32 = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
-        i8 = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        f32 = ort_session(fp32)
+        i8 = ort_session(tmp)
         result = {
             "calibration_images": len(calibration),
             "val_images": len(val_images),
@@ -102,11 +97,14 @@ def build_int8(
         result["speedup"] = result["int8_img_s"] / result["fp32_img_s"]
         result["max_drop"] = max_drop
         if result["drop_points"] > max_drop:
-            raise ExportError(
+            raise QuantizationRefused(
                 f"--int8: val accuracy drops {result['drop_points']:.2f} points "
                 f"({result['fp32_val_acc']:.4f} -> {result['int8_val_acc']:.4f}), more than "
                 f"--max-drop {max_drop}; the INT8 model was not written"
             )
+        meta = ModelMetadata.from_props(read_props(fp32), str(fp32))
+        gate = {k: result[k] for k in ("fp32_val_acc", "int8_val_acc", "drop_points", "max_drop")}
+        write_props(tmp, dataclasses.replace(meta, precision="int8", extra={**meta.extra, "int8": gate}).to_props())
         tmp.replace(int8)
         result["path"] = str(int8)
         return result

@@ -5,12 +5,12 @@ only. Building a model is `zoo.models.create_model`.
 
 Data comes from two `registry.toml` files, the project's (shipped in the
 package) and the user's (`$ZOO_HOME/registry.toml`), which may add aliases,
-change defaults and override a backbone's data fields.
+change defaults and override a backbone's data fields. The registry applies
+all of it, so every lookup sees the same spec.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import fnmatch
 import logging
@@ -22,14 +22,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from zoo.backbone import Backbone, check_spec
+from zoo.backbone import Backbone, Preprocess, load_callable, with_overrides
 from zoo.errors import InvalidBackbone, RegistryError, UnknownBackbone
-from zoo.plugins import PluginInfo, make_manager, register_module
+from zoo.plugins import PluginInfo, Plugins, get_plugins, load_plugins
 
 log = logging.getLogger(__name__)
 
 _OVERRIDABLE = {"default_weights", "tags", "description", "atol", "min_input_size", "preprocess"}
 _TOP_LEVEL = {"aliases", "defaults", "backbones", "policies", "onnx"}
+_DEFAULT_WEIGHTS = ("default", "none")
 
 
 def zoo_home() -> Path:
@@ -40,12 +41,18 @@ def zoo_home() -> Path:
     return Path(data) / "zoo"
 
 
+def user_registry_file() -> Path:
+    return zoo_home() / "registry.toml"
+
+
 def read_registry_file(path: Path | str, text: str | None = None) -> dict[str, Any]:
     """Parse one registry.toml, checking its top-level tables."""
     try:
         data = tomllib.loads(text if text is not None else Path(path).read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise RegistryError(f"{path}: not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RegistryError(f"{path}: cannot read it ({getattr(exc, 'strerror', None) or exc})") from None
     unknown = set(data) - _TOP_LEVEL
     if unknown:
         raise RegistryError(
@@ -65,12 +72,16 @@ def merge_registry_data(base: dict[str, Any], extra: dict[str, Any]) -> dict[str
     return merged
 
 
+def project_registry_file() -> Path:
+    return Path(str(resources.files("zoo") / "registry.toml"))
+
+
 def load_registry_data() -> tuple[dict[str, Any], list[Path]]:
     """The project's registry.toml merged with the user's, and the files read."""
-    project = resources.files("zoo") / "registry.toml"
+    project = project_registry_file()
     data = read_registry_file("registry.toml (zoo package)", project.read_text(encoding="utf-8"))
-    files = [Path(str(project))]
-    user = zoo_home() / "registry.toml"
+    files = [project]
+    user = user_registry_file()
     if user.is_file():
         data = merge_registry_data(data, read_registry_file(user))
         files.append(user)
@@ -97,13 +108,13 @@ class Registry:
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    hooks: Plugins | None = None  # the plugins, for hooks called later (`on_run_event`)
 
     def add_backbone(self, spec: Backbone, source: str) -> None:
         """Validate and add one spec; raise InvalidBackbone naming the plugin."""
         if not isinstance(spec, Backbone):
             raise InvalidBackbone(f"plugin '{source}' registered {type(spec).__name__}, not a Backbone")
-        spec = dataclasses.replace(spec, source=source)
-        check_spec(spec)
+        spec = with_overrides(spec, source=source)
         if spec.name in self.backbones:
             other = self.backbones[spec.name].source
             raise InvalidBackbone(f"plugin '{source}': backbone '{spec.name}' is already registered by '{other}'")
@@ -125,17 +136,34 @@ class Registry:
             if spec.resolve and not spec.groups:
                 spec = self._complete(spec)
             return spec
-        candidates = list(self.backbones) + list(self.aliases)
-        raise UnknownBackbone(name, difflib.get_close_matches(name, candidates, n=1, cutoff=0.6))
+        if real != name:
+            raise RegistryError(
+                f"alias '{name}' ({self._alias_file(name)}) names '{real}', which is not a backbone; "
+                "fix or remove the alias"
+            )
+        raise UnknownBackbone(name, self.suggest(name))
+
+    def suggest(self, name: str) -> list[str]:
+        """Close names: the same name in a plugin's namespace first (`resnet18d` -> `timm/resnet18d`)."""
+        namespaced = sorted(n for n in self.backbones if "/" in n and n.split("/", 1)[1] == name)
+        if namespaced:
+            return namespaced[:2]
+        candidates = list(self.backbones) + [a for a, target in self.aliases.items() if target in self.backbones]
+        tails = {n.split("/", 1)[1]: n for n in self.backbones if "/" in n}
+        found = difflib.get_close_matches(name, candidates + list(tails), n=1, cutoff=0.6)
+        return [tails.get(f, f) if f not in self.backbones else f for f in found]
+
+    def _alias_file(self, name: str) -> str:
+        user = user_registry_file()
+        if user.is_file() and name in read_registry_file(user).get("aliases", {}):
+            return str(user)
+        return "registry.toml"
 
     def _complete(self, spec: Backbone) -> Backbone:
-        from zoo.models import load_callable
-
         done = load_callable(spec.resolve, spec)(spec)
-        done = dataclasses.replace(done, source=spec.source, resolve=None)
-        check_spec(done)
-        self.backbones[spec.name] = done
-        return done
+        done = with_overrides(done, source=spec.source, resolve=None)
+        self.backbones[spec.name] = self._with_data(done)
+        return self.backbones[spec.name]
 
     def list(self, pattern: str | None = None, tag: str | None = None, source: str | None = None) -> list[Backbone]:
         """Backbones sorted by name, filtered like timm's `list_models`.
@@ -160,92 +188,110 @@ class Registry:
         ]
 
     def apply_data(self, data: dict[str, Any], files: Iterable[Path] = ()) -> None:
-        """Aliases and per-backbone overrides from registry.toml data."""
+        """Aliases, per-backbone overrides and [defaults] from registry.toml data."""
         self.data, self.files = data, list(files)
+        defaults = data.get("defaults", {})
+        unknown = set(defaults) - {"weights", "demo"}
+        if unknown:
+            raise RegistryError(
+                f"registry.toml [defaults]: unknown key(s) {', '.join(sorted(unknown))}; allowed: demo, weights"
+            )
+        if defaults.get("weights", "default") not in _DEFAULT_WEIGHTS:
+            raise RegistryError(f"registry.toml [defaults] weights = {defaults['weights']!r}: use 'default' or 'none'")
         for alias, target in data.get("aliases", {}).items():
             if not isinstance(target, str):
                 raise RegistryError(f"registry.toml [aliases]: '{alias}' must name a backbone")
+            if alias in self.backbones:
+                log.warning(
+                    "registry.toml [aliases]: '%s' is the name of a backbone (%s); the alias to '%s' is ignored",
+                    alias,
+                    self.backbones[alias].source,
+                    target,
+                )
+                continue
             self.aliases[alias] = target
         for name, fields in data.get("backbones", {}).items():
             if name not in self.backbones:
                 log.warning("registry.toml [backbones.%s]: no such backbone; override ignored", name)
                 continue
-            self.backbones[name] = _override(self.backbones[name], fields)
+            _check_override(name, fields)
+        for name in list(self.backbones):
+            self.backbones[name] = self._with_data(self.backbones[name])
+
+    def _with_data(self, spec: Backbone) -> Backbone:
+        """A spec with the registry data applied: its [backbones.NAME] overrides, then [defaults] weights."""
+        fields = self.data.get("backbones", {}).get(spec.name)
+        if fields:
+            spec = _override(spec, fields)
+        if self.data.get("defaults", {}).get("weights") == "none" and spec.default_weights is not None:
+            spec = with_overrides(spec, default_weights=None)
+        return spec
 
 
-def _override(spec: Backbone, fields: dict[str, Any]) -> Backbone:
+def _check_override(name: str, fields: dict[str, Any]) -> None:
     unknown = set(fields) - _OVERRIDABLE
     if unknown:
         raise RegistryError(
-            f"registry.toml [backbones.{spec.name}]: cannot override "
+            f"registry.toml [backbones.{name}]: cannot override "
             f"{', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_OVERRIDABLE))}"
         )
+
+
+def _override(spec: Backbone, fields: dict[str, Any]) -> Backbone:
+    _check_override(spec.name, fields)
     changes = dict(fields)
     if "preprocess" in changes:
-        pre = {k: tuple(v) if isinstance(v, list) else v for k, v in changes["preprocess"].items()}
         try:
-            changes["preprocess"] = dataclasses.replace(spec.preprocess, **pre)
+            changes["preprocess"] = Preprocess.from_dict({**spec.preprocess.to_dict(), **changes["preprocess"]})
         except TypeError as exc:
             raise RegistryError(f"registry.toml [backbones.{spec.name}.preprocess]: {exc}") from None
     if "tags" in changes:
         changes["tags"] = tuple(changes["tags"])
-    new = dataclasses.replace(spec, **changes)
     try:
-        check_spec(new)
+        return with_overrides(spec, **changes)
     except InvalidBackbone as exc:
         raise RegistryError(f"registry.toml [backbones.{spec.name}]: {exc}") from None
-    return new
 
 
-def build_registry(extra_plugins: Iterable[tuple[str, object]] = ()) -> Registry:
-    """Load every installed plugin, plus `extra_plugins` as (name, module) pairs, and collect what each registers."""
-    pm, infos = make_manager()
-    for name, plugin in extra_plugins:
-        register_module(pm, infos, plugin, name)
-    registry = Registry(plugins=infos)
-    collect(registry, pm)
+def build_registry(extra_plugins: Iterable[tuple[str, object]] = (), plugins: Plugins | None = None) -> Registry:
+    """Load every installed plugin (or use `plugins`), plus `extra_plugins` as (name, module) pairs, and collect
+    what each registers."""
+    plugins = plugins or load_plugins(tuple(extra_plugins))
+    registry = Registry(plugins=plugins.infos, hooks=plugins)
+    collect(registry, plugins)
     data, files = load_registry_data()
     registry.apply_data(data, files)
     return registry
 
 
-def collect(registry: Registry, pm) -> None:
+def collect(registry: Registry, plugins: Plugins) -> None:
     """Call each plugin's hooks one at a time, so each failure is pinned on its plugin."""
-    for impl in pm.hook.register_backbones.get_hookimpls():
-        info = registry.plugins.setdefault(impl.plugin_name, PluginInfo(name=impl.plugin_name))
 
-        def register(spec: Backbone, _source=impl.plugin_name, _info=info) -> None:
+    def backbones(info: PluginInfo, source: str):
+        def register(spec: Backbone) -> None:
             try:
-                registry.add_backbone(spec, _source)
-                _info.backbones.append(spec.name)
+                registry.add_backbone(spec, source)
+                info.backbones.append(spec.name)
             except InvalidBackbone as exc:
-                _info.errors.append(str(exc))
+                info.errors.append(str(exc))
                 log.warning("%s; skipped", exc)
 
-        _call_hook(impl, info, register)
-    for impl in pm.hook.register_policies.get_hookimpls():
-        info = registry.plugins.setdefault(impl.plugin_name, PluginInfo(name=impl.plugin_name))
+        return register
 
-        def register_policy(
-            name: str, factory: Callable[..., Any], help: str = "", _source=impl.plugin_name, _info=info
-        ) -> None:
+    def policies(info: PluginInfo, source: str):
+        def register(name: str, factory: Callable[..., Any], help: str = "") -> None:
             if name in registry.policies:
-                msg = f"plugin '{_source}': policy '{name}' is already registered by '{registry.policies[name].source}'"
-                _info.errors.append(msg)
+                msg = f"plugin '{source}': policy '{name}' is already registered by '{registry.policies[name].source}'"
+                info.errors.append(msg)
                 log.warning("%s; skipped", msg)
                 return
-            registry.policies[name] = PolicyEntry(name, factory, _source, help)
-            _info.policies.append(name)
+            registry.policies[name] = PolicyEntry(name, factory, source, help)
+            info.policies.append(name)
 
-        _call_hook(impl, info, register_policy)
+        return register
 
-
-def _call_hook(impl, info: PluginInfo, register: Callable[..., None]) -> None:
-    try:
-        impl.function(register=register)
-    except Exception as exc:  # a third party's bug must not stop zoo
-        info.errors.append(f"{impl.function.__name__} raised {type(exc).__name__}: {exc}")
-        log.warning("plugin '%s' failed in %s: %s: %s", info.name, impl.function.__name__, type(exc).__name__, exc)
+    plugins.register_with("register_backbones", backbones)
+    plugins.register_with("register_policies", policies)
 
 
 _REGISTRY: Registry | None = None
@@ -255,14 +301,19 @@ def get_registry() -> Registry:
     """The process-wide registry, built on first use."""
     global _REGISTRY
     if _REGISTRY is None:
-        _REGISTRY = build_registry()
+        _REGISTRY = build_registry(plugins=get_plugins())  # the same plugins the CLI took its commands from
     return _REGISTRY
 
 
-def reset_registry() -> None:
-    """Forget the registry (after installing a plugin, or between tests)."""
+def set_registry(registry: Registry | None) -> None:
+    """Install `registry` as the process-wide one (None: build again on next use)."""
     global _REGISTRY
-    _REGISTRY = None
+    _REGISTRY = registry
+
+
+def reset_registry() -> None:
+    """Forget the registry (after installing a plugin or importing a model, or between tests)."""
+    set_registry(None)
 
 
 def get_backbone(name: str) -> Backbone:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from zoo.errors import ZooError
+from zoo.errors import OutputError, UsageError
 
 _PYPROJECT = """\
 [build-system]
@@ -124,12 +124,12 @@ the test runs `zoo.testing.check_backbone` on it.
 def new_plugin(name: str, where: Path | str = ".") -> Path:
     """Write the package `zoo-NAME/` under `where`; refuses to overwrite anything."""
     if not re.fullmatch(r"[a-z][a-z0-9_-]*", name or ""):
-        raise ZooError(f"plugin name {name!r}: use lower case letters, digits, '-' and '_', starting with a letter")
+        raise UsageError(f"plugin name {name!r}: use lower case letters, digits, '-' and '_', starting with a letter")
     module = name.replace("-", "_")
     dash = name.replace("_", "-")
     root = Path(where).expanduser() / f"zoo-{dash}"
     if root.exists():
-        raise ZooError(f"{root}: already exists; choose another name or folder")
+        raise OutputError(f"{root}: already exists; choose another name or folder")
     fields = {"name": dash, "module": module, "dash": dash}
     files = {
         "pyproject.toml": _PYPROJECT,

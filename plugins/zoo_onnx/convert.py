@@ -15,9 +15,10 @@ import onnx
 import torch
 from torch import fx, nn
 
-from zoo.export import CheckResult, check_outputs
+from zoo.check import CheckResult, compare_outputs
+from zoo.errors import ConversionError
 from zoo_onnx import converters
-from zoo_onnx.graph import OnnxImportError, Prepared
+from zoo_onnx.graph import Prepared
 
 
 def unsupported_ops(prepared: Prepared) -> list[str]:
@@ -44,7 +45,7 @@ def to_torch(prepared: Prepared, where: str) -> fx.GraphModule:
     from onnx2torch import convert
 
     if missing := unsupported_ops(prepared):
-        raise OnnxImportError(
+        raise ConversionError(
             f"{where}: no onnx2torch converter for {', '.join(missing)}; add one with "
             "onnx2torch.node_converters.add_converter(operation_type=..., version=...) in a plugin "
             "(docs/plugins.md, 'ONNX op converters')"
@@ -53,7 +54,7 @@ def to_torch(prepared: Prepared, where: str) -> fx.GraphModule:
         gm = convert(prepared.model)
     except Exception as exc:
         text = str(exc).strip().splitlines()
-        raise OnnxImportError(
+        raise ConversionError(
             f"{where}: onnx2torch cannot convert it ({type(exc).__name__}: {(text[0] if text else '')[:200]})"
         ) from None
     linear_matmuls(gm)
@@ -216,7 +217,7 @@ def compare(
         ref = run_original(session, prepared, x)
         if ref.size == got.size:  # e.g. an original output of (N, K, 1, 1)
             ref = ref.reshape(got.shape)
-        row = check_outputs(len(x), got, ref, atol, reference="onnxruntime")
+        row = compare_outputs(ref, got, atol, batch=len(x), reference_is="onnxruntime")
         if got.shape == ref.shape and row.top1_agreement < 1.0:  # an import must agree on every image
             row.failures.append(f"top-1 agreement {row.top1_agreement:.0%}")
         rows.append(row)

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from zoo.errors import ZooError
+from zoo.errors import ConversionError
 
 TARGET_OPSET = 13
 BATCH = "N"
@@ -31,10 +31,6 @@ BATCH = "N"
 _AFTER_HEAD = {"Flatten", "Reshape", "Squeeze", "Identity", "Dropout", "Relu", "GlobalAveragePool", "ReduceMean"}
 _SPATIAL = {"Conv", "MaxPool", "AveragePool", "LpPool", "ConvTranspose"}
 _NO_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
-
-
-class OnnxImportError(ZooError):
-    """An ONNX file that zoo cannot import."""
 
 
 @dataclass
@@ -58,30 +54,30 @@ def load(path: Path | str, where: str | None = None) -> onnx.ModelProto:
     path = Path(path)
     where = where or str(path)
     if not path.is_file():
-        raise OnnxImportError(f"{where}: no such file")
+        raise ConversionError(f"{where}: no such file")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise OnnxImportError(f"{where}: not an ONNX model ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise ConversionError(f"{where}: not an ONNX model ({type(exc).__name__}: {_first_line(exc)})") from None
     if not model.graph.node:
-        raise OnnxImportError(f"{where}: not an ONNX model (no graph nodes)")
+        raise ConversionError(f"{where}: not an ONNX model (no graph nodes)")
     folder = path.resolve().parent
     for tensor in external_tensors(model):
         location = {e.key: e.value for e in tensor.external_data}.get("location", "")
         target = (folder / location).resolve()
         if not target.is_relative_to(folder):
-            raise OnnxImportError(
+            raise ConversionError(
                 f"{where}: initializer '{tensor.name}' points to external data '{location}' outside the model's "
                 "folder; refused (copy the data next to the model and fix the path)"
             )
         if not target.is_file():
-            raise OnnxImportError(f"{where}: external data file '{location}' of '{tensor.name}' is missing")
+            raise ConversionError(f"{where}: external data file '{location}' of '{tensor.name}' is missing")
     if external_tensors(model):
         onnx.load_external_data_for_model(model, str(folder))
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
-        raise OnnxImportError(f"{where}: fails onnx.checker: {_first_line(exc)}") from None
+        raise ConversionError(f"{where}: fails onnx.checker: {_first_line(exc)}") from None
     return model
 
 
@@ -128,25 +124,25 @@ def prepare(
     model.ir_version = max(model.ir_version, helper.find_min_ir_version_for(list(model.opset_import)))
     if len(graph.input) != 1:
         names = ", ".join(i.name for i in graph.input)
-        raise OnnxImportError(
+        raise ConversionError(
             f"{where}: an image classifier has one input; this graph has {len(graph.input)} ({names})"
         )
     if len(graph.output) != 1:
         names = ", ".join(o.name for o in graph.output)
-        raise OnnxImportError(f"{where}: a classifier has one output; this graph has {len(graph.output)} ({names})")
+        raise ConversionError(f"{where}: a classifier has one output; this graph has {len(graph.output)} ({names})")
     inp = graph.input[0]
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
     if len(dims) != 4:
-        raise OnnxImportError(f"{where}: input '{inp.name}' has rank {len(dims)}; zoo imports 4-D image inputs")
+        raise ConversionError(f"{where}: input '{inp.name}' has rank {len(dims)}; zoo imports 4-D image inputs")
     layout = (layout or _guess_layout(dims, where)).upper()
     if layout not in ("NCHW", "NHWC"):
-        raise OnnxImportError(f"--layout {layout}: choose NCHW or NHWC")
+        raise ConversionError(f"--layout {layout}: choose NCHW or NHWC")
     c, h, w = (dims[1], dims[2], dims[3]) if layout == "NCHW" else (dims[3], dims[1], dims[2])
     if c is None:
-        raise OnnxImportError(f"{where}: the channel axis of input '{inp.name}' has no fixed size")
+        raise ConversionError(f"{where}: the channel axis of input '{inp.name}' has no fixed size")
     if input_size is None:
         if h is None or w is None:
-            raise OnnxImportError(f"{where}: input '{inp.name}' has no fixed height/width; pass --input-size H,W")
+            raise ConversionError(f"{where}: input '{inp.name}' has no fixed height/width; pass --input-size H,W")
         input_size = (h, w)
     batch_fixed = dims[0] == 1
     shape = [BATCH, c, *input_size] if layout == "NCHW" else [BATCH, *input_size, c]
@@ -186,7 +182,7 @@ def prepare(
     try:
         onnx.checker.check_model(model)
     except Exception as exc:  # our own rewrite broke it: a bug, but say where
-        raise OnnxImportError(f"{where}: the normalised graph fails onnx.checker: {_first_line(exc)}") from None
+        raise ConversionError(f"{where}: the normalised graph fails onnx.checker: {_first_line(exc)}") from None
     return Prepared(model, inp.name, layout, c, tuple(input_size), opset, notes, renamed, batch_fixed, dropped)
 
 
@@ -195,14 +191,14 @@ def _guess_layout(dims: list[int | None], where: str) -> str:
         return "NCHW"
     if dims[3] in (1, 3, 4):
         return "NHWC"
-    raise OnnxImportError(f"{where}: cannot tell the input layout from shape {dims}; pass --layout NCHW or NHWC")
+    raise ConversionError(f"{where}: cannot tell the input layout from shape {dims}; pass --layout NCHW or NHWC")
 
 
 def _infer(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     try:
         return shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:
-        raise OnnxImportError(f"{where}: ONNX shape inference fails: {_first_line(exc)}") from None
+        raise ConversionError(f"{where}: ONNX shape inference fails: {_first_line(exc)}") from None
 
 
 def _rename_nodes(graph: onnx.GraphProto) -> dict[str, str]:
@@ -503,7 +499,7 @@ def find_head(prepared: Prepared, where: str) -> str:
             break
         node = made_by.get(node.input[0])
     path = " <- ".join(seen) or "a graph input"
-    raise OnnxImportError(
+    raise ConversionError(
         f"{where}: no recognisable classification head (a Gemm, MatMul+Add or 1x1 Conv making the output); "
         f'the output comes from {path}; name the head node with head = "NODE" in the registry entry'
     )

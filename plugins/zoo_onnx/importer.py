@@ -25,23 +25,25 @@ from typing import Any
 
 from zoo import __version__
 from zoo.atomic import write_json, write_text
-from zoo.backbone import _NAME, Backbone, Group, Weights
-from zoo.errors import DownloadError, InvalidBackbone, WeightsError, ZooError
-from zoo.export import CheckResult
+from zoo.backbone import NAME, Backbone, Group, Weights
+from zoo.check import CheckResult
+from zoo.errors import (
+    ConversionError,
+    ConversionMismatch,
+    DataError,
+    DownloadError,
+    InvalidBackbone,
+    OutputError,
+    UsageError,
+    WeightsError,
+)
 from zoo.registry import get_registry, load_registry_data, read_registry_file, reset_registry, zoo_home
-from zoo_onnx import LAYOUT_VERSION, model_dir, preprocess_of, settings_digest, spec_from_entry
-from zoo_onnx.graph import OnnxImportError, Prepared, external_files, find_head, load, prepare, stages
+from zoo_onnx import LAYOUT_VERSION, labels_of, model_dir, preprocess_of, settings_digest, spec_from_entry
+from zoo_onnx.graph import Prepared, external_files, find_head, load, prepare, stages
 
 log = logging.getLogger(__name__)
 CHECK_BATCH = 8
-
-
-class ImportMismatch(OnnxImportError):
-    """The converted module does not reproduce onnxruntime on the original file."""
-
-    def __init__(self, message: str, report: ImportReport):
-        super().__init__(message)
-        self.report = report
+MAX_NAME = 64  # an imported model's name is also a folder name
 
 
 @dataclass
@@ -69,7 +71,7 @@ def _floats(value: str | list[float] | None, flag: str) -> list[float] | None:
     try:
         return [float(v) for v in str(value).replace(" ", "").split(",") if v]
     except ValueError:
-        raise ZooError(f"{flag} {value}: give comma-separated numbers, e.g. 0.485,0.456,0.406") from None
+        raise UsageError(f"{flag} {value}: give comma-separated numbers, e.g. 0.485,0.456,0.406") from None
 
 
 def _size(value: str | list[int] | None) -> list[int] | None:
@@ -80,7 +82,7 @@ def _size(value: str | list[int] | None) -> list[int] | None:
     except ValueError:
         parts = []
     if len(parts) not in (1, 2) or min(parts) < 1:
-        raise ZooError(f"--input-size {value}: give H,W (or one number for a square input), e.g. 224,224")
+        raise UsageError(f"--input-size {value}: give H,W (or one number for a square input), e.g. 224,224")
     return parts * 2 if len(parts) == 1 else parts
 
 
@@ -90,7 +92,7 @@ def _labels(path: str | None) -> list[str] | None:
     try:
         text = Path(path).expanduser().read_text(encoding="utf-8")
     except OSError as exc:
-        raise ZooError(f"--labels {path}: cannot read it ({exc.strerror or exc})") from None
+        raise DataError(f"--labels {path}: cannot read it ({exc.strerror or exc})") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -109,16 +111,19 @@ def import_file(
 ) -> ImportReport:
     """Import a local ONNX file as backbone `name` (see the module docstring)."""
     path = Path(path).expanduser()
-    if not _NAME.match(name or ""):
-        raise ZooError(f"--name {name!r}: use lower case letters, digits, '_', '.', '-' (e.g. my-net)")
+    if not NAME.match(name or "") or "/" in name or len(name) > MAX_NAME:
+        raise UsageError(
+            f"--name {name[:80]!r}{'...' if len(name or '') > 80 else ''}: use up to {MAX_NAME} lower case letters, "
+            "digits, '_', '.', '-' (e.g. my-net)"
+        )
     registry = get_registry()
     if name in registry.backbones or name in registry.aliases:
         existing = registry.backbones.get(name)
         if existing is None or existing.source != "onnx" or not _user_entry(name):
             owner = existing.source if existing else "an alias"
-            raise ZooError(f"--name {name}: already a backbone ({owner}); choose another name")
+            raise UsageError(f"--name {name}: already a backbone ({owner}); choose another name")
         if not replace:
-            raise ZooError(f"--name {name}: already imported; add --replace to import over it")
+            raise UsageError(f"--name {name}: already imported; add --replace to import over it")
     entry: dict[str, Any] = {
         "description": description or f"imported from {path.name}",
         "imported_from": str(path.resolve()),
@@ -171,16 +176,20 @@ def import_entry(name: str, check_data: str | Path | None = None, force: bool = 
     entry = data.get("onnx", {}).get(name)
     if entry is None:
         known = ", ".join(sorted(data.get("onnx", {}))) or "none"
-        raise ZooError(f"{name}: not an .onnx file nor an [onnx.NAME] registry entry (entries: {known})")
+        raise UsageError(f"{name}: not an .onnx file nor an [onnx.NAME] registry entry (entries: {known})")
     if not entry.get("url"):
-        raise ZooError(f"registry.toml [onnx.{name}]: no url")
+        raise DataError(f"registry.toml [onnx.{name}]: no url")
+    check_integrity_setting(name, entry)
     weights = Weights(tag=f"onnx.{name}", url=entry["url"], sha256=entry.get("sha256"))
     try:
         path = fetch(weights)
     except DownloadError as exc:  # the file is the model itself: --weights does not apply here
-        raise WeightsError(
+        raise DownloadError(
             f"[onnx.{name}]: cannot download {exc.url} ({exc.reason}); copy the file to {exc.target} "
-            "(its sha256 is checked) and run again"
+            "(its sha256 is checked) and run again",
+            exc.url,
+            exc.reason,
+            exc.target,
         ) from None
     except WeightsError as exc:
         raise WeightsError(f"[onnx.{name}] {entry['url']}: {exc}") from None
@@ -192,6 +201,19 @@ def import_entry(name: str, check_data: str | Path | None = None, force: bool = 
     return report
 
 
+def check_integrity_setting(name: str, entry: dict[str, Any]) -> None:
+    """A downloaded model is sha256-checked: an entry without sha256 must opt out in writing (`skip_sha256`)."""
+    if entry.get("sha256"):
+        return
+    if entry.get("skip_sha256") is True:
+        log.warning("[onnx.%s]: no sha256 (skip_sha256 = true): the downloaded file is not checked", name)
+        return
+    raise DataError(
+        f'registry.toml [onnx.{name}]: no sha256, so the download cannot be checked; add sha256 = "..." '
+        "(sha256sum of the file), or skip_sha256 = true to import it unchecked"
+    )
+
+
 def resolve(spec: Backbone) -> Backbone:
     """Complete a registry entry on first use: import it (this downloads the file once)."""
     sys.stderr.write(f"importing ONNX model '{spec.name}' on first use: download, convert, verify\n")
@@ -201,7 +223,7 @@ def resolve(spec: Backbone) -> Backbone:
     data, _ = load_registry_data()
     done = spec_from_entry(spec.name, data["onnx"][spec.name])
     if not done.groups:
-        raise OnnxImportError(f"{spec.name}: imported, but its layout did not register; run `zoo import {spec.name}`")
+        raise ConversionError(f"{spec.name}: imported, but its layout did not register; run `zoo import {spec.name}`")
     return done
 
 
@@ -214,16 +236,16 @@ def derive(
     force: bool,
     where: str,
 ) -> tuple[ImportReport, dict[str, Any]]:
-    """Head, groups and the conversion check; raises ImportMismatch (unless `force`)."""
+    """Head, groups and the conversion check; raises ConversionMismatch (unless `force`)."""
     import onnxruntime as ort
 
-    from zoo.export import check_images
+    from zoo.export import load_sample_inputs
     from zoo.models import check_groups, new_head
     from zoo_onnx.convert import compare, first_divergence, parametric_nodes, to_torch
 
     pre = preprocess_of({"input_size": list(prepared.input_size), **entry, "channels": prepared.channels})
     if pre.channels != prepared.channels:
-        raise OnnxImportError(
+        raise ConversionError(
             f"{where}: --mean/--std give {pre.channels} value(s) but the model takes {prepared.channels} channel(s)"
         )
     head = _node(entry.get("head"), prepared, where, "head") if entry.get("head") else find_head(prepared, where)
@@ -245,11 +267,18 @@ def derive(
         new_head(gm.get_submodule(head), 2, spec)
         check_groups(gm, spec)
     except InvalidBackbone as exc:
-        raise OnnxImportError(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
+        raise ConversionError(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
+    outputs = _outputs(gm.get_submodule(head))
+    labels = labels_of(entry)
+    if labels and outputs and len(labels) != outputs:
+        raise DataError(
+            f"{where}: {len(labels)} labels for {outputs} outputs; give exactly one label per output "
+            "(--labels FILE, one per line)"
+        )
     # generated images (normalised like real ones) always; real ones too with --check-data
-    inputs = [("generated", *check_images(pre, CHECK_BATCH, None, None))]
+    inputs = [("generated", *load_sample_inputs(pre, CHECK_BATCH, None, None))]
     if check_data:
-        inputs.append(("real", *check_images(pre, CHECK_BATCH, Path(check_data), None)))
+        inputs.append(("real", *load_sample_inputs(pre, CHECK_BATCH, Path(check_data), None)))
     described = " and ".join(what for _, _, what in inputs)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     atol = float(entry.get("atol", 1e-4))
@@ -264,10 +293,10 @@ def derive(
             why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
             if batch == 1:
                 shape = "x".join(map(str, images.shape[1:]))
-                raise OnnxImportError(
+                raise ConversionError(
                     f"{where}: the model fails on a {shape} input ({why}); check --input-size and --layout"
                 ) from None
-            raise OnnxImportError(
+            raise ConversionError(
                 f"{where}: the model runs at batch 1 but not at batch {batch} ({why}): the graph fixes the batch "
                 "size in a way zoo cannot undo; export it again with a dynamic batch axis"
             ) from None
@@ -293,7 +322,7 @@ def derive(
     if not passed:
         failures = "; ".join(f"batch {c.batch}: {', '.join(c.failures)}" for c in checks if c.failures)
         if not force:
-            raise ImportMismatch(
+            raise ConversionMismatch(
                 f"{where}: the converted model does not match onnxruntime ({failures}); {divergence}; "
                 "nothing was imported (--force imports it anyway, marked unverified)",
                 report,
@@ -320,6 +349,10 @@ def derive(
     return report, layout
 
 
+def _outputs(head) -> int | None:
+    return getattr(head, "out_features", None) or getattr(head, "out_channels", None)
+
+
 def _node(value: str, prepared: Prepared, where: str, what: str) -> str:
     """A node named in an entry, by its original ONNX name or zoo's module name."""
     names = {n.name for n in prepared.model.graph.node}
@@ -327,7 +360,7 @@ def _node(value: str, prepared: Prepared, where: str, what: str) -> str:
         return value
     if value in prepared.renamed:
         return prepared.renamed[value]
-    raise OnnxImportError(f"{where}: {what} '{value}' is not a node of the graph")
+    raise ConversionError(f"{where}: {what} '{value}' is not a node of the graph")
 
 
 def _groups_from_starts(starts, prepared: Prepared, head: str, where: str) -> list[tuple[str, list[str]]]:
@@ -336,7 +369,7 @@ def _groups_from_starts(starts, prepared: Prepared, head: str, where: str) -> li
     bounds = []
     for item in starts:
         if not isinstance(item, list) or len(item) != 2:
-            raise OnnxImportError(f'{where}: groups must be [["name", "first node"], ...]')
+            raise ConversionError(f'{where}: groups must be [["name", "first node"], ...]')
         bounds.append((str(item[0]), order.index(_node(str(item[1]), prepared, where, f"group '{item[0]}' start"))))
     bounds.sort(key=lambda b: b[1])
     bounds[0] = (bounds[0][0], 0)  # nodes before the first named start belong to the first group
@@ -349,7 +382,12 @@ def _groups_from_starts(starts, prepared: Prepared, head: str, where: str) -> li
 
 
 def _ensure(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"{folder}: cannot create it ({exc.strerror or exc}); set ZOO_HOME to a writable folder"
+        ) from None
     return folder
 
 

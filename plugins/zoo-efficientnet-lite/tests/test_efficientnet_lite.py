@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from zoo.registry import get_registry
 from zoo.testing import check_backbone
 
 
+@pytest.mark.slow  # builds, cuts at every boundary and exports the real model: seconds
 def test_spec_describes_the_model():
     counts = check_backbone(get_registry().get("efficientnet_lite0"), input_size=224)
     assert list(counts) == ["stem", "stage1", "stage2", "stage3", "stage4", "head"]

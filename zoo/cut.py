@@ -1,10 +1,10 @@
 """Cutting a model at a layer-group boundary, for any backbone, with torch.fx.
 
 The model is traced with its group members as leaf modules, and every node of
-the graph gets the index of the last group it depends on. That order is all
-the fine-tuner needs:
+the graph gets the index of the last group it depends on (from the model's
+`GroupMap`). That order is all the fine-tuner needs:
 
-- `split_at(model, spec, k)` gives a prefix (groups 0..k-1) and a suffix (the rest):
+- `cut_at(model, spec, k)` gives a prefix (groups 0..k-1) and a suffix (the rest):
   the frozen-prefix cache runs the prefix once and trains the suffix.
 - `cut_model(model, spec, group, num_classes)` keeps the graph up to `group`, pools it
   and puts a new linear head on top (`--policy cut:GROUP`).
@@ -25,11 +25,8 @@ from torch import nn
 from torch.fx.passes.split_module import split_module
 
 from zoo.backbone import Backbone, Group
-from zoo.errors import ZooError
-
-
-class SplitError(ZooError):
-    """The model cannot be cut where it was asked to be."""
+from zoo.errors import CutError
+from zoo.models import GroupMap
 
 
 class _GroupTracer(fx.Tracer):
@@ -41,40 +38,31 @@ class _GroupTracer(fx.Tracer):
         return qualname in self.leaves or super().is_leaf_module(m, qualname)
 
 
-def _staged_graph(model: nn.Module, spec: Backbone) -> tuple[fx.GraphModule, dict[fx.Node, int]]:
+def staged_graph(
+    model: nn.Module, spec: Backbone, groups: GroupMap | None = None
+) -> tuple[fx.GraphModule, dict[fx.Node, int]]:
     """The traced model and, for each node, the highest group index it depends on."""
+    groups = groups or GroupMap(model, spec)
     leaves = {m for g in spec.groups for m in g.members if not m.startswith("re:")}
     was_training = model.training
     model.eval()
     try:
         graph = _GroupTracer(leaves).trace(model)
     except Exception as exc:
-        raise SplitError(
+        raise CutError(
             f"{spec.name}: cannot trace the model with torch.fx ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:160]})"
         ) from None
     finally:
         model.train(was_training)
     gm = fx.GraphModule(model, graph)
-    index = {}
-    for i, group in enumerate(spec.groups):
-        for member in group.members:
-            index[member] = i
-
-    def group_of(target: str) -> int | None:
-        parts = target.split(".")
-        for n in range(len(parts), 0, -1):
-            if (prefix := ".".join(parts[:n])) in index:
-                return index[prefix]
-        for i, group in enumerate(spec.groups):  # regex members
-            if group.matches(target + ".weight") or group.matches(target):
-                return i
-        return None
-
     stage: dict[fx.Node, int] = {}
     for node in gm.graph.nodes:
         s = max((stage[a] for a in node.all_input_nodes), default=0)
-        if node.op in ("call_module", "get_attr") and (g := group_of(str(node.target))) is not None:
+        if (
+            node.op in ("call_module", "get_attr")
+            and (g := groups.index(groups.of_module(str(node.target)))) is not None
+        ):
             s = max(s, g)
         stage[node] = s
     return gm, stage
@@ -172,19 +160,19 @@ class Suffix(_Part):
         return fx.node.map_arg(self._result, lambda n: env[n])
 
 
-def split_at(model: nn.Module, spec: Backbone, k: int) -> tuple[Prefix, Suffix]:
+def cut_at(model: nn.Module, spec: Backbone, k: int, groups: GroupMap | None = None) -> tuple[Prefix, Suffix]:
     """(prefix, suffix): prefix(x) computes groups 0..k-1; suffix(*prefix(x)) equals model(x) in eval mode.
 
     Both use the model's own parameters; nothing is copied.
     """
     if not 0 < k < len(spec.groups):
-        raise SplitError(f"{spec.name}: can split after 1 to {len(spec.groups) - 1} groups, not {k}")
-    gm, stage = _staged_graph(model, spec)
+        raise CutError(f"{spec.name}: can cut after 1 to {len(spec.groups) - 1} groups, not {k}")
+    gm, stage = staged_graph(model, spec, groups)
     if not any(stage[n] >= k for n in gm.graph.nodes if n.op != "output"):
-        raise SplitError(f"{spec.name}: nothing to train after group {k}")
+        raise CutError(f"{spec.name}: nothing to train after group {k}")
     top = split_module(gm, model, lambda node: 0 if stage[node] < k else 1)
     if not hasattr(top, "submod_0") or not hasattr(top, "submod_1"):
-        raise SplitError(f"{spec.name}: the graph does not split after group '{spec.groups[k - 1].name}'")
+        raise CutError(f"{spec.name}: the graph does not divide after group '{spec.groups[k - 1].name}'")
     nodes = list(top.graph.nodes)
     cut = next(i for i, n in enumerate(nodes) if n.op == "call_module" and n.target == "submod_1")
     before = [n for n in nodes[:cut] if n.op != "placeholder"]
@@ -206,7 +194,7 @@ def split_at(model: nn.Module, spec: Backbone, k: int) -> tuple[Prefix, Suffix]:
     wires = [n for n in crossing if not _is_batch_size(origin(n))]
     sizes = [n for n in crossing if _is_batch_size(origin(n))]
     if not wires:
-        raise SplitError(f"{spec.name}: no activation crosses the boundary after group '{spec.groups[k - 1].name}'")
+        raise CutError(f"{spec.name}: no activation crosses the boundary after group '{spec.groups[k - 1].name}'")
     placeholder = next(n for n in nodes if n.op == "placeholder")
     prefix_nodes = [n for n in before if n.op != "get_attr" or any(u in nodes[:cut] for u in n.users)]
     suffix_nodes = [n for n in nodes[:cut] if n.op == "get_attr" and any(u in later for u in n.users)]
@@ -215,7 +203,7 @@ def split_at(model: nn.Module, spec: Backbone, k: int) -> tuple[Prefix, Suffix]:
     return (Prefix(top, prefix_nodes, placeholder, wires), Suffix(top, suffix_nodes, wires, sizes, output.args[0]))
 
 
-class _Pool(nn.Module):
+class Pool(nn.Module):
     """Global average pooling for a given feature layout, then flatten."""
 
     def __init__(self, layout: str):
@@ -233,14 +221,16 @@ class _Pool(nn.Module):
 
 def cut_model(model: nn.Module, spec: Backbone, group: str, num_classes: int) -> tuple[nn.Module, Backbone]:
     """The model up to and including `group`, pooled, with a new linear head; and the matching spec."""
+    from zoo.errors import PolicyError
+
     names = spec.group_names
     if group not in names[:-1]:
-        raise SplitError(f"--policy cut:{group}: no such group before the head; groups: {', '.join(names)}")
+        raise PolicyError(f"--policy cut:{group}: no such group before the head; groups: {', '.join(names)}")
     k = names.index(group) + 1
-    gm, stage = _staged_graph(model, spec)
+    gm, stage = staged_graph(model, spec)
     boundary = activations_crossing(gm, stage, k)
     if len(boundary) != 1:
-        raise SplitError(f"{spec.name}: the output of group '{group}' is not a single tensor; cannot cut there")
+        raise CutError(f"{spec.name}: the output of group '{group}' is not a single tensor; cannot cut there")
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     for node in gm.graph.nodes:
@@ -253,14 +243,14 @@ def cut_model(model: nn.Module, spec: Backbone, group: str, num_classes: int) ->
         probe = fx.GraphModule(gm, _truncate(gm, stage, k, boundary[0]))
         device = next(model.parameters()).device
         x = torch.zeros(1, spec.preprocess.channels, *spec.preprocess.input_size, device=device)
-        feats = _Pool(spec.features_layout)(probe.eval()(x))
+        feats = Pool(spec.features_layout)(probe.eval()(x))
     root = nn.Module()
     for node in graph.nodes:
         if node.op == "call_module" and node.target not in ("zoo_pool", spec.head):
             _install(root, node.target, gm.get_submodule(node.target))
         elif node.op == "get_attr":
             _install(root, node.target, _get_attr(gm, node.target))
-    root.zoo_pool = _Pool(spec.features_layout)
+    root.zoo_pool = Pool(spec.features_layout)
     _install(root, spec.head, nn.Linear(feats.shape[1], num_classes).to(device))
     cut = fx.GraphModule(root, graph)
     new_spec = dataclasses.replace(spec, groups=(*spec.groups[:k], Group("head", (spec.head,))), aux_heads=())

@@ -1,0 +1,131 @@
+"""Commands that use a trained model: `zoo evaluate`, `zoo predict`, `zoo export`, `zoo verify`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from zoo.cli.app import JsonFlag, app
+from zoo.cli.render import check_table, note, out, print_json, print_table, table
+from zoo.onnx_io import DEFAULT_OPSET, quiet_stdout
+
+
+@app.command()
+def evaluate(
+    run: Annotated[str, typer.Argument(help="Run folder (uses best.pt) or checkpoint file.")],
+    data: Annotated[str, typer.Argument(help="Image folder with class subfolders (its val/ part if it has one).")],
+    as_json: JsonFlag = False,
+):
+    """Accuracy, per-class precision and recall, and the confusion matrix of a fine-tuned model."""
+    from zoo.evaluate import evaluate as run_evaluate
+
+    report = run_evaluate(run, data)
+    if as_json:
+        print_json(report)
+        return
+    out("accuracy ", (f"{report['accuracy']:.4f}", "bold"), f" on {report['images']} images of {data}")
+    t = table("per class", [("class", "left")] + [(c, "right") for c in ("precision", "recall", "f1", "images")])
+    for row in report["per_class"]:
+        t.add_row(
+            row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"])
+        )
+    print_table(t)
+    matrix = table("confusion matrix (rows: true, columns: predicted)", [("", "left")])
+    for name in report["classes"]:
+        matrix.add_column(name, justify="right")
+    for name, row in zip(report["classes"], report["confusion_matrix"], strict=True):
+        matrix.add_row(name, *map(str, row))
+    print_table(matrix)
+    if report["skipped"]:
+        note(f"skipped {len(report['skipped'])} unreadable file(s): {'; '.join(report['skipped'][:5])}")
+
+
+@app.command()
+def predict(
+    model: Annotated[str, typer.Argument(help="Run folder, checkpoint file, or an exported model.onnx.")],
+    images: Annotated[list[str], typer.Argument(help="Image files.")],
+    top_k: Annotated[int, typer.Option(help="How many labels per image.")] = 3,
+    as_json: JsonFlag = False,
+):
+    """Top-k labels for images, from a run, a checkpoint, or an exported model.onnx (which needs no torch)."""
+    if model.endswith(".onnx"):
+        from zoo.runtime import Predictor
+
+        results = Predictor(model).predict(images, top_k)
+    else:
+        from zoo.evaluate import predict as run_predict
+
+        results = run_predict(model, images, top_k)
+    if as_json:
+        print_json(results)
+        return
+    for r in results:
+        out(f"{r['image']}: " + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"]))
+
+
+@app.command()
+def export(
+    source: Annotated[str, typer.Argument(help="Run folder, checkpoint file, or a backbone name.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the .onnx file.")],
+    opset: Annotated[int, typer.Option(help="ONNX opset, 13 to 25.")] = DEFAULT_OPSET,
+    batch: Annotated[str, typer.Option(help="'dynamic' or a fixed batch size.")] = "dynamic",
+    check_data: Annotated[str | None, typer.Option(help="Images to verify with [default: the run's val set].")] = None,
+    min_agreement: Annotated[float, typer.Option(help="Least top-1 agreement with torch, 0-1.")] = 1.0,
+    keep_on_mismatch: Annotated[bool, typer.Option(help="Keep a failing model as NAME.FAILED.onnx.")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write NAME.int8.onnx (static QDQ).")] = False,
+    calib_size: Annotated[int, typer.Option(help="--int8: training images to calibrate on.")] = 64,
+    max_drop: Annotated[float, typer.Option(help="--int8: refuse if val accuracy drops more points.")] = 1.0,
+    num_classes: Annotated[int | None, typer.Option(help="Backbone export: a new head with N classes.")] = None,
+    weights: Annotated[str, typer.Option(help="Backbone export: weights tag, 'none' or a file.")] = "default",
+    mkdir: Annotated[bool, typer.Option("--mkdir", help="Create the output's folder if it does not exist.")] = False,
+    as_json: JsonFlag = False,
+):
+    """Export to ONNX and prove it: onnxruntime against torch on real images; a mismatch is an error."""
+    from zoo.export import export as run_export
+
+    with quiet_stdout():  # libraries that print (the exporters, INT8 calibration) never reach stdout
+        report = run_export(
+            source, output, num_classes=num_classes, weights=weights, opset=opset, batch=batch,
+            check_data=check_data, min_agreement=min_agreement, keep_on_mismatch=keep_on_mismatch, int8=int8,
+            calib_size=calib_size, max_drop=max_drop, mkdir=mkdir,
+        )  # fmt: skip
+    if as_json:
+        print_json(report.to_dict())
+        return
+    title = f"{report.path} ({report.exporter} exporter, opset {report.opset}): onnxruntime vs torch on {report.images}"
+    print_table(check_table(title, report.checks))
+    for line in report.notes:
+        note(f"note: {line}")
+    if report.int8:
+        q = report.int8
+        out(
+            f"int8: {q['path']}: val acc {q['fp32_val_acc']:.4f} -> {q['int8_val_acc']:.4f} "
+            f"({-q['drop_points']:+.2f} points), {q['speedup']:.2f}x the fp32 speed"
+        )
+    out(("verified", "bold"), f": {report.path} (report: {report.report_path})")
+
+
+@app.command()
+def verify(
+    model: Annotated[str, typer.Argument(help="An exported .onnx file (fp32 or INT8).")],
+    source: Annotated[str, typer.Argument(help="The run folder or checkpoint it was exported from.")],
+    check_data: Annotated[str | None, typer.Option(help="Images to verify with [default: the run's val set].")] = None,
+    min_agreement: Annotated[float, typer.Option(help="Least top-1 agreement with torch, 0-1.")] = 1.0,
+    as_json: JsonFlag = False,
+):
+    """Check an ONNX file against its torch checkpoint again: a tampered or stale file fails."""
+    from zoo.export import mismatch_error
+    from zoo.export import verify as run_verify
+
+    report = run_verify(model, source, check_data, min_agreement=min_agreement)
+    if as_json:
+        print_json(report.to_dict())
+    elif not report.passed:
+        print_table(check_table(f"{model}: onnxruntime vs torch on {report.images}", report.checks), stderr=True)
+    if not report.passed:
+        raise mismatch_error(report)
+    if not as_json:
+        worst = max(c.max_abs_diff for c in report.checks)
+        what = "val accuracy within the INT8 gate" if report.precision == "int8" else f"max abs diff {worst:.2e}"
+        out(("verified", "bold"), f": {model} matches {source} on {report.images} ({what})")

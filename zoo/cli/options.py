@@ -1,0 +1,88 @@
+"""Typer options built from dataclass fields, so each option is declared once (`zoo.options.option`).
+
+    @app.command()
+    @with_options(TrainConfig, LaunchConfig)
+    def finetune(ctx: typer.Context, backbone: ..., **options): ...
+
+The decorated function receives every option as a keyword argument; `given(ctx, options)`
+tells which ones the user typed (for `--resume`, which must not silently drop them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from typer import _click
+
+from zoo.options import cli_fields
+
+
+def _option(field: dataclasses.Field, kind: Any) -> Any:
+    flag = "--" + field.name.replace("_", "-")
+    default = field.default
+    flags = [flag]
+    if kind == bool | None:  # three states: on, off, or the default the library picks
+        flags = [f"{flag}/--no-{flag[2:]}"]
+    return Annotated[
+        kind,
+        typer.Option(
+            *flags,
+            help=field.metadata["help"],
+            show_default=default is not None and default != "",
+            metavar=field.metadata.get("metavar"),
+        ),
+    ]
+
+
+def with_options(*classes: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add a keyword option for each command-line field of `classes` to a command's signature."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(fn)
+        annotations = typing.get_type_hints(fn, include_extras=True)
+        params = [
+            p.replace(annotation=annotations.get(p.name, p.annotation))
+            for p in signature.parameters.values()
+            if p.kind != inspect.Parameter.VAR_KEYWORD
+        ]
+        taken = {p.name for p in params}
+        for cls in classes:
+            hints = typing.get_type_hints(cls)
+            for field in cli_fields(cls):
+                if field.name in taken:
+                    continue
+                annotation = _option(field, hints[field.name])
+                params.append(
+                    inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default,
+                                      annotation=annotation)
+                )  # fmt: skip
+                annotations[field.name] = annotation
+                taken.add(field.name)
+
+        @functools.wraps(fn)
+        def command(*args, **kwargs):
+            return fn(*args, **kwargs)
+
+        command.__signature__ = inspect.Signature(params)
+        command.__annotations__ = {**annotations}
+        return command
+
+    return decorate
+
+
+def options_for(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """The options that are fields of `cls`."""
+    names = {f.name for f in cli_fields(cls)}
+    return {k: v for k, v in options.items() if k in names}
+
+
+def given(ctx: typer.Context, options: dict[str, Any]) -> set[str]:
+    """The options the user typed (or set through the environment), as opposed to defaults."""
+    typed = (_click.core.ParameterSource.COMMANDLINE, _click.core.ParameterSource.ENVIRONMENT)
+    return {name for name in options if ctx.get_parameter_source(name) in typed}

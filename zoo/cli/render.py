@@ -1,0 +1,176 @@
+"""How the CLI shows things: consoles, tables, JSON, and a fine-tuning run's events.
+
+Results go to stdout, progress and diagnostics to stderr. User text (class names,
+paths, policy names) is printed literally: the consoles interpret no markup and
+no emoji codes. When stdout is not a terminal, lines are not wrapped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from zoo import events
+
+
+def _console(stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    terminal = stream.isatty()
+    return Console(
+        stderr=stderr,
+        markup=False,
+        emoji=False,
+        highlight=False,
+        soft_wrap=True,
+        width=None if terminal else 100_000,  # a pipe or a file gets whole lines, never wrapped at 80 columns
+    )
+
+
+console = _console(stderr=False)  # writes to whatever sys.stdout is at the time (rich looks it up)
+err_console = _console(stderr=True)
+
+
+def out(*parts: str | tuple[str, str]) -> None:
+    """One line on stdout; a (text, style) part is styled, plain strings are printed literally."""
+    console.print(Text.assemble(*parts))
+
+
+def note(message: str) -> None:
+    """One line on stderr."""
+    err_console.print(Text(message))
+
+
+def print_error(message: str) -> None:
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message))
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def print_table(table: Table, stderr: bool = False) -> None:
+    (err_console if stderr else console).print(table)
+
+
+def table(title: str, columns: list[tuple[str, str]]) -> Table:
+    """A table with (name, justify) columns."""
+    t = Table(title=title, title_justify="left")
+    for name, justify in columns:
+        t.add_column(name, justify=justify, overflow="fold")
+    return t
+
+
+def count(n: int | None) -> str:
+    """12.3M, 45.6K: parameter counts for tables."""
+    if not n:
+        return "?"
+    return f"{n / 1e6:.1f}M" if n >= 100_000 else f"{n / 1e3:.1f}K"
+
+
+def check_table(title: str, checks) -> Table:
+    """The per-batch comparison table of `zoo export`, `zoo verify` and `zoo import`."""
+    labelled = len({c.output for c in checks}) > 1 or any(c.output != "logits" for c in checks)
+    columns = [("inputs", "left")] if labelled else []
+    columns += [(c, "right") for c in ("batch", "shape", "max abs diff", "tolerance", "top-1 agreement", "result")]
+    t = table(title, columns)
+    for c in checks:
+        t.add_row(
+            *([c.output] if labelled else []),
+            str(c.batch),
+            "x".join(map(str, c.torch_shape)),
+            f"{c.max_abs_diff:.2e}",
+            f"{c.atol:.1e}",
+            f"{c.top1_agreement:.1%}",
+            "ok" if not c.failures else "; ".join(c.failures),
+        )
+    return t
+
+
+class RunRenderer:
+    """A fine-tuning run's events as the CLI shows them: the plan table, progress bars, one line per epoch."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.progress = None
+        self.task = None
+        self.phase = None
+
+    def __call__(self, event: events.RunEvent) -> None:
+        if self.quiet:
+            return
+        d = event.data
+        if event.kind == events.PROGRESS:
+            self._progress(d["phase"], d["done"], d["total"], d.get("rate"))
+            return
+        self._stop_progress()
+        if event.kind == events.STARTED:
+            self._started(d)
+        elif event.kind == events.EPOCH_ENDED:
+            row = d["row"]
+            note(
+                f"epoch {row['epoch']}/{d['epochs']}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
+                f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}"
+                f"  {row['train_img_s']:.1f} img/s{'  (cached)' if row.get('cached') else ''}"
+                f"{'  *best*' if d.get('improved') else ''}"
+            )
+        elif event.kind == events.EARLY_STOPPED:
+            note(f"early stop: no better val accuracy for {d['patience']} epoch(s)")
+
+    def _started(self, d: dict[str, Any]) -> None:
+        t = table(
+            f"{d['backbone']} · policy {d['policy']} · {d['weights']} weights",
+            [("group", "left"), ("trains", "left"), ("lr", "right"), ("params", "right")],
+        )
+        for row in d["plan"]:
+            t.add_row(
+                row["group"],
+                "yes" if row["trains"] else Text("frozen", style="dim"),
+                f"{row['lr']:.2g}" if row["trains"] else "-",
+                f"{row['params']:,}",
+            )
+        print_table(t, stderr=True)
+        if d.get("auto"):
+            auto = d["auto"]
+            note(f"auto: {auto['quadrant']} -> --policy {auto['policy']}")
+        note(
+            f"data: {d['train_images']} train / {d['val_images']} val images, {d['classes']} classes ({d['layout']}); "
+            f"smallest class {d['smallest_class']}; {d['skipped']} file(s) skipped; augment {d['augment']}; "
+            f"device {d['device']}; batch {d['batch_size']}"
+            + (f"; resuming after epoch {d['start_epoch']}" if d.get("start_epoch") else "")
+        )
+
+    def _progress(self, phase: str, done: int, total: int, rate: float | None) -> None:
+        stream = err_console
+        if not stream.is_terminal:
+            return
+        if self.progress is None or self.phase != phase:
+            self._stop_progress()
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=stream,
+                transient=True,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task(phase, total=total, rate="")
+            self.phase = phase
+        self.progress.update(self.task, completed=done, total=total, rate=f"{rate:.1f} img/s" if rate else "")
+
+    def _stop_progress(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+            self.phase = None
+
+    def close(self) -> None:
+        self._stop_progress()

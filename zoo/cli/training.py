@@ -1,0 +1,127 @@
+"""Commands that train: `zoo finetune`, `zoo advise`, `zoo demo`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from zoo.cli.app import JsonFlag, app
+from zoo.cli.options import given, options_for, with_options
+from zoo.cli.render import RunRenderer, check_table, note, out, print_json, print_table, table
+from zoo.config import LaunchConfig, TrainConfig
+from zoo.errors import UsageError
+
+
+def run_finetune(*args, **kwargs):
+    """The library call behind `zoo finetune` (patched by the CLI tests, which assert what it receives)."""
+    from zoo.launch import run_finetune as run
+
+    return run(*args, **kwargs)
+
+
+@app.command()
+@with_options(TrainConfig, LaunchConfig)
+def finetune(
+    ctx: typer.Context,
+    backbone: Annotated[str | None, typer.Argument(help="Backbone name or alias (`zoo list`).")] = None,
+    data: Annotated[
+        str | None, typer.Argument(help="Image folder: DATA/<class>/*.jpg or DATA/train + DATA/val.")
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(help="Continue the run in this folder from its last complete epoch (no BACKBONE, DATA)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final line.")] = False,
+    as_json: JsonFlag = False,
+    **options,
+):
+    """Fine-tune a backbone on an image folder with a freeze policy; writes runs/NAME/."""
+    launch = LaunchConfig(**options_for(LaunchConfig, options))
+    train_options = options_for(TrainConfig, options)
+    renderer = RunRenderer(quiet=quiet or as_json)
+    try:
+        if resume is not None:
+            if backbone is not None or data is not None:
+                raise UsageError("--resume continues a run with its own BACKBONE and DATA; leave them out")
+            overrides = {k: train_options[k] for k in given(ctx, train_options)}
+            result = run_finetune(None, launch, resume=resume, overrides=overrides, callback=renderer)
+        else:
+            cfg = TrainConfig(backbone=backbone or "", data=data or "", **train_options)
+            result = run_finetune(cfg, launch, callback=renderer)
+    finally:
+        renderer.close()
+    if as_json:
+        print_json(result.summary | {"run_dir": str(result.run_dir)})
+        return
+    out(
+        ("done", "bold"),
+        f": best val acc {result.best_val_acc:.4f} at epoch {result.best_epoch} ({result.epochs_run} epochs, "
+        f"{result.summary.get('wall_seconds', 0):.1f} s) -> {result.run_dir}",
+    )
+
+
+@app.command()
+def advise(
+    backbone: Annotated[str, typer.Argument(help="Backbone name or alias, with pretrained weights.")],
+    data: Annotated[str, typer.Argument(help="Image folder: DATA/<class>/*.jpg or DATA/train + DATA/val.")],
+    weights: Annotated[str, typer.Option(help="Pretrained weights tag or file.")] = "default",
+    large_per_class: Annotated[int, typer.Option(help="Images in every class from which data counts as large.")] = 500,
+    as_json: JsonFlag = False,
+):
+    """Measure the data's size and its similarity to the pretraining data; recommend a freeze policy."""
+    from zoo.advise import advise as run_advise
+
+    advice = run_advise(backbone, data, weights=weights, large_per_class=large_per_class)
+    if as_json:
+        print_json(advice.to_dict())
+        return
+    command = f"zoo finetune {advice.backbone} {data} --policy {advice.policy}"
+    out((advice.quadrant, "bold"), " → recommended: ", (command, "bold"))
+    if advice.probes:
+        t = table("linear probe on the pretrained features, by depth", [("group", "left"), ("accuracy", "right")])
+        for name, acc in advice.probes.items():
+            t.add_row(name + (" (best)" if name == advice.best_group else ""), f"{acc:.3f}")
+        print_table(t)
+    for line in advice.evidence:
+        out(f"- {line}")
+    out(f"({advice.seconds:.1f} s)")
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[str, typer.Option("--out", help="Folder for the demo's run.")] = "runs",
+    epochs: Annotated[int, typer.Option(help="Epochs to train.")] = 10,
+    backbone: Annotated[
+        str | None, typer.Option(help="Backbone with offline weights [default: registry.toml's [defaults] demo].")
+    ] = None,
+):
+    """The whole pipeline offline: fine-tune on photos that ship with zoo, evaluate, export, predict."""
+    from zoo.demo import run_demo
+
+    def step(name: str, d: dict) -> None:
+        if name == "finetune":
+            out(("1/4 fine-tune", "bold"), f" {d['backbone']} (pretrained weights that ship with it) on {d['data']}")
+        elif name == "evaluate":
+            out(("2/4 evaluate", "bold"), f" {d['run_dir']}")
+        elif name == "export":
+            out(("3/4 export", "bold"), f" {d['model']}")
+        elif name == "predict":
+            out(("4/4 predict", "bold"), " with onnxruntime only (no torch)")
+
+    renderer = RunRenderer()
+    try:
+        result = run_demo(out_dir, epochs, backbone, callback=renderer, on_step=step)
+    finally:
+        renderer.close()
+    report = result.evaluation
+    note(
+        f"val accuracy {report['accuracy']:.4f} on {report['images']} images; per class: "
+        + ", ".join(f"{r['class']} recall {r['recall']:.2f}" for r in report["per_class"])
+    )
+    print_table(check_table(f"{result.model}: onnxruntime vs torch on {result.export.images}", result.export.checks))
+    for r in result.predictions:
+        image = r["image"].split("/")
+        tops = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])
+        out(f"  {'/'.join(image[-2:])}: {tops}")
+    out(f"plots, checkpoints and model.onnx: {result.run_dir}")

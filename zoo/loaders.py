@@ -1,0 +1,131 @@
+"""From samples to batches: the torch datasets, transforms and loaders of a run.
+
+The evaluation transform is `zoo.images.preprocess_image` (the same pixels as the
+torch-free runtime); training augmentation is torchvision's transforms v2.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from zoo.backbone import Preprocess
+from zoo.config import AUGMENTS
+from zoo.data import Sample
+from zoo.errors import UsageError
+from zoo.images import open_rgb, preprocess_image, shrink
+
+
+class EvalTransform:
+    """`zoo.images.preprocess_image` as a transform that returns a torch tensor."""
+
+    def __init__(self, pre: Preprocess):
+        self.pre = pre
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        return torch.from_numpy(preprocess_image(img, self.pre))
+
+
+def build_transform(pre: Preprocess, augment: str = "none"):
+    """The evaluation transform (`none`), or torchvision v2 train augmentation, from a backbone's preprocessing."""
+    if augment not in AUGMENTS:
+        raise UsageError(f"--augment {augment}: choose one of {', '.join(AUGMENTS)}")
+    if augment == "none":
+        return EvalTransform(pre)
+    from torchvision.transforms import InterpolationMode, v2
+
+    interpolation = InterpolationMode(pre.interpolation)
+    scale = (0.35, 1.0) if augment == "light" else (0.08, 1.0)
+    steps = [
+        v2.PILToTensor(),
+        v2.RandomResizedCrop(list(pre.input_size), scale=scale, interpolation=interpolation, antialias=True),
+        v2.RandomHorizontalFlip(),
+    ]
+    if augment == "strong":
+        steps.append(v2.TrivialAugmentWide(interpolation=interpolation))
+    if pre.channels == 1:
+        steps.append(v2.Grayscale(1))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
+    if augment == "strong":
+        steps.append(v2.RandomErasing(p=0.25))
+    return v2.Compose(steps)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """(tensor, label) pairs, decoding from the in-memory cache when the image is in it."""
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        transform,
+        decoded: dict[Path, Image.Image] | None = None,
+        min_short_side: int = 256,
+    ):
+        self.samples = samples
+        self.transform = transform
+        self.decoded = decoded or {}
+        self.min_short_side = min_short_side
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        img = self.decoded.get(sample.path)
+        if img is None:
+            img = shrink(open_rgb(sample.path, self.min_short_side), self.min_short_side)
+        return self.transform(img), sample.label
+
+
+def _seed_worker(worker_id: int) -> None:
+    random.seed(torch.initial_seed() % 2**32)
+
+
+@dataclass
+class Loaders:
+    """Makes the loaders of one run: its preprocessing, decoded images, batch, workers and place in a job."""
+
+    pre: Preprocess
+    decoded: dict
+    short_side: int
+    batch_size: int  # per rank
+    workers: int
+    pin_memory: bool = False
+    world: int = 1
+    rank: int = 0
+    seed: int = 0
+
+    def loader(
+        self,
+        samples: list[Sample],
+        augment: str = "none",
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        epoch: int | None = None,
+    ) -> torch.utils.data.DataLoader:
+        """Batches of `samples`. With `epoch` in a distributed run: this rank's DistributedSampler shard,
+        padded so every rank takes the same number of steps; otherwise the samples as given."""
+        dataset = ImageDataset(samples, build_transform(self.pre, augment), self.decoded, self.short_side)
+        sampler = None
+        if self.world > 1 and epoch is not None:
+            sampler = torch.utils.data.DistributedSampler(
+                dataset, self.world, self.rank, shuffle=shuffle, seed=self.seed
+            )
+            sampler.set_epoch(epoch)
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=self.workers,
+            pin_memory=self.pin_memory,
+            generator=generator,
+            persistent_workers=False,
+            worker_init_fn=_seed_worker if self.workers else None,
+            # forking a process whose gloo/NCCL threads hold locks can deadlock the child: start workers cleanly
+            multiprocessing_context="forkserver" if self.world > 1 and self.workers else None,
+        )

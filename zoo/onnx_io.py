@@ -1,0 +1,147 @@
+"""Writing a torch module as ONNX, and opening ONNX files in onnxruntime: the one place for both.
+
+The opset policy: opsets 13 to 25 can be written, 18 by default. torch's dynamo
+exporter writes opset 18 and later (asked for less, it silently writes 18), so
+13-17 go through the TorchScript exporter; where the dynamo exporter fails, the
+TorchScript one (opsets up to 23) is tried, and the result says which wrote it.
+The opset reported is the one read back from the written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zoo.errors import ExportError, ModelFileError, UsageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 18
+MIN_OPSET = 13
+MAX_OPSET = 25
+DYNAMO_MIN_OPSET = 18
+TORCHSCRIPT_MAX_OPSET = 23
+EXPORTERS = ("auto", "dynamo", "torchscript")
+
+
+@dataclass
+class Written:
+    """What `write_onnx` wrote."""
+
+    path: Path
+    exporter: str  # "dynamo" or "torchscript"
+    opset: int  # read back from the file
+    notes: list[str] = field(default_factory=list)
+
+
+def check_opset(opset: int) -> None:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UsageError(f"--opset {opset}: zoo writes opsets {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})")
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """Send what libraries print to stdout (exporter and calibration chatter) to stderr: stdout stays for results."""
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def write_onnx(
+    module,
+    example: tuple,
+    path: Path | str,
+    *,
+    opset: int = DEFAULT_OPSET,
+    dynamic_batch: bool = True,
+    input_names: tuple[str, ...] = ("input",),
+    output_names: tuple[str, ...] = ("logits",),
+    exporter: str = "auto",
+) -> Written:
+    """Export `module` on `example` inputs to `path`. `exporter="torchscript"` asks for the faster TorchScript
+    exporter first (the frozen-prefix cache); "auto" is dynamo where the opset allows, TorchScript otherwise."""
+    import torch
+
+    check_opset(opset)
+    path = Path(path)
+    axes = {name: {0: "batch"} for name in (*input_names, *output_names)} if dynamic_batch else None
+    order = ["dynamo", "torchscript"] if exporter in ("auto", "dynamo") else ["torchscript", "dynamo"]
+    if opset < DYNAMO_MIN_OPSET:
+        order = ["torchscript"]
+    if opset > TORCHSCRIPT_MAX_OPSET:
+        order = ["dynamo"]
+    notes: list[str] = []
+    failures = []
+    for name in order:
+        try:
+            with quiet_stdout():
+                if name == "dynamo":
+                    program = torch.onnx.export(
+                        module,
+                        example,
+                        dynamo=True,
+                        input_names=list(input_names),
+                        output_names=list(output_names),
+                        dynamic_axes=axes,
+                        opset_version=opset,
+                        external_data=False,
+                        verbose=False,
+                    )
+                    program.save(str(path), external_data=False)
+                else:
+                    torch.onnx.export(
+                        module,
+                        example,
+                        str(path),
+                        dynamo=False,
+                        input_names=list(input_names),
+                        output_names=list(output_names),
+                        dynamic_axes=axes,
+                        opset_version=opset,
+                    )
+        except Exception as exc:  # the exporters differ in coverage: try the other one, and say so
+            failures.append(
+                f"{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc) else ''}"
+            )
+            continue
+        if failures:
+            notes.append(f"{failures[0].split(':')[0]} exporter failed ({failures[0]}); used the {name} exporter")
+        written = read_opset(path)
+        if written != opset:
+            raise ExportError(f"the {name} exporter wrote opset {written}, not the --opset {opset} asked for")
+        return Written(path, name, written, notes)
+    raise ExportError(f"torch.onnx.export failed with every exporter: {' | '.join(failures)}")
+
+
+def read_opset(path: Path | str) -> int:
+    """The default-domain opset of an ONNX file."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def ort_session(source: Path | str | bytes, threads: int | None = None, providers: list[str] | None = None):
+    """An onnxruntime session on the CPU (or `providers`), with all graph optimisations; ModelFileError if it
+    cannot be loaded."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    what = "the model" if isinstance(source, bytes) else str(source)
+    try:
+        return ort.InferenceSession(
+            source if isinstance(source, bytes) else str(source),
+            options,
+            providers=providers or ["CPUExecutionProvider"],
+        )
+    except Exception as exc:
+        raise ModelFileError(
+            f"{what}: onnxruntime cannot load it ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]})"
+        ) from None
