@@ -110,3 +110,12 @@ def test_torch_free_modules_import_no_torch_at_import_time():
             assert target is None or not MAP[target][1], (
                 f"{path.relative_to(ROOT)} (torch: no) imports zoo.{target}, which imports torch"
             )
+
+
+def test_every_package_is_in_the_distribution():
+    """setuptools is given an explicit package list: a new sub-package must be added to it, or a wheel lacks it."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert packages <= listed, f"missing from pyproject.toml [tool.setuptools] packages: {packages - listed}"
