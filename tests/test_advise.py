@@ -120,7 +120,7 @@ def test_degenerate_data_gets_an_answer_not_a_crash(tmp_path):
 def test_advise_needs_pretrained_weights(tmp_path):
     from zoo.advise import advise
 
-    with pytest.raises(ZooError, match="needs pretrained weights"):
+    with pytest.raises(ZooError, match="need pretrained weights"):
         advise("efficientnet_lite0", make_images(tmp_path), weights="none")
 
 

@@ -122,7 +122,7 @@ def _initial(tmp_path):
         ("discriminative:0.5", []),
     ],
 )
-@pytest.mark.parametrize("cache", ["auto", "off"])
+@pytest.mark.parametrize("cache", ["auto", pytest.param("off", marks=pytest.mark.slow)])
 def test_policy_trains_exactly_the_right_parameters(tmp_path, tiny_registry, policy, frozen, cache):
     before = _initial(tmp_path)
     result = _train(tmp_path, policy, cache=cache)

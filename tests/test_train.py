@@ -76,7 +76,12 @@ def _stop_at_epoch(monkeypatch, stop: int):
 
 @pytest.mark.parametrize(
     "policy, augment",
-    [("finetune", "light"), ("feature-extract", "none"), ("gradual:1", "none"), ("fine-tune-fastai", "light")],
+    [
+        ("finetune", "light"),
+        ("feature-extract", "none"),
+        pytest.param("gradual:1", "none", marks=pytest.mark.slow),
+        pytest.param("fine-tune-fastai", "light", marks=pytest.mark.slow),
+    ],
 )
 def test_resume_equals_the_uninterrupted_run(tmp_path, tiny_registry, images, policy, augment, monkeypatch):
     options = _options(tmp_path, epochs=4, policy=policy, augment=augment)

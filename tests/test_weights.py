@@ -48,6 +48,15 @@ def test_hash_mismatch_refuses_and_leaves_no_file(served):
     assert not (cache_dir() / "tiny-bad.pth").exists()
 
 
+def test_a_wrong_file_source_is_not_told_to_delete_itself(tmp_path):
+    """A file:// source is not zoo's download: deleting it would not fetch it again."""
+    _tiny_checkpoint(tmp_path / "shipped.pth")
+    weights = Weights(tag="shipped", url=(tmp_path / "shipped.pth").as_uri(), sha256="0" * 64)
+    with pytest.raises(WeightsError, match="reinstall the package that ships it") as err:
+        fetch(weights)
+    assert "delete it" not in str(err.value)
+
+
 def test_corrupt_cached_file_is_caught():
     cache_dir().mkdir(parents=True, exist_ok=True)
     (cache_dir() / "resnet18-f37072fd.pth").write_bytes(b"not the weights")

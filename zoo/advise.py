@@ -208,16 +208,22 @@ def advise(
         raise UsageError(f"--large-per-class {large_per_class}: must be >= 1")
     spec = get_registry().get(backbone)
     choice = resolve_weights(spec, weights)
-    if not choice.pretrained:
-        raise UsageError(
-            f"zoo advise measures how well {spec.name}'s pretrained features fit the data: "
-            "it needs pretrained weights (not --weights none)"
-        )
+    require_pretrained(spec, choice)
     pre = spec.preprocess_for(choice.tag)
     decoded: dict = {}
     split = scan(data, val_fraction, seed, decode_size(pre), decoded)
     model = create_model(spec, weights=choice)
     return measure(model, spec, split, decoded, pre, seed=seed, large_per_class=large_per_class)
+
+
+def require_pretrained(spec, choice) -> None:
+    """Similarity is measured on pretrained features: a UsageError when there are none."""
+    if not choice.pretrained:
+        has = "--weights none" if spec.weights else "no pretrained weights registered"
+        raise UsageError(
+            f"zoo advise and --policy auto measure how well {spec.name}'s pretrained features fit the data: "
+            f"they need pretrained weights ({has}); choose a policy with --policy"
+        )
 
 
 def measure(

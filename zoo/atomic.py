@@ -34,3 +34,14 @@ def torch_save(path: Path | str, obj: Any) -> Path:
     import torch
 
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def can_write_in(folder: Path | str) -> bool:
+    """Whether a file can be created in `folder`: tried, not guessed (root passes `os.access` even on /proc)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False

@@ -156,7 +156,7 @@ def check_output(output: Path, mkdir: bool = False) -> None:
             parent.mkdir(parents=True)
         except OSError as exc:
             raise OutputError(f"-o {output}: cannot create {parent} ({exc.strerror or exc})") from None
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+    if not parent.is_dir() or not atomic.can_write_in(parent):
         raise OutputError(f"-o {output}: {parent} is not a writable folder")
     for path in (output, *sidecars(output).values()):
         if path.exists() and not is_ours(path):

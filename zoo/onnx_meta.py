@@ -116,8 +116,13 @@ class ModelMetadata:
             decode = int(get("decode_size", str(resize)))
         except ValueError:
             raise ModelFileError(f"{where}: metadata crop_pct/resize_size/decode_size are not numbers") from None
-        if not 0 < crop_pct <= 1 or resize < max(size) or decode < 1 or decode > 16384:
-            raise ModelFileError(f"{where}: metadata crop_pct/resize_size/decode_size are out of range")
+        if not 0 < crop_pct <= 1 or decode < 1 or decode > 16384:
+            raise ModelFileError(f"{where}: metadata crop_pct/decode_size are out of range; export it again")
+        if resize < max(size):
+            raise ModelFileError(
+                f"{where}: metadata '{PREFIX}resize_size' {resize} is smaller than '{PREFIX}input_size' {size}: "
+                "the metadata was edited or is broken; export it again"
+            )
         pre = Preprocess(tuple(size), tuple(mean), tuple(std), interpolation, crop_pct)
         if pre.resize_size != resize:  # keep the resize the file was verified with
             pre = Preprocess(tuple(size), tuple(mean), tuple(std), interpolation, max(size) / resize)

@@ -37,7 +37,7 @@ def check_out_folder(out: Path | str, flag: str = "--out") -> Path:
         if probe.parent == probe:
             break
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+    if not probe.is_dir() or not atomic.can_write_in(probe):
         raise OutputError(f"{flag} {out}: {probe} is not a writable folder; choose another {flag}")
     return out
 

@@ -121,9 +121,10 @@ class Trainer:
             self.policy = policy_of(resume)
             _report_changed_policy(self.policy)
         elif cfg.policy == "auto":
-            model, self.weights = self._build(cfg.weights)
-            from zoo.advise import measure
+            from zoo.advise import measure, require_pretrained
 
+            require_pretrained(self.spec, resolve_weights(self.spec, cfg.weights))
+            model, self.weights = self._build(cfg.weights)
             self.advice = measure(model, self.spec, self.split, self.decoded, pre, seed=cfg.seed)
             for line in self.advice.evidence:
                 log.info("auto: %s", line)
@@ -250,7 +251,7 @@ class Trainer:
             for extra in aux:  # Inception/GoogLeNet auxiliary heads, weighted as in the papers' recipes
                 loss = loss + 0.4 * self.criterion(extra.float(), target)
             if not self.dist.enabled and not torch.isfinite(loss):
-                self._diverged(epoch, float(loss))
+                self._diverged(epoch, loss.item())
             self.optimizer.torch.zero_grad(set_to_none=True)
             if self.scaler:
                 self.scaler.scale(loss).backward()
@@ -278,10 +279,10 @@ class Trainer:
         }
 
     def _diverged(self, epoch: int, loss: float) -> None:
+        kept = f"{self.run_dir} keeps epoch {len(self.history)}" if self.history else "no epoch was complete"
         raise TrainingDiverged(
-            f"the training loss became {loss} in epoch {epoch + 1}; nothing of this epoch was saved "
-            f"(last complete epoch: {len(self.history)}). Lower --lr, check the policy's LR factor, "
-            "or try --amp off"
+            f"the training loss became {loss} in epoch {epoch + 1}, so the run stopped ({kept}); "
+            "start again with a lower --lr (or a milder policy LR factor, or --amp off)"
         )
 
     @torch.no_grad()
@@ -322,12 +323,15 @@ class Trainer:
                 row.update(metrics)
                 row["lr"] = self.optimizer.lr_now
                 row["cached"] = self.cache.active
-                self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
                 improved = metrics["val_acc"] > self.best_acc
-                if improved:
-                    self.best_acc, self.best_epoch, self.best_preds = metrics["val_acc"], epoch + 1, preds
-                if main:
-                    self._save(epoch + 1, improved, row)
+                with deferred_signals() as received:  # the epoch counts once it is saved: all of it or none
+                    self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
+                    if improved:
+                        self.best_acc, self.best_epoch, self.best_preds = metrics["val_acc"], epoch + 1, preds
+                    if main:
+                        self._save(epoch + 1, improved, row)
+                if received:
+                    raise Terminated() if received[0] == "SIGTERM" else KeyboardInterrupt()
                 self.report.emit(events.EPOCH_ENDED, row=self.history[-1], improved=improved, epochs=cfg.epochs)
                 if improved:
                     self.report.emit(events.BEST_IMPROVED, epoch=epoch + 1, metric="val_acc", value=self.best_acc)
