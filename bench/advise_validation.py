@@ -59,7 +59,7 @@ def evaluate_dataset(name: str, data: Path, epochs: int, out: Path) -> dict:
     for policy in candidates:
         torch.manual_seed(0)
         t = time.perf_counter()
-        r = zoo.finetune("efficientnet_lite0", data, policy=policy, epochs=epochs, out=str(out / name), quiet=True)
+        r = zoo.finetune("efficientnet_lite0", data, policy=policy, epochs=epochs, out=str(out / name))
         results[policy] = {"best_val_acc": r.best_val_acc, "seconds": time.perf_counter() - t}
         print(name, policy, results[policy], file=sys.stderr, flush=True)
     ranked = sorted(results, key=lambda p: -results[p]["best_val_acc"])

@@ -24,8 +24,9 @@ import torch
 from report import publish
 
 import zoo
-from zoo.data import decode_size, load_for_eval, scan
+from zoo.data import scan
 from zoo.export import export, export_model
+from zoo.images import decode_size, load_for_eval
 from zoo.models import create_model
 from zoo.quantize import quantize_int8
 
@@ -47,10 +48,7 @@ def timed(fn, batch: int, seconds: float = 3.0) -> float:
 
 def images(pre, count: int) -> np.ndarray:
     split = scan(DATA, min_short_side=decode_size(pre))
-    arrays = [
-        load_for_eval(s.path, pre.input_size, pre.resize_size, pre.mean, pre.std, pre.interpolation, decode_size(pre))
-        for s in split.train[:: max(1, len(split.train) // count)][:count]
-    ]
+    arrays = [load_for_eval(s.path, pre) for s in split.train[:: max(1, len(split.train) // count)][:count]]
     return np.stack(arrays).astype(np.float32)
 
 
@@ -92,9 +90,7 @@ def speed_rows(name: str, weights: str, tmp: Path) -> list[dict]:
 
 
 def int8_accuracy(tmp: Path) -> dict:
-    result = zoo.finetune(
-        "efficientnet_lite0", DATA, policy="feature-extract", epochs=10, out=str(tmp / "runs"), quiet=True
-    )
+    result = zoo.finetune("efficientnet_lite0", DATA, policy="feature-extract", epochs=10, out=str(tmp / "runs"))
     report = export(result.run_dir, tmp / "lite0-hymenoptera.onnx", int8=True, max_drop=100.0)
     return report.int8
 

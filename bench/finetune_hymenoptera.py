@@ -102,7 +102,7 @@ def tutorial_loop(data: Path, feature_extract: bool, epochs: int) -> dict:
 
 def zoo_run(data: Path, policy: str, epochs: int, out: Path) -> dict:
     start = time.perf_counter()
-    result = zoo.finetune("efficientnet_lite0", data, policy=policy, epochs=epochs, out=str(out), quiet=True)
+    result = zoo.finetune("efficientnet_lite0", data, policy=policy, epochs=epochs, out=str(out))
     wall = time.perf_counter() - start
     img_s = [h["train_img_s"] for h in result.history if not h["cached"]]
     return {

@@ -17,7 +17,7 @@ def publish(name: str, record: dict, table: str, update_doc: bool = True) -> Non
     print(table)
     if update_doc:
         begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-        docs = (DOC, ROOT / "docs" / "advise.md", ROOT / "docs" / "onnx-import.md")
+        docs = (DOC, *sorted((ROOT / "docs").glob("*.md")))
         doc = next(p for p in docs if begin in p.read_text(encoding="utf-8"))
         text = doc.read_text(encoding="utf-8")
         head, _, rest = text.partition(begin)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import types
 
 import pytest
@@ -84,18 +82,6 @@ def plugin_module(name: str, *specs: Backbone, policies=()) -> types.SimpleNames
     return Plugin()
 
 
-def pytest_configure(config):
-    """Collection already builds the registry (tests/test_backbones.py): never from the user's own zoo home,
-    where imported ONNX models or registry overrides would change what the tests see."""
-    config._zoo_home = os.environ["ZOO_HOME"] = tempfile.mkdtemp(prefix="zoo-test-home-")
-
-
-def pytest_unconfigure(config):
-    import shutil
-
-    shutil.rmtree(getattr(config, "_zoo_home", ""), ignore_errors=True)
-
-
 @pytest.fixture
 def use_registry():
     """Install a registry built with extra in-test plugins; the real one comes back afterwards."""
@@ -135,14 +121,6 @@ def served(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
-
-
-@pytest.fixture(autouse=True)
-def _isolated_homes(tmp_path_factory, monkeypatch):
-    """No test reads or writes the user's zoo home or torch cache."""
-    home = tmp_path_factory.mktemp("home")
-    monkeypatch.setenv("ZOO_HOME", str(home / "zoo"))
-    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
 
 
 def make_images(root, classes=("cats", "dogs"), per_class=12, size=40, layout="split", seed=0, ext=".png"):

@@ -100,7 +100,7 @@ def test_advise_cli_on_real_weights(tmp_path):
     data = make_images(tmp_path, per_class=6, size=48)
     result = runner.invoke(app, ["advise", "efficientnet_lite0", str(data), "--json"])
     assert result.exit_code == 0, result.output
-    advice = json.loads(result.output)
+    advice = json.loads(result.stdout)
     assert advice["size"] == "small" and advice["per_class"] == {"cats": 5, "dogs": 5}
     assert list(advice["probes"]) == ["stem", "stage1", "stage2", "stage3", "stage4"]
     assert advice["policy"] in ("feature-extract", *(f"freeze:{k}" for k in range(1, 6)))
@@ -112,7 +112,7 @@ def test_degenerate_data_gets_an_answer_not_a_crash(tmp_path):
     data = make_images(tmp_path, per_class=1, layout="train/val", size=48)
     result = runner.invoke(app, ["advise", "efficientnet_lite0", str(data), "--json"])
     assert result.exit_code == 0, result.output
-    advice = json.loads(result.output)
+    advice = json.loads(result.stdout)
     assert advice["policy"] == "feature-extract" and advice["probes"] == {}
     assert any("fewer than 2 train images" in line for line in advice["evidence"])
 

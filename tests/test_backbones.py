@@ -8,8 +8,9 @@ import torch
 from zoo.models import GroupMap, check_groups, create_model, on_meta_device, replace_head
 from zoo.registry import get_registry
 
-# ONNX registry entries need their file (a download): tests/test_onnx_import.py covers them
-SPECS = [s for s in get_registry().list() if s.source != "onnx"]
+# the built-in plugins' backbones. ONNX registry entries need their file (a download): tests/test_onnx_import.py
+# covers them; timm's 1364 are the zoo-timm plugin's own tests (a representative set) and bench/timm_check_all.py
+SPECS = [s for s in get_registry().list() if s.source in ("torchvision", "efficientnet_lite")]
 SMALL = 30_000_000  # models up to this size also run a real forward pass on the CPU
 
 

@@ -145,7 +145,7 @@ CASES = [
     (["predict", "RUN", "IMAGE", "--top-k", "0"], USAGE, "--top-k 0"),
     (["predict", "MODEL", "IMAGE", "--top-k", "0"], USAGE, "--top-k 0"),
     (["predict", "EDITED", "IMAGE"], INPUT, "the metadata says height 16 but the graph takes 32"),
-    (["predict", "BIGGER", "IMAGE"], INPUT, "'zoo.resize_size' 32 is smaller than 'zoo.input_size' [64, 64]"),
+    (["predict", "BIGGER", "IMAGE"], INPUT, "the metadata says height 64 but the graph takes 32"),
     (["predict", "LABELS", "IMAGE"], INPUT, "1 labels in the metadata but the model has 2 outputs"),
     (["predict", "NOMETA", "IMAGE"], INPUT, "no zoo metadata"),
     (["predict", "NOTONNX", "IMAGE"], INPUT, "onnxruntime cannot load it"),

@@ -227,3 +227,18 @@ def test_a_shape_mismatch_on_the_first_batch_is_a_failed_check_not_a_crash():
     rows = compare(model, WrongSession(), np.ones((2, 3, 2, 2), np.float32), 1e-4, (1, 2))
     assert [r.failures for r in rows] == [["shape [1, 7] != torch [1, 3]"], ["shape [2, 7] != torch [2, 3]"]]
     assert all(r.max_abs_diff == float("inf") and r.top1_agreement == 0.0 for r in rows)
+
+
+def test_a_model_over_2_gb_keeps_its_weights_beside_the_file(run, tmp_path, monkeypatch):
+    """ONNX files hold at most 2 GB: larger weights go to NAME.onnx.data (the limit is lowered to test it)."""
+    import zoo.onnx_io
+
+    monkeypatch.setattr(zoo.onnx_io, "EXTERNAL_DATA_BYTES", 1000)
+    result, data, _ = run
+    report = export(result.run_dir, tmp_path / "big.onnx")
+    assert report.passed and (tmp_path / "big.onnx.data").is_file()
+    assert [p.name for p in zoo.onnx_io.external_data_files(tmp_path / "big.onnx")] == ["big.onnx.data"]
+    image = next((data / "val" / "cats").iterdir())
+    assert Predictor(tmp_path / "big.onnx").predict([image])[0]["top"][0]["label"] in ("cats", "dogs")
+    assert export(result.run_dir, tmp_path / "big.onnx").passed  # its own files: overwritten, not refused
+    assert verify(tmp_path / "big.onnx", result.run_dir).passed

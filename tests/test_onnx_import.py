@@ -130,7 +130,7 @@ def test_mnist8_round_trip_import_finetune_export_predict(tmp_path, monkeypatch)
     spec = get_registry().get("digits")
     assert spec.source == "onnx" and "imported" in spec.tags and spec.weights[0].categories[3] == "3"
     listed = zoo("list", "--source", "onnx", "--json")
-    assert [b["name"] for b in json.loads(listed.output)] == ["digits", "mnist-8"]
+    assert "digits" in {b["name"] for b in json.loads(listed.stdout)}
 
     # the pretrained weights really are MNIST's: most drawn digits are recognised
     data = digits_folder(tmp_path / "digits", digits="0123456789", per_class=3)
@@ -162,7 +162,7 @@ def test_mnist8_round_trip_import_finetune_export_predict(tmp_path, monkeypatch)
     assert "dynamo exporter" in " ".join(exported.output.split()), exported.output
     predicted = zoo("predict", tmp_path / "digits.onnx", four / "2" / "0.png", "--json")
     assert predicted.exit_code == 0, predicted.output
-    assert json.loads(predicted.output)[0]["top"][0]["label"] in "0123"
+    assert json.loads(predicted.stdout)[0]["top"][0]["label"] in "0123"
 
 
 @pytest.mark.parametrize(
@@ -179,7 +179,7 @@ def test_exported_cnns_import_and_pass_the_plugin_kit(tmp_path, kind):
     path = export_cnn(tmp_path / "cnn.onnx", **kind)
     result = zoo("import", path, "--name", "cnn", "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["passed"] and [c["batch"] for c in report["checks"]] == [1, 8]
     assert any("Softmax removed" in n for n in report["notes"])
     names = [g["name"] for g in report["groups"]]
@@ -227,7 +227,7 @@ def test_registry_entry_is_downloaded_checked_and_imported_on_first_use(tmp_path
         'mean = [0.0]\nstd = [0.00392156862745098]\ncrop_pct = 1.0\nlabels = ["0", "1", "2", "3", "4", "5", "6", '
         '"7", "8", "9"]\n'
     )
-    listed = json.loads(zoo("list", "served", "--json").output)
+    listed = json.loads(zoo("list", "served", "--json").stdout)
     assert listed[0]["source"] == "onnx"
     assert not (home / "onnx" / "served" / "layout.json").exists()  # listing downloads nothing
 
@@ -252,17 +252,19 @@ def test_sha256_mismatch_is_refused_and_nothing_is_cached(served):
     assert not (cache_dir() / "mnist-8.onnx").exists()
 
 
-def test_packaged_mnist8_entry_matches_the_model_zoo_file(monkeypatch):
-    """registry.toml's url/sha256 entry, with the file already in the torch cache (no network here)."""
+def test_packaged_mnist8_entry_refuses_a_file_that_is_not_the_model_zoos(monkeypatch):
+    """registry.toml carries the sha256 of the Model Zoo's mnist-8.onnx (its Git LFS pointer). shared/'s copy is
+    another revision of it (26463 bytes, not 26454), so, put in the cache in its place, it is refused."""
     from zoo.weights import cache_dir
 
+    entry = get_registry().data["onnx"]["mnist-8"]
+    assert entry["sha256"] == "2f06e72de813a8635c9bc0397ac447a601bdbfa7df4bebc278723b958831c9bf"
+    assert entry["size"] == 26454 and MNIST.stat().st_size == 26463
     cache_dir().mkdir(parents=True, exist_ok=True)
     shutil.copy(MNIST, cache_dir() / "mnist-8.onnx")
-    result = zoo("import", "mnist-8", "--json")
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["passed"]
-    spec = get_registry().get("mnist-8")
-    assert spec.preprocess.channels == 1 and spec.preprocess.crop_pct == 1.0
+    result = zoo("import", "mnist-8")
+    assert result.exit_code == 3 and "does not match the expected 2f06e72de813a863" in result.output
+    assert not (zoo_home() / "onnx" / "mnist-8" / "layout.json").exists()
 
 
 def test_not_onnx_and_checker_failures(tmp_path):
@@ -316,7 +318,7 @@ def test_zoo_converters_fill_gaps_in_onnx2torch(tmp_path):
     onnx.save(_tiny_graph(tmp_path, "ThresholdedRelu", alpha=0.5), path)
     result = zoo("import", path, "--name", "thr", "--json")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["head"] == "fc"
+    assert json.loads(result.stdout)["head"] == "fc"
 
 
 def test_graph_without_a_classification_head_is_refused(tmp_path):
@@ -497,7 +499,7 @@ def test_old_model_zoo_style_graph_opset_7(tmp_path):
     onnx.save(model, path)
     result = zoo("import", path, "--name", "old", "--json")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert "opset 7 upgraded to 13" in report["notes"] and report["checks"][1]["top1_agreement"] == 1.0
     spec = get_registry().get("old")
     assert [g.name for g in spec.groups] == ["stage0_s16x16", "head"]

@@ -201,7 +201,7 @@ def test_evaluate_and_predict(tmp_path, tiny_registry, images):
     top = predict(result.run_dir / "best.pt", [image], top_k=2)[0]["top"]
     assert len(top) == 2 and abs(sum(t["probability"] for t in top) - 1) < 1e-4
     cli = runner.invoke(app, ["predict", str(result.run_dir), str(image), "--json"])
-    assert cli.exit_code == 0 and json.loads(cli.output)[0]["image"] == str(image)
+    assert cli.exit_code == 0 and json.loads(cli.stdout)[0]["image"] == str(image)
     cli = runner.invoke(app, ["evaluate", str(result.run_dir), str(images)])
     assert cli.exit_code == 0 and "accuracy" in cli.output and "confusion matrix" in cli.output
     bad = make_images(tmp_path / "other", classes=("cows", "dogs"))
@@ -249,12 +249,12 @@ def test_finetune_cli_json(tmp_path, tiny_registry, images):
         ],
     )
     assert result.exit_code == 0, result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)
     assert summary["epochs_run"] == 2 and summary["policy"]["name"] == "freeze:1"
 
 
 def test_policies_cli_lists_every_source():
-    data = json.loads(runner.invoke(app, ["policies", "--json"]).output)
+    data = json.loads(runner.invoke(app, ["policies", "--json"]).stdout)
     sources = {d["name"]: d["source"] for d in data}
     assert sources["feature-extract"] == "built-in" and sources["ulmfit"] == "registry.toml"
 

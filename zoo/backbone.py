@@ -20,6 +20,9 @@ from zoo.errors import InvalidBackbone
 # lower case; a plugin may put its backbones in a namespace of their own: `timm/resnet18`
 NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*(/[a-z0-9][a-z0-9_.\-]*)?$")
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+CROP_MODES = ("center", "squash", "border")
+MAX_CROP_PCT = 2.0  # above 1 the crop is larger than the resized image and is padded black (timm's VOLO-448)
+CHANNEL_ORDERS = ("RGB", "BGR")
 LAYOUTS = ("NCHW", "NHWC", "NLC")
 
 
@@ -31,7 +34,12 @@ class Preprocess:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # per channel, on 0..1 pixels; one value: grayscale input
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     interpolation: str = "bilinear"  # resize filter: nearest | bilinear | bicubic
-    crop_pct: float = 0.875  # crop / resize: resize the short side to input/crop_pct, then centre-crop
+    crop_pct: float = 0.875  # crop / resize: resize the short side to input/crop_pct, then centre-crop (> 1: pad)
+    # how the evaluation resize keeps the aspect ratio (timm's crop_mode): center = short side to
+    # resize_size, centre crop; squash = both sides to resize_size, centre crop; border = long side to
+    # resize_size, pad with the mean colour, centre crop
+    crop_mode: str = "center"
+    channel_order: str = "RGB"  # BGR: Caffe-style models; mean and std are then given in BGR order
 
     @property
     def channels(self) -> int:
@@ -51,6 +59,8 @@ class Preprocess:
             "std": list(self.std),
             "interpolation": self.interpolation,
             "crop_pct": self.crop_pct,
+            "crop_mode": self.crop_mode,
+            "channel_order": self.channel_order,
         }
 
     @classmethod
@@ -78,6 +88,7 @@ class Weights:
     license: str = ""
     acc1: float | None = None  # ImageNet-1k top-1 accuracy as published, in percent
     preprocess: Preprocess | None = None  # when these weights want other preprocessing
+    num_classes: int | None = None  # outputs of the pretrained head (0: none), when `categories` does not say
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,10 @@ class Backbone:
     # "module:function" for a backbone whose head and groups come from a file not yet at hand (an ONNX
     # model-zoo entry): called as resolve(spec) -> complete Backbone when the model is first needed
     resolve: str | None = None
+    # "module:function" returning {"leaf_modules": classes, "autowrap_functions": functions} that torch.fx
+    # must not trace into when zoo cuts the model (timm's own tracing hints)
+    trace_hints: str | None = None
+    notes: tuple[str, ...] = ()  # what a user should know: a limit of this model in zoo (shown by `zoo info`)
 
     @property
     def group_names(self) -> tuple[str, ...]:
@@ -161,6 +176,22 @@ def with_overrides(spec: Backbone, **changes: Any) -> Backbone:
     return new
 
 
+def check_preprocess(pre: Preprocess, where: str) -> None:
+    """Values an image pipeline can use; raise InvalidBackbone naming `where`."""
+    if pre.interpolation not in _INTERPOLATIONS:
+        raise InvalidBackbone(f"{where}: interpolation must be one of {', '.join(_INTERPOLATIONS)}")
+    if pre.crop_mode not in CROP_MODES:
+        raise InvalidBackbone(f"{where}: crop_mode must be one of {', '.join(CROP_MODES)}")
+    if pre.channel_order not in CHANNEL_ORDERS:
+        raise InvalidBackbone(f"{where}: channel_order must be one of {', '.join(CHANNEL_ORDERS)}")
+    if pre.channel_order == "BGR" and pre.channels != 3:
+        raise InvalidBackbone(f"{where}: channel_order BGR needs 3 channels")
+    if not 0 < pre.crop_pct <= MAX_CROP_PCT or len(pre.input_size) != 2 or min(pre.input_size) < 1:
+        raise InvalidBackbone(
+            f"{where}: crop_pct must be in (0, {MAX_CROP_PCT}] and input_size (height, width) positive"
+        )
+
+
 def check_spec(spec: Backbone) -> None:
     """Static checks that need no model: raise InvalidBackbone naming the plugin."""
     where = spec.where
@@ -180,8 +211,7 @@ def check_spec(spec: Backbone) -> None:
         raise InvalidBackbone(f"{where}: the last group '{names[-1]}' must hold the head '{spec.head}'")
     if len(spec.preprocess.mean) not in (1, 3) or len(spec.preprocess.std) != len(spec.preprocess.mean):
         raise InvalidBackbone(f"{where}: mean and std need 1 (grayscale) or 3 (RGB) values each")
-    if spec.preprocess.interpolation not in _INTERPOLATIONS:
-        raise InvalidBackbone(f"{where}: interpolation must be one of {', '.join(_INTERPOLATIONS)}")
+    check_preprocess(spec.preprocess, where)
     tags = [w.tag for w in spec.weights]
     if len(set(tags)) != len(tags):
         raise InvalidBackbone(f"{where}: weights tags repeat: {', '.join(tags)}")

@@ -17,6 +17,7 @@ modules runs as usual.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import operator
 
 import torch
@@ -30,12 +31,49 @@ from zoo.models import GroupMap
 
 
 class _GroupTracer(fx.Tracer):
-    def __init__(self, leaves: set[str]):
-        super().__init__()
-        self.leaves = leaves
+    """Group members, and the module classes a plugin names in its trace hints, are leaves."""
+
+    def __init__(self, leaves: set[str], leaf_classes: tuple[type, ...] = (), autowrap_functions: tuple = ()):
+        super().__init__(autowrap_functions=autowrap_functions)
+        self.leaves, self.leaf_classes = leaves, leaf_classes
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return qualname in self.leaves or super().is_leaf_module(m, qualname)
+        if qualname in self.leaves or (self.leaf_classes and isinstance(m, self.leaf_classes)):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def _tracer(spec: Backbone) -> _GroupTracer:
+    leaves = {m for g in spec.groups for m in g.members if not m.startswith("re:")}
+    if not spec.trace_hints:
+        return _GroupTracer(leaves)
+    from zoo.backbone import load_callable
+
+    hints = load_callable(spec.trace_hints, spec)()
+    return _GroupTracer(leaves, tuple(hints.get("leaf_modules", ())), tuple(hints.get("autowrap_functions", ())))
+
+
+def _concrete_args(model: nn.Module) -> dict:
+    """The defaults of `forward`'s optional arguments after the input (ViT's `attn_mask=None`): traced as constants,
+    not as graph inputs the cut would have to carry."""
+    params = list(inspect.signature(type(model).forward).parameters.values())[2:]  # self, the input
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name: p.default for p in params if p.kind in kinds and p.default is not inspect.Parameter.empty}
+
+
+def _drop_constant_inputs(graph: fx.Graph) -> None:
+    """Remove the placeholders of constant arguments and the guards fx adds for them, when nothing else uses them."""
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    derived = set(placeholders[1:])
+    for node in graph.nodes:
+        if node.op not in ("placeholder", "output") and node.all_input_nodes:
+            if all(a in derived for a in node.all_input_nodes):
+                derived.add(node)
+    if any(u not in derived for n in derived for u in n.users):
+        return  # a constant feeds the computation: leave the graph as traced
+    for node in reversed(list(graph.nodes)):
+        if node in derived:
+            graph.erase_node(node)
 
 
 def staged_graph(
@@ -43,11 +81,11 @@ def staged_graph(
 ) -> tuple[fx.GraphModule, dict[fx.Node, int]]:
     """The traced model and, for each node, the highest group index it depends on."""
     groups = groups or GroupMap(model, spec)
-    leaves = {m for g in spec.groups for m in g.members if not m.startswith("re:")}
     was_training = model.training
     model.eval()
     try:
-        graph = _GroupTracer(leaves).trace(model)
+        graph = _tracer(spec).trace(model, concrete_args=_concrete_args(model) or None)
+        _drop_constant_inputs(graph)
     except Exception as exc:
         raise CutError(
             f"{spec.name}: cannot trace the model with torch.fx ({type(exc).__name__}: "
@@ -243,7 +281,13 @@ def cut_model(model: nn.Module, spec: Backbone, group: str, num_classes: int) ->
         probe = fx.GraphModule(gm, _truncate(gm, stage, k, boundary[0]))
         device = next(model.parameters()).device
         x = torch.zeros(1, spec.preprocess.channels, *spec.preprocess.input_size, device=device)
-        feats = Pool(spec.features_layout)(probe.eval()(x))
+        value = probe.eval()(x)
+        if not isinstance(value, torch.Tensor) or value.dim() not in (2, 3, 4):
+            raise CutError(
+                f"{spec.name}: the output of group '{group}' is a {type(value).__name__}, not one feature tensor; "
+                "cannot put a head on it"
+            )
+        feats = Pool(spec.features_layout)(value)
     root = nn.Module()
     for node in graph.nodes:
         if node.op == "call_module" and node.target not in ("zoo_pool", spec.head):

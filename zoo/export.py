@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +33,15 @@ from zoo.data import image_folder_files
 from zoo.errors import DataError, ExportError, ModelFileError, OutputError, UsageError
 from zoo.images import decode_size, load_for_eval
 from zoo.models import split_outputs
-from zoo.onnx_io import DEFAULT_OPSET, check_opset, ort_session, write_onnx
+from zoo.onnx_io import (
+    DEFAULT_OPSET,
+    check_opset,
+    exporter_order,
+    external_data_files,
+    needs_external_data,
+    ort_session,
+    write_onnx,
+)
 from zoo.onnx_meta import ModelMetadata, read_props, write_props
 
 log = logging.getLogger(__name__)
@@ -122,7 +131,9 @@ def compare(model, session, images: np.ndarray, atol: float, batch_sizes: tuple[
 
 
 def is_ours(path: Path) -> bool:
-    """A file zoo wrote for an export: a report with zoo's mark, or an ONNX file with zoo metadata."""
+    """A file zoo wrote for an export: a report with zoo's mark, or an ONNX file with zoo metadata (and its data)."""
+    if path.name.endswith(".onnx.data"):
+        return is_ours(path.with_name(path.name[: -len(".data")]))
     try:
         if path.suffix == ".json":
             return REPORT_MARK in json.loads(path.read_text(encoding="utf-8"))
@@ -135,6 +146,8 @@ def is_ours(path: Path) -> bool:
 
 def sidecars(output: Path) -> dict[str, Path]:
     return {
+        "data": output.with_name(f"{output.name}.data"),  # the weights of a model over 2 GB
+        "failed_data": output.with_name(f"{output.stem}.FAILED.onnx.data"),
         "report": output.with_suffix(".json"),
         "failed": output.with_name(f"{output.stem}.FAILED.onnx"),
         "failed_report": output.with_name(f"{output.stem}.FAILED.json"),
@@ -183,8 +196,12 @@ def export_model(
     extra_metadata: dict[str, Any] | None = None,
     atol: float | None = None,
     mkdir: bool = False,
+    exporter: str = "auto",
 ) -> ExportReport:
-    """Export `model`, verify it against torch, write it with metadata and a JSON report beside it."""
+    """Export `model`, verify it against torch, write it with metadata and a JSON report beside it.
+
+    `exporter`: "auto" (dynamo, TorchScript where it fails), or "torchscript" first (faster to write).
+    """
     import onnx
 
     start = time.perf_counter()
@@ -204,27 +221,45 @@ def export_model(
     images, source = load_sample_inputs(pre, max(check_batch, 2), check_data, data_fallback)
     # an example batch > 1: with batch 1 the exporter may bake the batch size in (pytorch#148629)
     example = torch.from_numpy(np.resize(images, (2 if dynamic else fixed, *images.shape[1:])).astype(np.float32))
-    tmp = output.with_name(f".{output.stem}.tmp-export-{os.getpid()}.onnx")
+    work = output.with_name(f".{output.stem}.tmp-export-{os.getpid()}")  # one folder per attempt inside
+    large = needs_external_data(wrapped)  # over 2 GB: the weights go to NAME.onnx.data beside the file
+    sizes = (1, check_batch) if dynamic else (fixed,)
+    inputs = images if dynamic else np.resize(images, (fixed, *images.shape[1:]))
+    tolerance = atol if atol is not None else spec.atol
+    notes: list[str] = []
+    chosen = None  # (written, checks, path): the passing attempt, else the first whose model did not match
     try:
-        written = write_onnx(wrapped, (example,), tmp, opset=opset, dynamic_batch=dynamic)
-        try:
-            onnx.checker.check_model(str(tmp), full_check=True)
-        except Exception as exc:
-            raise ExportError(f"onnx.checker rejected the exported model: {str(exc).splitlines()[0][:300]}") from None
-        session = ort_session(tmp)
-        sizes = (1, check_batch) if dynamic else (fixed,)
-        checks = compare(
-            wrapped,
-            session,
-            images if dynamic else np.resize(images, (fixed, *images.shape[1:])),
-            atol if atol is not None else spec.atol,
-            sizes,
-            min_agreement,
-        )
+        # the exporters differ in coverage: when one fails, or writes a model that does not match torch, the
+        # other one is tried, and the notes say so
+        for name in exporter_order(exporter, opset):
+            path = work / name / output.name
+            path.parent.mkdir(parents=True)
+            try:
+                written = write_onnx(wrapped, (example,), path, opset=opset, dynamic_batch=dynamic, exporter=name,
+                                     fallback=False, external_data=large)  # fmt: skip
+                onnx.checker.check_model(str(path), full_check=True)
+            except ExportError as exc:
+                notes.append(f"{name} exporter failed ({str(exc).split(': ', 1)[-1][:200]})")
+                continue
+            except Exception as exc:
+                notes.append(f"onnx.checker rejected the {name} exporter's model ({str(exc).splitlines()[0][:200]})")
+                continue
+            checks = compare(wrapped, ort_session(path), inputs, tolerance, sizes, min_agreement)
+            if all(c.passed for c in checks):
+                chosen = (written, checks, path)
+                if notes:
+                    notes.append(f"used the {name} exporter")
+                break
+            chosen = chosen or (written, checks, path)
+            worst = max(c.max_abs_diff for c in checks)
+            notes.append(f"the {name} exporter's model does not match torch (max abs diff {worst:.3g})")
+        if chosen is None:
+            raise ExportError(f"no exporter could write the model: {'; '.join(notes)}")
+        written, checks, path = chosen
         passed = all(c.passed for c in checks)
         report = ExportReport(
             str(output), written.exporter, written.opset, source, checks, min_agreement, passed,
-            time.perf_counter() - start, written.notes,
+            time.perf_counter() - start, notes,
         )  # fmt: skip
         summary = {
             "passed": passed,
@@ -234,17 +269,36 @@ def export_model(
             "top1_agreement": min(c.top1_agreement for c in checks),
         }
         meta = metadata_for(spec, pre, labels, {**(extra_metadata or {}), "check": summary})
-        write_props(tmp, meta.to_props())
+        write_props(path, meta.to_props())
         paths = sidecars(output)
         final, report_path = (output, paths["report"]) if passed else (paths["failed"], paths["failed_report"])
         if passed or keep_on_mismatch:
-            tmp.replace(final)
+            move_model(path, final)
             report.path = str(final)
         report.report_path = str(report_path)
         atomic.write_json(report_path, report.to_dict())
         return report
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def move_model(src: Path, dst: Path) -> None:
+    """Put an ONNX file (and its external data, renamed to match) at `dst`; the model file arrives last."""
+    data = external_data_files(src)
+    if not data:
+        src.replace(dst)
+        return
+    if data == [src.parent / f"{dst.name}.data"]:
+        data[0].replace(dst.parent / data[0].name)
+        src.replace(dst)
+        return
+    import onnx
+
+    staged = src.parent / "renamed" / dst.name  # another name: the tensors' location changes with it
+    staged.parent.mkdir()
+    onnx.save_model(onnx.load(str(src)), str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{dst.name}.data", size_threshold=1024)  # fmt: skip
+    move_model(staged, dst)
 
 
 def metadata_for(spec: Backbone, pre: Preprocess, labels: list[str], extra: dict[str, Any]) -> ModelMetadata:
@@ -351,6 +405,10 @@ def export(
         from zoo.data import scan
         from zoo.quantize import build_int8
 
+        if external_data_files(Path(report.path)):
+            raise UsageError(
+                "--int8: the model is over 2 GB (its weights are in a .data file); INT8 takes smaller ones"
+            )
         cfg = ckpt["config"]
         split = scan(cfg["data"], cfg["val_fraction"], cfg["seed"], decode_size(pre))
         if split.classes != labels:

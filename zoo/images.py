@@ -102,24 +102,54 @@ _FILTERS = {
 }
 
 
-def eval_array(img: Image.Image, input_size, resize_size: int, mean, std, interpolation: str = "bilinear"):
-    """The evaluation preprocessing, in numpy: resize the short side, centre-crop, scale, normalise.
+def eval_array(
+    img: Image.Image,
+    input_size,
+    resize_size: int,
+    mean,
+    std,
+    interpolation: str = "bilinear",
+    crop_mode: str = "center",
+    channel_order: str = "RGB",
+):
+    """The evaluation preprocessing, in numpy: resize, centre-crop, scale, normalise.
 
-    One implementation for training's validation, `zoo evaluate`, `zoo predict` and the
-    torch-free runtime, so every path sees exactly the same pixels. Returns (C, H, W) float32:
-    C = 3, or 1 (grayscale) when `mean` has one value.
+    `crop_mode` (timm's): center = the short side to `resize_size`; squash = both sides to
+    `resize_size` (the aspect ratio is not kept); border = the long side to `resize_size`, then
+    padded with the mean colour. Then the centre `input_size` crop. One implementation for
+    training's validation, `zoo evaluate`, `zoo predict` and the torch-free runtime, so every
+    path sees exactly the same pixels. Returns (C, H, W) float32: C = 3 (RGB, or BGR when
+    `channel_order` says so), or 1 (grayscale) when `mean` has one value.
     """
     w, h = img.size
-    scale = resize_size / min(w, h)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if size != img.size:
-        img = img.resize(size, _FILTERS.get(interpolation, Image.Resampling.BILINEAR))
     ch, cw = input_size
+    flt = _FILTERS.get(interpolation, Image.Resampling.BILINEAR)
+    if crop_mode == "squash":
+        size = (resize_size, resize_size) if ch == cw else (round(cw * resize_size / max(ch, cw)),
+                                                             round(ch * resize_size / max(ch, cw)))  # fmt: skip
+    elif crop_mode == "border":  # timm's ResizeKeepRatio(longest=1): the long side to resize_size
+        scale = resize_size / max(w, h)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    else:  # torchvision's Resize(int): the short side to resize_size, the long side truncated
+        long = max(1, int(resize_size * max(w, h) / min(w, h)))
+        size = (resize_size, long) if w <= h else (long, resize_size)
+    if size != img.size:
+        img = img.resize(size, flt)
+    if size[0] < cw or size[1] < ch:  # border mode, or a crop_pct above 1: pad, as torchvision's CenterCrop does
+        fill = (0, 0, 0)
+        if crop_mode == "border":  # timm pads with the mean colour
+            fill = tuple(round(255 * m) for m in (mean if len(mean) == 3 else (mean[0],) * 3))
+            fill = fill[::-1] if channel_order == "BGR" else fill
+        canvas = Image.new("RGB", (max(cw, size[0]), max(ch, size[1])), fill)
+        canvas.paste(img, ((canvas.width - size[0]) // 2, (canvas.height - size[1]) // 2))
+        img, size = canvas, canvas.size
     left, top = round((size[0] - cw) / 2.0), round((size[1] - ch) / 2.0)
     img = img.crop((left, top, left + cw, top + ch))
     if len(mean) == 1:
         img = img.convert("L")
     arr = np.asarray(img, dtype=np.float32).reshape(ch, cw, -1) / np.float32(255.0)
+    if channel_order == "BGR":
+        arr = arr[:, :, ::-1]
     arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
@@ -133,4 +163,6 @@ def load_for_eval(path: Path | str, pre: Preprocess, short_side: int | None = No
 
 def preprocess_image(img: Image.Image, pre: Preprocess):
     """`eval_array` with a spec's preprocessing."""
-    return eval_array(img, pre.input_size, pre.resize_size, pre.mean, pre.std, pre.interpolation)
+    return eval_array(
+        img, pre.input_size, pre.resize_size, pre.mean, pre.std, pre.interpolation, pre.crop_mode, pre.channel_order
+    )

@@ -45,7 +45,7 @@ def describe(name: str) -> dict[str, Any]:
                 "sha256": w.sha256,
                 "hash_prefix": w.hash_prefix,
                 "acc1": w.acc1,
-                "num_classes": len(w.categories),
+                "num_classes": len(w.categories) if w.categories else w.num_classes,
                 "license": w.license,
                 "input_size": list(spec.preprocess_for(w).input_size),
                 "preprocess": _preprocess(w.preprocess) if w.preprocess else None,
@@ -53,4 +53,6 @@ def describe(name: str) -> dict[str, Any]:
             for w in spec.weights
         ],
         "atol": spec.atol,
+        "features_layout": spec.features_layout,
+        "notes": list(spec.notes),
     }

@@ -49,10 +49,20 @@ def build_transform(pre: Preprocess, augment: str = "none"):
         steps.append(v2.TrivialAugmentWide(interpolation=interpolation))
     if pre.channels == 1:
         steps.append(v2.Grayscale(1))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(pre.mean), list(pre.std))]
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    if pre.channel_order == "BGR":
+        steps.append(ToBGR())
+    steps.append(v2.Normalize(list(pre.mean), list(pre.std)))
     if augment == "strong":
         steps.append(v2.RandomErasing(p=0.25))
     return v2.Compose(steps)
+
+
+class ToBGR(torch.nn.Module):
+    """RGB -> BGR channel order (a class, not a lambda: loader workers pickle it)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(-3)
 
 
 class ImageDataset(torch.utils.data.Dataset):

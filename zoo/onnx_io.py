@@ -21,6 +21,7 @@ from zoo.errors import ExportError, ModelFileError, UsageError
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
+EXTERNAL_DATA_BYTES = 1_800_000_000  # a protobuf file holds at most 2 GB: larger weights go to NAME.onnx.data
 MIN_OPSET = 13
 MAX_OPSET = 25
 DYNAMO_MIN_OPSET = 18
@@ -61,19 +62,19 @@ def write_onnx(
     input_names: tuple[str, ...] = ("input",),
     output_names: tuple[str, ...] = ("logits",),
     exporter: str = "auto",
+    fallback: bool = True,
+    external_data: bool = False,
 ) -> Written:
     """Export `module` on `example` inputs to `path`. `exporter="torchscript"` asks for the faster TorchScript
-    exporter first (the frozen-prefix cache); "auto" is dynamo where the opset allows, TorchScript otherwise."""
+    exporter first (the frozen-prefix cache); "auto" is dynamo where the opset allows, TorchScript otherwise.
+    With `fallback=False` only the first exporter of that order is tried. `external_data`: the weights go to
+    `PATH.data` beside the file (what models over 2 GB need)."""
     import torch
 
     check_opset(opset)
     path = Path(path)
     axes = {name: {0: "batch"} for name in (*input_names, *output_names)} if dynamic_batch else None
-    order = ["dynamo", "torchscript"] if exporter in ("auto", "dynamo") else ["torchscript", "dynamo"]
-    if opset < DYNAMO_MIN_OPSET:
-        order = ["torchscript"]
-    if opset > TORCHSCRIPT_MAX_OPSET:
-        order = ["dynamo"]
+    order = exporter_order(exporter, opset)[: None if fallback else 1]
     notes: list[str] = []
     failures = []
     for name in order:
@@ -88,10 +89,10 @@ def write_onnx(
                         output_names=list(output_names),
                         dynamic_axes=axes,
                         opset_version=opset,
-                        external_data=False,
+                        external_data=external_data,
                         verbose=False,
                     )
-                    program.save(str(path), external_data=False)
+                    program.save(str(path), external_data=external_data)
                 else:
                     torch.onnx.export(
                         module,
@@ -102,7 +103,10 @@ def write_onnx(
                         output_names=list(output_names),
                         dynamic_axes=axes,
                         opset_version=opset,
+                        external_data=external_data,
                     )
+            if external_data:
+                gather_external_data(path)
         except Exception as exc:  # the exporters differ in coverage: try the other one, and say so
             failures.append(
                 f"{name}: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc) else ''}"
@@ -115,6 +119,46 @@ def write_onnx(
             raise ExportError(f"the {name} exporter wrote opset {written}, not the --opset {opset} asked for")
         return Written(path, name, written, notes)
     raise ExportError(f"torch.onnx.export failed with every exporter: {' | '.join(failures)}")
+
+
+def exporter_order(exporter: str, opset: int) -> list[str]:
+    """The exporters to try, in order: dynamo first for "auto", TorchScript first for "torchscript"; only those
+    that can write `opset`."""
+    if exporter not in EXPORTERS:
+        raise UsageError(f"exporter {exporter!r}: choose one of {', '.join(EXPORTERS)}")
+    order = ["dynamo", "torchscript"] if exporter in ("auto", "dynamo") else ["torchscript", "dynamo"]
+    return [e for e in order if (e != "dynamo" or opset >= DYNAMO_MIN_OPSET) and
+            (e != "torchscript" or opset <= TORCHSCRIPT_MAX_OPSET)]  # fmt: skip
+
+
+def needs_external_data(module) -> bool:
+    """Whether a module's weights are too large for one ONNX file."""
+    size = sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+    return size > EXTERNAL_DATA_BYTES
+
+
+def gather_external_data(path: Path) -> None:
+    """Put every external tensor of `path` into the one file `PATH.data` (exporters may write one per tensor)."""
+    import onnx
+
+    written = external_data_files(path)
+    model = onnx.load(str(path), load_external_data=True)
+    for f in written:
+        f.unlink(missing_ok=True)
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{path.name}.data", size_threshold=1024)  # fmt: skip
+
+
+def external_data_files(path: Path) -> list[Path]:
+    """The files beside an ONNX model that hold its external tensors."""
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    names = {
+        ExternalDataInfo(t).location for t in onnx.external_data_helper._get_all_tensors(model) if uses_external_data(t)
+    }
+    return [path.parent / n for n in sorted(names)]
 
 
 def read_opset(path: Path | str) -> int:

@@ -8,6 +8,7 @@ out of range is a `ModelFileError` naming the key.
 
 Keys: zoo.labels (JSON list), zoo.input_size (JSON [h, w]), zoo.resize_size,
 zoo.decode_size, zoo.crop_pct, zoo.mean, zoo.std (JSON lists), zoo.interpolation,
+zoo.crop_mode (center | squash | border), zoo.channel_order (RGB | BGR),
 zoo.backbone, zoo.plugin, zoo.version, zoo.precision (fp32 | int8), and `zoo.X`
 for each entry of `extra` (JSON unless a string): policy, val_acc, epoch, weights, check.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoo.backbone import Preprocess
+from zoo.backbone import CHANNEL_ORDERS, CROP_MODES, MAX_CROP_PCT, Preprocess
 from zoo.errors import ModelFileError
 
 PREFIX = "zoo."
@@ -34,6 +35,8 @@ _CORE = (
     "mean",
     "std",
     "interpolation",
+    "crop_mode",
+    "channel_order",
     "backbone",
     "plugin",
     "version",
@@ -65,6 +68,8 @@ class ModelMetadata:
             "mean": json.dumps(list(pre.mean)),
             "std": json.dumps(list(pre.std)),
             "interpolation": pre.interpolation,
+            "crop_mode": pre.crop_mode,
+            "channel_order": pre.channel_order,
             "backbone": self.backbone,
             "plugin": self.plugin,
             "version": self.zoo_version,
@@ -110,22 +115,26 @@ class ModelMetadata:
         interpolation = get("interpolation", "bilinear")
         if interpolation not in _INTERPOLATIONS:
             raise bad("interpolation", f"one of {', '.join(_INTERPOLATIONS)}")
+        crop_mode, channel_order = get("crop_mode", "center"), get("channel_order", "RGB")
+        if crop_mode not in CROP_MODES:
+            raise bad("crop_mode", f"one of {', '.join(CROP_MODES)}")
+        if channel_order not in CHANNEL_ORDERS or (channel_order == "BGR" and len(mean) != 3):
+            raise bad("channel_order", "RGB, or BGR with 3 channels")
         try:
             crop_pct = float(get("crop_pct", "0.875"))
             resize = int(get("resize_size"))
             decode = int(get("decode_size", str(resize)))
         except ValueError:
             raise ModelFileError(f"{where}: metadata crop_pct/resize_size/decode_size are not numbers") from None
-        if not 0 < crop_pct <= 1 or decode < 1 or decode > 16384:
-            raise ModelFileError(f"{where}: metadata crop_pct/decode_size are out of range; export it again")
-        if resize < max(size):
+        if not 0 < crop_pct <= MAX_CROP_PCT or not 0 < resize <= 16384 or not 0 < decode <= 16384:
             raise ModelFileError(
-                f"{where}: metadata '{PREFIX}resize_size' {resize} is smaller than '{PREFIX}input_size' {size}: "
-                "the metadata was edited or is broken; export it again"
+                f"{where}: metadata crop_pct/resize_size/decode_size are out of range; export it again"
             )
-        pre = Preprocess(tuple(size), tuple(mean), tuple(std), interpolation, crop_pct)
+        pre = Preprocess(tuple(size), tuple(mean), tuple(std), interpolation, crop_pct, crop_mode, channel_order)
         if pre.resize_size != resize:  # keep the resize the file was verified with
-            pre = Preprocess(tuple(size), tuple(mean), tuple(std), interpolation, max(size) / resize)
+            pre = Preprocess(
+                tuple(size), tuple(mean), tuple(std), interpolation, max(size) / resize, crop_mode, channel_order
+            )
         extra = {}
         for key, value in props.items():
             name = key[len(PREFIX) :]
@@ -155,10 +164,10 @@ def _finite(value: Any) -> bool:
 
 
 def write_props(path: Path | str, props: dict[str, str]) -> None:
-    """Replace the file's metadata with `props` (onnx protobuf, in place)."""
+    """Replace the file's metadata with `props` (onnx protobuf, in place; external tensors stay where they are)."""
     import onnx
 
-    proto = onnx.load(str(path))
+    proto = onnx.load(str(path), load_external_data=False)
     del proto.metadata_props[:]
     for key, value in props.items():
         entry = proto.metadata_props.add()

@@ -23,9 +23,17 @@ from zoo.backbone import Backbone, check_spec
 
 
 def check_backbone(
-    spec: Backbone, num_classes: int = 3, input_size: int | None = None, export: bool = True, cut: bool = True
+    spec: Backbone,
+    num_classes: int = 3,
+    input_size: int | None = None,
+    export: bool = True,
+    cut: bool = True,
+    exporter: str = "auto",
 ) -> dict[str, int]:
-    """Assert that `spec` builds, re-heads, partitions, runs, cuts and exports; returns params per group."""
+    """Assert that `spec` builds, re-heads, partitions, runs, cuts and exports; returns params per group.
+
+    `exporter="torchscript"` tries the faster TorchScript exporter first (`zoo export` tries dynamo first).
+    """
     import torch
 
     from zoo.models import GroupMap, create_model, split_outputs
@@ -38,8 +46,13 @@ def check_backbone(
     groups = GroupMap(model, spec)
     counts = groups.counts()
     assert all(counts.values()), f"{where}: empty group(s) {[g for g, n in counts.items() if not n]}"
-    size = input_size or max(spec.min_input_size, min(spec.preprocess.input_size))
-    x = torch.randn(2, spec.preprocess.channels, size, size)
+    from zoo.export import generated_inputs
+
+    hw = (input_size, input_size) if input_size else tuple(spec.preprocess.input_size)
+    pre = dataclasses.replace(spec.preprocess, input_size=hw, crop_pct=1.0)
+    # smooth random images, normalised like real ones: what the export check below compares on, too
+    calibrate_batchnorm(model, torch.from_numpy(generated_inputs(pre, 16, seed=1)))
+    x = torch.from_numpy(generated_inputs(pre, 2))
     with torch.no_grad():
         out = model(x)
     out = split_outputs(out)[0]
@@ -61,11 +74,42 @@ def check_backbone(
     if export:
         from zoo.export import export_model
 
-        pre = dataclasses.replace(spec.preprocess, input_size=(size, size), crop_pct=1.0)
         with tempfile.TemporaryDirectory() as tmp:
             report = export_model(
-                model, spec, pre, [f"class_{i}" for i in range(num_classes)], Path(tmp) / "check.onnx", check_batch=2
+                model,
+                spec,
+                pre,
+                [f"class_{i}" for i in range(num_classes)],
+                Path(tmp) / "check.onnx",
+                check_batch=2,
+                exporter=exporter,
             )
         failures = [f for c in report.checks for f in c.failures]
         assert report.passed, f"{where}: the ONNX export does not match torch: {failures}"
     return counts
+
+
+def calibrate_batchnorm(model, images) -> None:
+    """Running statistics from `images`, as pretrained weights would have them.
+
+    At random init, BatchNorm's running statistics (mean 0, variance 1) do not match the activations, and
+    a deep net's eval-mode logits grow into the thousands, where float32 rounding alone breaks any export
+    comparison. Averaged over a few batches, they are what a trained model has: logits of a sane size.
+    """
+    import torch
+    from torch import nn
+
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for batch in images.split(4):
+            model(batch)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()

@@ -478,6 +478,7 @@ class Trainer:
             "wall_seconds": round(time.perf_counter() - started, 2),
             "world_size": self.dist.world,
             "batch_size": self.batch_size,  # global; each rank takes batch_size / world_size
+            "workers": self.loaders.workers,
         }
         if not self.dist.is_main:
             return summary

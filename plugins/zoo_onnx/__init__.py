@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from zoo.hookspecs import hookimpl
 from zoo.registry import load_registry_data, zoo_home
 
 LAYOUT_VERSION = 1
-_SETTINGS = ("url", "sha256", "input_size", "layout", "mean", "std", "head", "groups")
+_SETTINGS = ("url", "sha256", "input_size", "layout", "mean", "std", "channel_order", "head", "groups")
 
 
 def model_dir(name: str) -> Path:
@@ -46,14 +48,22 @@ def read_layout(name: str, entry: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def labels_of(entry: dict[str, Any]) -> tuple[str, ...]:
+    """An entry's labels: a list, the name of a label set zoo ships (`imagenet-1k`), or a file (one per line)."""
     labels = entry.get("labels", ())
-    if isinstance(labels, str):  # a file, one label per line
-        try:
-            labels = [line.strip() for line in Path(labels).expanduser().read_text(encoding="utf-8").splitlines()]
-        except OSError:
-            return ()
-        labels = [line for line in labels if line]
+    if isinstance(labels, str):
+        return _label_file(labels)
     return tuple(str(label) for label in labels)
+
+
+@cache
+def _label_file(name: str) -> tuple[str, ...]:
+    shipped = resources.files("zoo") / "labels" / f"{name}.txt"
+    path = Path(str(shipped)) if shipped.is_file() else Path(name).expanduser()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return ()
+    return tuple(line.strip() for line in lines if line.strip())
 
 
 def preprocess_of(entry: dict[str, Any]) -> Preprocess:
@@ -67,6 +77,8 @@ def preprocess_of(entry: dict[str, Any]) -> Preprocess:
         std=tuple(entry.get("std", default_std)),
         interpolation=entry.get("interpolation", "bilinear"),
         crop_pct=entry.get("crop_pct", 0.875),
+        crop_mode=entry.get("crop_mode", "center"),
+        channel_order=entry.get("channel_order", "RGB"),
     )
 
 
@@ -83,7 +95,7 @@ def spec_from_entry(name: str, entry: dict[str, Any]) -> Backbone:
         tags.append("unverified")
     common = dict(
         name=name,
-        family="onnx",
+        family=entry.get("family", "onnx"),
         build="zoo_onnx.build:build",
         description=entry.get("description", f"ONNX classifier ({url})"),
         tags=tuple(dict.fromkeys(tags)),
@@ -102,6 +114,7 @@ def spec_from_entry(name: str, entry: dict[str, Any]) -> Backbone:
         min_input_size=min(preprocess.input_size),
         atol=float(entry.get("atol", 1e-4)),
         build_kwargs={"layout": entry.get("layout")},
+        notes=tuple(entry.get("notes", ())),
     )
     if layout is None:
         return Backbone(head="", groups=(), resolve="zoo_onnx.importer:resolve", **common)

@@ -9,7 +9,7 @@ import typer
 from rich.text import Text
 
 from zoo.cli.app import JsonFlag, app
-from zoo.cli.render import count, note, out, print_json, print_table, table
+from zoo.cli.render import count, note, out, print_columns, print_json, print_table, table
 
 
 @app.command("list")
@@ -26,19 +26,17 @@ def list_(
     if as_json:
         print_json([_summary(s) for s in specs])
         return
-    t = table(
-        f"{len(specs)} backbones",
-        [("name", "left"), ("source", "left"), ("family", "left"), ("params", "right"), ("input", "right"),
-         ("acc@1", "right"), ("default weights", "left")],
-    )  # fmt: skip
+    rows = []
     for s in specs:
         default = s.get_weights(s.default_weights) if s.default_weights else None
         weights = default.tag if default else "none"
         if len(s.weights) > 1:
             weights += f" (+{len(s.weights) - 1})"
         acc = f"{default.acc1:.1f}" if default and default.acc1 else ""
-        t.add_row(s.name, s.source, s.family, count(s.num_params), str(s.preprocess.input_size[0]), acc, weights)
-    print_table(t)
+        rows.append((s.name, s.source, s.family, count(s.num_params), str(s.preprocess.input_size[0]), acc, weights))
+    columns = [("name", "left"), ("source", "left"), ("family", "left"), ("params", "right"), ("input", "right"),
+               ("acc@1", "right"), ("default weights", "left")]  # fmt: skip
+    print_columns(f"{len(specs)} backbones", columns, rows)
 
 
 def _summary(s) -> dict[str, Any]:
@@ -76,9 +74,11 @@ def info(
     aux = f"; auxiliary heads: {', '.join(data['aux_heads'])}" if data["aux_heads"] else ""
     out(f"head: {head['path']} ({head['module']}: {head['in_features']} -> {head['out_features']}){aux}")
     pre = data["preprocess"]
+    mode = "" if pre["crop_mode"] == "center" else f", {pre['crop_mode']}"
+    order = "" if pre["channel_order"] == "RGB" else f", {pre['channel_order']}"
     out(
-        f"preprocess: resize {pre['resize_size']} ({pre['interpolation']}), crop "
-        f"{pre['input_size'][0]}x{pre['input_size'][1]}, mean {pre['mean']}, std {pre['std']}"
+        f"preprocess: resize {pre['resize_size']} ({pre['interpolation']}{mode}), crop "
+        f"{pre['input_size'][0]}x{pre['input_size'][1]}, mean {pre['mean']}, std {pre['std']}{order}"
     )
     for line in data.get("notes", []):
         out(f"note: {line}")
