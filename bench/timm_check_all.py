@@ -16,6 +16,10 @@ random init, at its smallest input size (64 at least; fixed-size models at their
 - export: `zoo.export.export_model` (TorchScript exporter first for speed, dynamo where it fails or does not
   match), verified against onnxruntime at batch 1 and 2.
 
+An architecture whose parameters need more than a sixth of this machine's memory in float32 (the model, its
+traced copy, the ONNX file and onnxruntime's session hold about four copies at once, plus activations) is not
+run: it is listed as "does not fit in memory here" with its size, outside the share.
+
 Results accumulate in bench/results/timm_check_all.json (a rerun skips what is there unless --again), and
 the table goes to docs/timm.md.
 """
@@ -117,6 +121,10 @@ def check_one(name: str) -> dict:
     return row
 
 
+def memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def run_all(patterns: list[str], again: bool, timeout: int) -> dict:
     from zoo.registry import get_registry
 
@@ -127,10 +135,20 @@ def run_all(patterns: list[str], again: bool, timeout: int) -> dict:
             results[record["name"]] = {"name": record["name"], "stages": {}, "not_registered": record["error"]}
     names = sorted(s.name.split("/", 1)[1] for s in get_registry().list(source="timm"))
     names = [n for n in names if not patterns or any(fnmatch.fnmatch(n, p) for p in patterns)]
-    todo = [n for n in names if again or n not in results or "stages" not in results[n]]
+    sizes = {r["name"]: r.get("num_params") or 0 for r in doc["models"]}
+    todo = sorted((n for n in names if again or n not in results or "stages" not in results[n]), key=sizes.get)
     print(f"{len(todo)} of {len(names)} architectures to check", file=sys.stderr)
+    budget = memory_bytes() / 6 / 4  # parameters that fit, in float32
     for i, name in enumerate(todo):
         t = time.perf_counter()
+        if sizes[name] > budget:
+            results[name] = {
+                "name": name,
+                "stages": {},
+                "too_big": f"{sizes[name] / 1e9:.2f}B parameters, "
+                f"{sizes[name] * 4 / 2**30:.1f} GiB in float32 ({memory_bytes() / 2**30:.0f} GiB here)",
+            }
+            continue
         try:
             out = subprocess.run([sys.executable, __file__, "--one", name], capture_output=True, text=True,
                                  timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"})  # fmt: skip
@@ -157,7 +175,8 @@ def _died(out: subprocess.CompletedProcess) -> str:
 
 def table(results: dict) -> str:
     rows = list(results.values())
-    registered = [r for r in rows if "not_registered" not in r]
+    too_big = sorted((r["name"], r["too_big"]) for r in rows if "too_big" in r)
+    registered = [r for r in rows if "not_registered" not in r and "too_big" not in r]
     checked = [r for r in registered if r.get("stages") or r.get("error")]
     counts = {s: sum(1 for r in checked if r["stages"].get(s) in ("ok", "falls back")) for s in STAGES}
     falls_back = [r["name"] for r in checked if r["stages"].get("cut") == "falls back"]
@@ -173,7 +192,7 @@ def table(results: dict) -> str:
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} with timm {doc['timm']}: {len(doc['models'])} architectures in "
         f"timm.list_models(), {len(doc['models']) - unregistered} registered ({unregistered} encoders without a "
-        f"classifier are not), {n} checked.",
+        f"classifier are not), {len(too_big)} do not fit in memory here, {n} checked.",
         "",
         "| stage | passed | share of checked |",
         "|---|---:|---:|",
@@ -188,6 +207,13 @@ def table(results: dict) -> str:
     for key, names in sorted(reasons.items(), key=lambda kv: -len(kv[1])):
         shown = ", ".join(sorted(names)[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
         lines.append(f"- {len(names)} x {key}: {shown}")
+    if too_big:
+        lines += [
+            "",
+            "Not run, too big for this machine (float32 parameters over a sixth of its memory): "
+            + ", ".join(f"{name} ({why.split(',')[0]})" for name, why in too_big)
+            + ".",
+        ]
     if falls_back:
         lines += ["", f"Not traceable (cut falls back, training uncached): {', '.join(sorted(falls_back))}."]
     return "\n".join(lines)

@@ -124,18 +124,25 @@ def served(tmp_path):
 
 
 def make_images(root, classes=("cats", "dogs"), per_class=12, size=40, layout="split", seed=0, ext=".png"):
-    """Generated, easily separable photos: each class has its own colour, plus noise."""
+    """Generated, easily separable photos: each class has its own colour, plus noise.
+
+    `per_class` may be a dict (class -> count) for imbalanced data; layout "train/val/test" adds a test/ part."""
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     colours = [(200, 40, 40), (40, 40, 200), (40, 200, 40), (200, 200, 40)]
-    splits = {"train": per_class, "val": max(2, per_class // 2)} if layout == "train/val" else {"": per_class}
-    for split, count in splits.items():
+    counts = per_class if isinstance(per_class, dict) else dict.fromkeys(classes, per_class)
+    classes = tuple(counts)
+    smallest = min(counts.values())
+    splits = {"": None}
+    if layout.startswith("train/"):
+        splits = {"train": None, **{part: max(2, smallest // 2) for part in layout.split("/")[1:]}}
+    for split, fixed in splits.items():
         for c, name in enumerate(classes):
             folder = root / split / name if split else root / name
             folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
+            for i in range(fixed or counts[name]):
                 base = np.array(colours[c % len(colours)], dtype=np.float32)
                 pixels = np.clip(base + rng.normal(0, 30, (size, size, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(folder / f"{name}_{i}{ext}")
@@ -178,3 +185,30 @@ def install_tiny_plugin(root):
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: zoo-tiny\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[zoo]\ntiny = zoo_tiny\n")
     return root
+
+
+TAGS = ("red", "green", "blue")
+
+
+def make_tagged(root, n=36, size=32, seed=0, splits=None, sep=" ", name="tags.csv"):
+    """Multi-label data: grey images with a coloured quadrant for each of their tags, and a CSV manifest of them
+    (`path,labels` and, with `splits` (a list of split names to cycle through), a split column)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    colours = {"red": (230, 30, 30), "green": (30, 230, 30), "blue": (30, 30, 230)}
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    lines = ["path,labels" + (",split" if splits else "")]
+    half = size // 2
+    for i in range(n):
+        tags = [t for t in TAGS if rng.random() < 0.45] or [TAGS[i % 3]]
+        pixels = np.clip(128 + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
+        for k, tag in enumerate(TAGS):
+            if tag in tags:
+                y, x = divmod(k, 2)
+                pixels[y * half : (y + 1) * half, x * half : (x + 1) * half] = colours[tag]
+        Image.fromarray(pixels).save(root / "img" / f"{i}.png")
+        lines.append(f"img/{i}.png,{sep.join(tags)}" + (f",{splits[i % len(splits)]}" if splits else ""))
+    (root / name).write_text("\n".join(lines) + "\n")
+    return root / name

@@ -120,7 +120,7 @@ CASES = [
     (["finetune", "tiny"], USAGE, "needs BACKBONE and DATA"),
     # finetune: data and output folders
     (["finetune", "tiny", "MISSING"], INPUT, "no such folder"),
-    (["finetune", "tiny", "FILE"], INPUT, "no such folder"),
+    (["finetune", "tiny", "FILE"], INPUT, "a file, not a folder or a manifest"),
     (["finetune", "tiny", "ONE"], INPUT, "only one class"),
     (["finetune", "tiny", "LOOP"], INPUT, "holds the data folder itself"),
     (["finetune", "tiny", "PROC"], INPUT, "a system folder"),
@@ -279,8 +279,8 @@ def test_export_rewrites_its_own_report_and_names_a_failed_one(world, tmp_path, 
 
 
 def _wrong_compare(compare):
-    def wrong(model, session, images, atol, sizes, min_agreement=None):
-        rows = compare(model, session, images, atol, sizes, min_agreement)
+    def wrong(model, session, images, atol, sizes, min_agreement=None, thresholds=None):
+        rows = compare(model, session, images, atol, sizes, min_agreement, thresholds)
         for row in rows:
             row.failures.append("made to fail")
         return rows

@@ -184,6 +184,19 @@ def test_int8_reports_accuracy_and_refuses_a_big_drop(run, tmp_path, monkeypatch
     assert not (tmp_path / "n.int8.onnx").exists()
 
 
+def test_int8_calibrates_on_any_number_of_images(run, tmp_path):
+    """onnxruntime's histogram calibration stacks the batches: a smaller last batch must never reach it."""
+    from zoo.export import generated_inputs
+    from zoo.quantize import quantize_int8
+
+    result, _, _ = run
+    export(result.run_dir, tmp_path / "m.onnx")
+    pre = ModelMetadata.from_props({p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props})
+    for count in (13, 28):  # a prime (batches of 1) and 28 (batches of 7)
+        quantize_int8(tmp_path / "m.onnx", tmp_path / f"q{count}.onnx", generated_inputs(pre.preprocess, count))
+        assert (tmp_path / f"q{count}.onnx").is_file()
+
+
 @pytest.mark.slow
 def test_predict_onnx_works_without_torch(run, tmp_path):
     result, data, _ = run

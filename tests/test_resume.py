@@ -94,7 +94,7 @@ def test_auto_scans_the_data_and_builds_the_model_once(tmp_path, use_registry, m
     torch.save(build_tiny(None).state_dict(), path)
     spec = tiny_spec(weights=(Weights("w", path.as_uri(), sha256=sha256_of(path)),), default_weights="w")
     use_registry(("p", plugin_module("p", spec)))
-    counts = {"scan": 0, "create_model": 0}
+    counts = {"load": 0, "create_model": 0}
     for name in counts:
         original = getattr(zoo.train, name)
 
@@ -106,4 +106,4 @@ def test_auto_scans_the_data_and_builds_the_model_once(tmp_path, use_registry, m
     data = make_images(tmp_path / "data", per_class=8)
     result = finetune("tiny", data, policy="auto", epochs=1, workers=0, out=str(tmp_path / "runs"))
     assert result.summary["auto"]["policy"] == result.summary["policy"]["name"]
-    assert counts == {"scan": 1, "create_model": 1}
+    assert counts == {"load": 1, "create_model": 1}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -193,10 +194,16 @@ def test_kill_9_then_resume(tmp_path, images):
 @pytest.mark.slow
 def test_evaluate_and_predict(tmp_path, tiny_registry, images):
     result = finetune("tiny", images, policy="finetune", lr=0.01, **_options(tmp_path, epochs=6))
-    report = evaluate(result.run_dir, images)
-    assert report["images"] == 24 and report["classes"] == ["cats", "dogs"]
-    assert sum(map(sum, report["confusion_matrix"])) == 24
+    report = evaluate(result.run_dir, images)  # the run's own data: its held-out val split, as the run split it
+    assert report["images"] == 4 and report["classes"] == ["cats", "dogs"]
+    assert "the run's val split" in report["evaluated_on"] and "held out" in report["evaluated_on"]
+    assert report["accuracy"] == pytest.approx(result.summary["best_val"]["acc"])
+    report = evaluate(result.run_dir, images, split="all")
+    assert report["images"] == 24 and sum(map(sum, report["confusion_matrix"])) == 24
     assert report["per_class"][0]["support"] == 12
+    elsewhere = tmp_path / "copy"
+    shutil.copytree(images, elsewhere)
+    assert evaluate(result.run_dir, elsewhere)["images"] == 24  # other data: all of it (it has no val/ or test/)
     image = next((images / "dogs").iterdir())
     top = predict(result.run_dir / "best.pt", [image], top_k=2)[0]["top"]
     assert len(top) == 2 and abs(sum(t["probability"] for t in top) - 1) < 1e-4

@@ -17,6 +17,11 @@ and is it similar to the backbone's pretraining data? zoo measures both.
 |---|---|---|
 | small | feature-extract | freeze:K (K = the best depth) |
 | large | finetune | finetune (pretrained init still helps optimisation) |
+
+Multi-label data gets the same measurement with the multi-label twins: size is the rarest
+label's number of train images, and each probe is one-vs-rest (a linear layer trained with
+binary cross-entropy on every label at once), scored by cross-validated mAP; chance is then
+the mean share of images that have a label.
 """
 
 from __future__ import annotations
@@ -64,14 +69,24 @@ def decide(
     groups: tuple[str, ...],
     large_per_class: int = LARGE_PER_CLASS,
     margin: float = SIMILAR_MARGIN,
+    multi_label: bool = False,
+    chance: float | None = None,
+    images: int | None = None,
 ) -> tuple[str, str, bool | None, str | None, list[str]]:
-    """(size, quadrant, similar, policy, evidence) from class sizes and probe accuracies. Pure: unit-tested."""
+    """(size, quadrant, similar, policy, evidence) from class sizes and probe scores. Pure: unit-tested."""
     smallest = min(per_class.values())
     size = "large" if smallest >= large_per_class else "small"
-    evidence = [
-        f"{sum(per_class.values())} train images in {len(per_class)} classes; the smallest class has "
-        f"{smallest} (large means >= {large_per_class} in every class): {size}"
-    ]
+    if multi_label:
+        evidence = [
+            f"{images} train images with {len(per_class)} labels; the rarest label is on {smallest} "
+            f"(large means >= {large_per_class} for every label): {size}"
+        ]
+    else:
+        evidence = [
+            f"{sum(per_class.values())} train images in {len(per_class)} classes; the smallest class has "
+            f"{smallest} (large means >= {large_per_class} in every class): {size}"
+        ]
+    score = "mAP" if multi_label else "accuracy"
     if not probes:
         evidence.append(
             "the features could not be probed (too few images per class for cross-validation); "
@@ -83,9 +98,9 @@ def decide(
     deepest = order[-1]
     best = max(order, key=lambda g: (probes[g], order.index(g)))  # ties go to the deeper group
     similar = probes[best] - probes[deepest] <= margin
-    chance = 1 / len(per_class)
+    chance = 1 / len(per_class) if chance is None else chance
     evidence.append(
-        "linear-probe accuracy of the pretrained features by depth: "
+        f"linear-probe {score} of the pretrained features by depth: "
         + ", ".join(f"{g} {probes[g]:.3f}" for g in order)
         + f" (chance {chance:.3f})"
     )
@@ -155,9 +170,12 @@ def boundary_features(model, spec, loader) -> dict[str, Any]:
 
 
 def probe_accuracy(features, labels, folds: int = FOLDS, seed: int = 0, l2: float = 1e-3) -> float:
-    """Stratified k-fold accuracy of an L2 logistic regression on standardised features."""
+    """Stratified k-fold accuracy of an L2 logistic regression on standardised features; for (n, C) multi-hot
+    labels, k-fold mAP of one-vs-rest logistic regressions (seeded random folds)."""
     import torch
 
+    if labels.ndim == 2:
+        return _probe_map(features, labels, folds, seed, l2)
     n_classes = int(labels.max()) + 1
     gen = torch.Generator().manual_seed(seed)
     fold_of = torch.empty(len(labels), dtype=torch.long)
@@ -190,6 +208,36 @@ def probe_accuracy(features, labels, folds: int = FOLDS, seed: int = 0, l2: floa
     return correct / len(labels)
 
 
+def _probe_map(features, targets, folds: int, seed: int, l2: float) -> float:
+    """Cross-validated mAP of a linear BCE probe on every label at once (pooled out-of-fold scores)."""
+    import torch
+
+    from zoo.metrics import mean_average_precision
+
+    gen = torch.Generator().manual_seed(seed)
+    fold_of = torch.randperm(len(targets), generator=gen) % folds
+    scores = torch.zeros_like(targets, dtype=torch.float32)
+    for f in range(folds):
+        train, test = fold_of != f, fold_of == f
+        x, y = features[train], targets[train].float()
+        mean, std = x.mean(0), x.std(0) + 1e-6
+        x = (x - mean) / std
+        w = torch.zeros(x.shape[1], y.shape[1], requires_grad=True)
+        b = torch.zeros(y.shape[1], requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], lr=1, max_iter=100, line_search_fn="strong_wolfe")
+
+        def closure(opt=opt, x=x, y=y, w=w, b=b):
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y) + l2 * (w * w).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            scores[test] = ((features[test] - mean) / std) @ w + b
+    return mean_average_precision(targets.numpy(), scores.numpy())[0]
+
+
 def advise(
     backbone: str,
     data: str | Path,
@@ -197,9 +245,12 @@ def advise(
     val_fraction: float = 0.2,
     seed: int = 0,
     large_per_class: int = LARGE_PER_CLASS,
+    labels: str | Path | None = None,
+    options=None,
 ) -> Advice:
-    """Measure size and similarity of DATA for BACKBONE, and recommend a freeze policy (`zoo advise`)."""
-    from zoo.data import scan
+    """Measure size and similarity of DATA (a folder or a manifest; `labels`: a manifest of a folder's images)
+    for BACKBONE, and recommend a freeze policy (`zoo advise`)."""
+    from zoo.data import load
     from zoo.images import decode_size
     from zoo.models import create_model, resolve_weights
     from zoo.registry import get_registry
@@ -211,7 +262,7 @@ def advise(
     require_pretrained(spec, choice)
     pre = spec.preprocess_for(choice.tag)
     decoded: dict = {}
-    split = scan(data, val_fraction, seed, decode_size(pre), decoded)
+    split = load(data, labels, options, val_fraction, seed, decode_size(pre), decoded)
     model = create_model(spec, weights=choice)
     return measure(model, spec, split, decoded, pre, seed=seed, large_per_class=large_per_class)
 
@@ -245,9 +296,11 @@ def measure(
 
     from zoo.images import decode_size
     from zoo.loaders import ImageDataset, build_transform
+    from zoo.tasks import MultiHot
 
     start = time.perf_counter()
     per_class = split.counts("train")
+    multi = split.multi_label
     groups = spec.group_names
     probes: dict[str, float] = {}
     usable = min(per_class.values()) >= 2
@@ -255,8 +308,10 @@ def measure(
         samples = _stratified_sample(split.train, MAX_IMAGES, seed)
         folds = max(2, min(FOLDS, min(per_class.values())))
         was_training = model.training
+        target = MultiHot(len(split.classes)) if multi else None
         loader = torch.utils.data.DataLoader(
-            ImageDataset(samples, build_transform(pre, "none"), decoded, decode_size(pre)), batch_size=batch_size
+            ImageDataset(samples, build_transform(pre, "none"), decoded, decode_size(pre), target),
+            batch_size=batch_size,
         )
         with torch.random.fork_rng(devices=[]):  # measuring draws no random number the training would have drawn
             feats, labels = boundary_features(model.eval(), spec, loader)
@@ -264,14 +319,17 @@ def measure(
         for name in groups[:-1]:
             if name in feats:
                 probes[name] = probe_accuracy(feats[name], labels, folds, seed)
-    size, quadrant, similar, policy, evidence = decide(per_class, probes, groups, large_per_class)
+    chance = sum(per_class.values()) / (len(split.train) * len(per_class)) if multi else 1 / len(per_class)
+    size, quadrant, similar, policy, evidence = decide(
+        per_class, probes, groups, large_per_class, multi_label=multi, chance=chance, images=len(split.train)
+    )
     if not usable:
         evidence.insert(1, "a class has fewer than 2 train images, too few to measure similarity")
     best = max(probes, key=lambda g: (probes[g], groups.index(g))) if probes else None
     deepest = [g for g in groups if g in probes][-1] if probes else None
     return Advice(
         spec.name,
-        sum(per_class.values()),
+        len(split.train),
         per_class,
         min(per_class.values()),
         size,
@@ -282,7 +340,7 @@ def measure(
         quadrant,
         policy,
         evidence,
-        1 / len(per_class),
+        chance,
         time.perf_counter() - start,
     )
 

@@ -35,7 +35,7 @@ class FeatureCache:
     """Activations at the freeze boundary: `copies` stacked versions of every sample."""
 
     tensors: list[torch.Tensor]  # one per boundary wire, each (copies * n, ...)
-    labels: torch.Tensor  # (n,)
+    labels: torch.Tensor  # (n,) classes, or (n, C) multi-hot targets
     copies: int = 1
     engine: str = "torch"
     seconds: float = 0.0
@@ -51,9 +51,19 @@ class FeatureCache:
         return sum(t.numel() * t.element_size() for t in self.tensors)
 
     def batches(
-        self, batch_size: int, generator: torch.Generator | None = None, copy: int = 0, shuffle: bool = True
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        copy: int = 0,
+        shuffle: bool = True,
+        weights: torch.Tensor | None = None,
     ) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
-        order = torch.randperm(self.n, generator=generator) if shuffle else torch.arange(self.n)
+        """Every sample once, shuffled or in order; with `weights`, n draws with replacement in proportion to them
+        (`--balance sampler` on cached activations)."""
+        if weights is not None:
+            order = torch.multinomial(weights, self.n, replacement=True, generator=generator)
+        else:
+            order = torch.randperm(self.n, generator=generator) if shuffle else torch.arange(self.n)
         offset = copy * self.n
         for start in range(0, self.n, batch_size):
             idx = order[start : start + batch_size]
@@ -153,7 +163,7 @@ def compute_cache(
     memory_limit = MEMORY_LIMIT if memory_limit is None else memory_limit
     n = len(loader.sampler) if loader.sampler is not None else len(loader.dataset)  # a rank's shard, if sharded
     store: list[np.ndarray | torch.Tensor] | None = None
-    labels = torch.empty(n, dtype=torch.long)
+    labels: torch.Tensor | None = None
     files: list[Path] = []
     on_disk = False
     total = n * copies
@@ -181,6 +191,8 @@ def compute_cache(
                 b = len(target)
                 for buf, o in zip(store, outs, strict=True):
                     buf[row : row + b] = o.numpy() if on_disk else o
+                if labels is None:
+                    labels = torch.empty((n, *target.shape[1:]), dtype=target.dtype)
                 if c == 0:
                     labels[row : row + b] = target
                 row += b
@@ -188,6 +200,7 @@ def compute_cache(
                 if progress:
                     progress(done, total)
     tensors = [torch.from_numpy(s) if isinstance(s, np.ndarray) else s for s in store or []]
+    labels = labels if labels is not None else torch.empty(0, dtype=torch.long)
     cache = FeatureCache(tensors, labels, copies, runner.engine, time.perf_counter() - start, on_disk, files)
     log.info(
         "cached %d x %d activations (%.1f MB, %s) with %s in %.1f s",
@@ -227,8 +240,10 @@ class BoundaryCache:
         seed: int = 0,
         disk_dir: Path | None = None,
         progress=None,
+        sample_weights=None,
     ):
         self.model, self.spec, self.groups, self.device, self.loaders = model, spec, groups, device, loaders
+        self.sample_weights = sample_weights  # train labels -> draw weights (`--balance sampler`), or None
         self.train_samples, self.val_samples = train_samples, val_samples  # this rank's val share
         self.mode, self.engine, self.augmented_copies, self.augment = mode, engine, augmented_copies, augment
         self.train_bn, self.channels_last, self.seed, self.disk_dir = train_bn, channels_last, seed, disk_dir
@@ -294,7 +309,8 @@ class BoundaryCache:
     def batches(self, train: bool, epoch: int, batch_size: int, generator: torch.Generator | None):
         cache = self.train if train else self.val
         copy = epoch % cache.copies if train else 0
-        for tensors, target in cache.batches(batch_size, generator if train else None, copy, shuffle=train):
+        weights = self.sample_weights(cache.labels) if train and self.sample_weights else None
+        for tensors, target in cache.batches(batch_size, generator if train else None, copy, train, weights):
             yield [t.to(self.device, non_blocking=True) for t in tensors], target.to(self.device)
 
     def drop(self) -> None:

@@ -23,8 +23,9 @@ class CheckResult:
     onnx_shape: list[int]
     max_abs_diff: float
     atol: float  # the tolerance applied: atol * max(1, max |reference|)
-    top1_agreement: float
+    top1_agreement: float  # multi-label: the share of rows whose label set (at the thresholds) agrees
     failures: list[str] = field(default_factory=list)
+    agreement: str = "top-1"  # or "label-set"
 
     @property
     def passed(self) -> bool:
@@ -40,12 +41,14 @@ def compare_outputs(
     output: str = "logits",
     reference_is: str = "torch",
     min_agreement: float | None = None,
+    thresholds: list[float] | None = None,
 ) -> CheckResult:
     """`got` against `reference`: same shape, max abs difference within `atol * max(1, max |reference|)`
     (float32 rounding grows with magnitude: random-init Inception v3 gives logits in the thousands),
     and, for 2-D outputs, the share of rows whose argmax agrees (at least `min_agreement` if given).
 
     `reference_is` ("torch" or "onnxruntime") names the side taken as right, for the shapes in the result.
+    With `thresholds` (a multi-label model's logits), agreement is of label sets: sigmoid >= threshold.
     """
     torch_out, onnx_out = (reference, got) if reference_is == "torch" else (got, reference)
     failures = []
@@ -55,13 +58,20 @@ def compare_outputs(
         diff, agree, allowed = float("inf"), 0.0, atol
     else:
         diff = float(np.abs(got.astype(np.float64) - reference.astype(np.float64)).max()) if got.size else 0.0
-        agree = float((got.argmax(-1) == reference.argmax(-1)).mean()) if got.ndim == 2 and got.size else 1.0
+        if thresholds is not None and got.ndim == 2 and got.size:
+            logit_t = np.log(np.clip(thresholds, 1e-12, 1 - 1e-12) / (1 - np.clip(thresholds, 1e-12, 1 - 1e-12)))
+            agree = float(((got >= logit_t) == (reference >= logit_t)).all(1).mean())
+        else:
+            agree = float((got.argmax(-1) == reference.argmax(-1)).mean()) if got.ndim == 2 and got.size else 1.0
         allowed = atol * max(1.0, float(np.abs(reference).max()) if reference.size else 1.0)
         if not np.isfinite(diff) or diff > allowed:
             failures.append(f"max abs diff {diff:.3g} > tolerance {allowed:.3g}")
         if min_agreement is not None and agree < min_agreement:
-            failures.append(f"top-1 agreement {agree:.1%} < {min_agreement:.1%}")
-    return CheckResult(batch, output, list(torch_out.shape), list(onnx_out.shape), diff, allowed, agree, failures)
+            kind = "label-set" if thresholds is not None else "top-1"
+            failures.append(f"{kind} agreement {agree:.1%} < {min_agreement:.1%}")
+    kind = "label-set" if thresholds is not None else "top-1"
+    return CheckResult(batch, output, list(torch_out.shape), list(onnx_out.shape), diff, allowed, agree, failures,
+                       kind)  # fmt: skip
 
 
 def all_close(references: list[np.ndarray], gots: list[np.ndarray], atol: float) -> bool:

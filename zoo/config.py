@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from zoo.balance import METRICS, SKEW_LIMIT
+from zoo.balance import MODES as BALANCE_MODES
 from zoo.errors import UsageError
 from zoo.options import APPLY, option
 
@@ -34,7 +36,37 @@ class TrainConfig:
     """Every option of `zoo finetune`; saved as config.json so a run can be resumed or repeated."""
 
     backbone: str = option("", "Backbone name or alias (`zoo list`).", cli=False)
-    data: str = option("", "Image folder: DATA/<class>/*.jpg or DATA/train + DATA/val.", cli=False)
+    data: str = option(
+        "", "Image folder (DATA/<class>/*.jpg, or DATA/train + DATA/val [+ DATA/test]) or a CSV/TSV manifest.",
+        cli=False,
+    )  # fmt: skip
+    labels: str | None = option(
+        None, "A CSV/TSV manifest of the images in DATA (a folder): a path and a label column, optionally a split."
+    )
+    path_column: str | None = option(None, "Manifest: the column of image paths (header name or 1-based number) "
+                                     "[default: detected].")  # fmt: skip
+    label_column: str | None = option(None, "Manifest: the column of labels [default: detected].")
+    split_column: str | None = option(
+        None, "Manifest: the column of train/val/test [default: detected; without one, --val-fraction splits]."
+    )
+    label_sep: str | None = option(
+        None, "Manifest: what separates several labels in one cell [default: detected: | ; , or whitespace]."
+    )
+    multi_label: bool | None = option(
+        None,
+        "Multi-label: sigmoid outputs, one threshold per label tuned on val, an image may get several labels or "
+        "none [default: multi-label when a manifest cell holds several labels].",
+    )
+    balance: str = option(
+        "auto",
+        f"Class imbalance: auto, {', '.join(BALANCE_MODES)} (loss: class-weighted loss; sampler: class-balanced "
+        f"sampling) [auto: loss when the largest class has over {SKEW_LIMIT}x the images of the smallest].",
+    )
+    select_by: str = option(
+        "auto",
+        f"Val metric that picks the best epoch: auto, {', '.join(METRICS)} [auto: map for multi-label, "
+        "balanced_acc when the train split is skewed, else acc].",
+    )
     policy: str = option(
         "finetune",
         "Freeze policy: feature-extract, freeze:K, finetune, scratch, discriminative:F, gradual:N, cut:GROUP, "
@@ -62,7 +94,9 @@ class TrainConfig:
     step_size: int = option(7, "step schedule: epochs between LR drops.")
     gamma: float = option(0.1, "step schedule: LR multiplier at each drop.")
     label_smoothing: float = option(0.1, "Label smoothing of the loss.")
-    patience: int | None = option(None, "Stop after N epochs without a better val accuracy.", on_resume=APPLY)
+    patience: int | None = option(
+        None, "Stop after N epochs without a better val metric (--select-by).", on_resume=APPLY
+    )
     augment: str = option(
         "auto",
         f"Train augmentation: auto, {', '.join(AUGMENTS)} "
@@ -101,6 +135,10 @@ class TrainConfig:
         choose("cache", self.cache, CACHE_MODES)
         choose("cache-engine", self.cache_engine, CACHE_ENGINES)
         choose("augment", self.augment, ("auto", *AUGMENTS))
+        choose("balance", self.balance, ("auto", *BALANCE_MODES))
+        choose("select-by", self.select_by, ("auto", *METRICS))
+        if self.label_sep == "":
+            raise UsageError("--label-sep '': give the character that separates labels in a cell (e.g. '|')")
         for flag, value, low in (
             ("epochs", self.epochs, 1),
             ("batch-size", self.batch_size, 1),
@@ -154,6 +192,7 @@ class TrainConfig:
 
 
 RESUMABLE = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("on_resume") == APPLY}
+MANIFEST_OPTIONS = ("labels", "path_column", "label_column", "split_column", "label_sep", "multi_label")
 
 
 @dataclass

@@ -1,24 +1,29 @@
-"""Labelled image data: scan a folder, check every file, split it into train and val.
+"""Labelled image data: scan a folder or a manifest, check every file, split it into train, val and test.
 
-Two layouts are accepted: `DATA/train/<class>/` + `DATA/val/<class>/`, or
-`DATA/<class>/` which is split into train and val by a seeded, stratified
-split. Every file is decoded once during the scan: files that cannot be used
-are skipped and listed, and the decoded (already downscaled) images are kept
-in memory so later epochs decode nothing. Nothing here imports torch.
+Folders: `DATA/train/<class>/` + `DATA/val/<class>/` (+ `DATA/test/<class>/`), `DATA/train` +
+`DATA/test` (val then comes from train), or `DATA/<class>/`, split into train and val by a
+seeded, stratified split. Manifests (`zoo.manifest`): a CSV/TSV file of paths and labels, with
+an optional split column; multi-label when a cell holds several labels. Every file is decoded
+once during the scan: files that cannot be used are skipped and listed (with their manifest line),
+and the decoded (already downscaled) images are kept in memory so later epochs decode nothing.
+Nothing here imports torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
-from zoo.errors import DataError
+from zoo import manifest as manifests
+from zoo.errors import DataError, UsageError
 from zoo.images import EXTENSIONS, is_image_name, shrink, try_decode
 
 log = logging.getLogger(__name__)
@@ -30,23 +35,31 @@ _SYSTEM_TREES = ("/proc", "/sys", "/dev")
 @dataclass(frozen=True)
 class Sample:
     path: Path
-    label: int
+    label: int | tuple[int, ...]  # a class index; multi-label: the sorted indices of its classes
 
 
 @dataclass
 class DataSplit:
-    """A scanned data folder: class names, train and val samples, and what was skipped."""
+    """Scanned data: class names, train, val and test samples, and what was skipped."""
 
     root: Path
     classes: list[str]
     train: list[Sample]
     val: list[Sample]
-    layout: str  # "train/val" or "split"
-    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
+    layout: str  # "train/val", "train/val/test", "train/test", "split", or "manifest"
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason); manifests: "line N: ..."
+    test: list[Sample] = field(default_factory=list)
+    multi_label: bool = False
+    manifest: dict[str, Any] | None = None  # file, rows, bad_rows, columns, how it was read
+
+    def samples(self, which: str) -> list[Sample]:
+        return {"train": self.train, "val": self.val, "test": self.test}[which]
 
     def counts(self, which: str) -> dict[str, int]:
-        samples = self.train if which == "train" else self.val
-        counted = Counter(s.label for s in samples)
+        """Images per class in a split (multi-label: images that have the class)."""
+        counted: Counter = Counter()
+        for s in self.samples(which):
+            counted.update(s.label if isinstance(s.label, tuple) else (s.label,))
         return {name: counted.get(i, 0) for i, name in enumerate(self.classes)}
 
 
@@ -89,6 +102,81 @@ def image_files(folder: Path) -> list[Path]:
     return [p for p in walk_files(folder) if is_image_name(p)]
 
 
+class _Decoder:
+    """Decodes each file once: usable images are kept in `decoded` (up to CACHE_LIMIT_BYTES), others listed."""
+
+    def __init__(self, min_short_side: int, decoded: dict[Path, Image.Image] | None):
+        self.min_short_side, self.decoded = min_short_side, decoded
+        self.skipped: list[tuple[Path, str]] = []
+        self.kept_bytes = 0
+
+    def usable(self, path: Path, where: str = "") -> bool:
+        img, reason = try_decode(path, self.min_short_side)
+        if reason:
+            self.skipped.append((path, f"{where}{reason}"))
+            return False
+        if self.decoded is not None and self.kept_bytes < CACHE_LIMIT_BYTES:
+            self.decoded[path] = small = shrink(img, self.min_short_side)
+            self.kept_bytes += small.width * small.height * 3
+        return True
+
+
+def load(
+    data: Path | str,
+    labels: Path | str | None = None,
+    options: manifests.ManifestOptions | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    min_short_side: int = 256,
+    decoded: dict[Path, Image.Image] | None = None,
+) -> DataSplit:
+    """The data of a run: a folder, a manifest file, or a folder with `labels` (a manifest of its images)."""
+    data = Path(data).expanduser()
+    options = options or manifests.ManifestOptions()
+    if labels is not None:
+        if not _is_dir(data):
+            raise DataError(f"{data}: no such folder (with --labels, DATA is the folder the manifest's paths are in)")
+        return scan_manifest(labels, data, options, val_fraction, seed, min_short_side, decoded)
+    if data.is_file():
+        if not manifests.is_manifest(data):
+            raise DataError(
+                f"{data}: a file, not a folder or a manifest; pass an image folder or a "
+                f"{'/'.join(manifests.SUFFIXES)} manifest"
+            )
+        return scan_manifest(data, None, options, val_fraction, seed, min_short_side, decoded)
+    given = [f"--{k.replace('_', '-')}" for k in ("path_column", "label_column", "split_column", "label_sep")
+             if getattr(options, k) is not None]  # fmt: skip
+    if given:
+        raise UsageError(f"{', '.join(given)}: only for a manifest (DATA a .csv/.tsv file, or --labels FILE)")
+    split = scan(data, val_fraction, seed, min_short_side, decoded)
+    if options.multi_label:
+        split.multi_label = True
+        for which in ("train", "val", "test"):
+            setattr(split, which, [Sample(s.path, (s.label,)) for s in split.samples(which)])
+    return split
+
+
+def load_for_run(config: dict[str, Any], min_short_side: int, decoded: dict | None = None) -> DataSplit:
+    """The data a run trained on, from its config (export's INT8 calibration, verify, evaluate)."""
+    return load(
+        config["data"],
+        config.get("labels"),
+        manifest_options(config),
+        config["val_fraction"],
+        config["seed"],
+        min_short_side,
+        decoded,
+    )
+
+
+def manifest_options(config: Any) -> manifests.ManifestOptions:
+    """The manifest options of a TrainConfig or of its saved dict."""
+    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
+    return manifests.ManifestOptions(
+        get("path_column"), get("label_column"), get("split_column"), get("label_sep"), get("multi_label")
+    )
+
+
 def scan(
     root: Path | str,
     val_fraction: float = 0.2,
@@ -104,14 +192,12 @@ def scan(
     root = Path(root).expanduser()
     if not _is_dir(root):
         raise DataError(f"{root}: no such folder; expected DATA/<class>/*.jpg or DATA/train + DATA/val")
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"--val-fraction {val_fraction}: must be between 0 and 1")
-    train_dir, val_dir = root / "train", root / "val"
-    skipped: list[tuple[Path, str]] = []
-    kept_bytes = 0
+    check_fraction(val_fraction)
+    train_dir, val_dir, test_dir = root / "train", root / "val", root / "test"
+    decoder = _Decoder(min_short_side, decoded)
+    skipped = decoder.skipped
 
-    def load(folder: Path) -> dict[str, list[Path]]:
-        nonlocal kept_bytes
+    def load_folder(folder: Path) -> dict[str, list[Path]]:
         out = {}
         for class_dir in class_dirs(folder):
             check_class_dir(class_dir, root)
@@ -122,41 +208,156 @@ def scan(
                 if not is_image_name(path):
                     skipped.append((path, "not an image file extension"))
                     continue
-                img, reason = try_decode(path, min_short_side)
-                if reason:
-                    skipped.append((path, reason))
-                    continue
-                good.append(path)
-                if decoded is not None and kept_bytes < CACHE_LIMIT_BYTES:
-                    decoded[path] = small = shrink(img, min_short_side)
-                    kept_bytes += small.width * small.height * 3
+                if decoder.usable(path):
+                    good.append(path)
             out[class_dir.name] = good
         return out
 
-    if _is_dir(train_dir) and _is_dir(val_dir):
-        train_files, val_files = load(train_dir), load(val_dir)
-        layout = "train/val"
-        classes = _check_classes(train_files, root / "train", skipped)
-        extra = sorted(set(val_files) - set(train_files))
+    def labelled(files: dict[str, list[Path]], classes: list[str], where: Path) -> list[Sample]:
+        extra = sorted(set(files) - set(classes))
         if extra:
             raise DataError(
-                f"{val_dir}: class(es) {', '.join(extra)} are not in {train_dir}; "
+                f"{where}: class(es) {', '.join(extra)} are not in {train_dir}; "
                 "the model can only predict classes it was trained on"
             )
-        train = [Sample(p, classes.index(c)) for c in classes for p in train_files[c]]
-        val = [Sample(p, classes.index(c)) for c in classes for p in val_files.get(c, [])]
+        return [Sample(p, classes.index(c)) for c in classes for p in files.get(c, [])]
+
+    test: list[Sample] = []
+    if _is_dir(train_dir) and (_is_dir(val_dir) or _is_dir(test_dir)):
+        train_files = load_folder(train_dir)
+        classes = _check_classes(train_files, train_dir, skipped)
+        if _is_dir(val_dir):
+            train = labelled(train_files, classes, train_dir)
+            val = labelled(load_folder(val_dir), classes, val_dir)
+            layout = "train/val"
+        else:
+            train, val = stratified_split({classes.index(c): train_files[c] for c in classes}, val_fraction, seed)
+            layout = "train/test"
+        if _is_dir(test_dir):
+            test = labelled(load_folder(test_dir), classes, test_dir)
+            layout += "/test" if layout == "train/val" else ""
     else:
-        files = load(root)
+        files = load_folder(root)
         layout = "split"
         classes = _check_classes(files, root, skipped)
         train, val = stratified_split({classes.index(c): files[c] for c in classes}, val_fraction, seed)
     if not val:
         raise DataError(f"{root}: the validation set is empty; add images to val/ or raise --val-fraction")
+    _warn_skipped(skipped, root)
+    return DataSplit(root, classes, train, val, layout, skipped, test)
+
+
+def check_fraction(val_fraction: float) -> None:
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"--val-fraction {val_fraction}: must be between 0 and 1")
+
+
+def _warn_skipped(skipped: list[tuple[Path, str]], root: Path) -> None:
     if skipped:
         shown = "; ".join(f"{_relative(p, root)} ({why})" for p, why in skipped[:10])
         more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
         log.warning("skipped %d unusable file(s): %s%s", len(skipped), shown, more)
-    return DataSplit(root, classes, train, val, layout, skipped)
+
+
+def scan_manifest(
+    file: Path | str,
+    root: Path | str | None = None,
+    options: manifests.ManifestOptions | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    min_short_side: int = 256,
+    decoded: dict[Path, Image.Image] | None = None,
+) -> DataSplit:
+    """A manifest's rows as a train/val/test split; every bad row and unusable file skipped with its line."""
+    check_fraction(val_fraction)
+    m = manifests.read(file, root, options)
+    decoder = _Decoder(min_short_side, decoded)
+    skipped = decoder.skipped
+    for line, cell, why in m.bad:
+        skipped.append((m.root / cell if cell else m.file, f"line {line}: {why}"))
+    rows = []
+    for row in m.rows:
+        if not is_image_name(row.path):
+            skipped.append((row.path, f"line {row.line}: not an image file extension"))
+        elif decoder.usable(row.path, f"line {row.line}: "):
+            rows.append(row)
+    skipped.sort(key=lambda item: int(item[1].split(":", 1)[0].split()[1]))
+    if not rows:
+        first = f" (first: {skipped[0][1]})" if skipped else ""
+        raise DataError(f"{m.file}: none of its {m.total} row(s) can be used{first}")
+    has_split = m.has_split
+    train_rows = [r for r in rows if r.split == "train"] if has_split else rows
+    if not train_rows:
+        raise DataError(f"{m.file}: no usable row has split 'train'; mark the rows to train on as train")
+    names = m.classes or sorted({label for r in train_rows for label in r.labels})
+    known = {name: i for i, name in enumerate(names)}
+    train_names = {label for r in train_rows for label in r.labels}
+    kept: list[tuple[manifests.Row, int | tuple[int, ...]]] = []
+    for row in rows:
+        missing = [label for label in row.labels if label not in train_names]
+        if missing:
+            skipped.append((row.path, f"line {row.line}: label {missing[0]!r} has no train image"))
+            continue
+        indices = tuple(sorted(known[label] for label in row.labels))
+        kept.append((row, indices if m.multi_label else indices[0]))
+    classes = [n for n in names if n in train_names] if m.classes else names
+    if m.classes and len(classes) != len(names):  # a one-hot column no train row has is not a class
+        remap = {names.index(n): i for i, n in enumerate(classes)}
+        kept = [(r, tuple(remap[i] for i in lab) if isinstance(lab, tuple) else remap[lab]) for r, lab in kept]
+    if len(classes) < 2 and not m.multi_label:
+        raise DataError(
+            f"{m.file}: only one class ({', '.join(classes)!s}) among the train rows; a classifier needs at least two"
+        )
+    samples = {"train": [], "val": [], "test": []}
+    for row, label in kept:
+        samples[row.split or "train"].append(Sample(row.path, label))
+    train, val, test = samples["train"], samples["val"], samples["test"]
+    if not val:
+        if m.multi_label:
+            train, val = multilabel_split(train, val_fraction, seed)
+        else:
+            by_class: dict[int, list[Path]] = {}
+            for s in train:
+                by_class.setdefault(s.label, []).append(s.path)
+            train, val = stratified_split(by_class, val_fraction, seed)
+    if not val:
+        raise DataError(f"{m.file}: the validation set is empty; add rows with split 'val' or raise --val-fraction")
+    bad_rows = sorted({int(why.split(":", 1)[0].split()[1]) for _, why in skipped})
+    info = {
+        "file": str(m.file),
+        "root": str(m.root),
+        "rows": m.total,
+        "bad_rows": len(bad_rows),
+        "columns": m.columns,
+        "how": m.how,
+    }
+    if skipped:
+        shown = "; ".join(f"{why}" for _, why in skipped[:10])
+        more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+        log.warning("%s: skipped %d of %d row(s): %s%s", m.file, len(bad_rows), m.total, shown, more)
+    return DataSplit(m.root, classes, train, val, "manifest", skipped, test, m.multi_label, info)
+
+
+def multilabel_split(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """A seeded split that keeps every label's share in val near `val_fraction` (iterative stratification):
+    images of the rarest labels are placed first; an image goes to val while one of its labels still needs
+    val images and val is not full. A label's only image stays in train."""
+    rng = random.Random(seed)
+    order = sorted(samples, key=lambda s: str(s.path))
+    rng.shuffle(order)
+    positives = Counter(c for s in order for c in s.label)
+    need = {c: min(round(n * val_fraction), n - 1) if n >= 2 else -1 for c, n in positives.items()}
+    room = min(max(1, round(len(order) * val_fraction)), len(order) - 1)
+    order.sort(key=lambda s: min((positives[c] for c in s.label), default=0))  # stable: rarest labels first
+    train, val = [], []
+    for s in order:
+        if len(val) < room and any(need[c] > 0 for c in s.label) and all(need[c] > -1 for c in s.label):
+            val.append(s)
+            for c in s.label:
+                need[c] -= 1
+        else:
+            train.append(s)
+    return train, val
 
 
 def _relative(path: Path, root: Path) -> Path:
@@ -196,26 +397,110 @@ def stratified_split(files: dict[int, list[Path]], val_fraction: float, seed: in
     return train, val
 
 
-def eval_samples(data: Path | str, classes: list[str]) -> list[Sample]:
-    """Labelled images of DATA (its val/ part when it has one), labelled with a model's classes."""
+EVAL_SPLITS = ("auto", "train", "val", "test", "all")
+
+
+@dataclass
+class EvalSet:
+    """Labelled images to evaluate a model on, where they came from, and the rows that were skipped."""
+
+    samples: list[Sample]
+    where: str
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def eval_samples(
+    data: Path | str,
+    classes: list[str],
+    *,
+    labels: Path | str | None = None,
+    options: manifests.ManifestOptions | None = None,
+    multi_label: bool = False,
+    split: str = "auto",
+) -> EvalSet:
+    """Labelled images of DATA (a folder or a manifest), labelled with a model's classes.
+
+    `split`: auto = the test part when there is one, else the val part, else everything;
+    or train, val, test (that part, which must exist) or all.
+    """
+    if split not in EVAL_SPLITS:
+        raise UsageError(f"--split {split}: choose one of {', '.join(EVAL_SPLITS)}")
     data = Path(data).expanduser()
+    options = options or manifests.ManifestOptions()
+    if labels is not None or (data.is_file() and manifests.is_manifest(data)):
+        file, root = (Path(labels), data) if labels is not None else (data, None)
+        return _eval_manifest(file, root, options, classes, multi_label, split)
     if not _is_dir(data):
-        raise DataError(f"{data}: no such folder")
-    root = data / "val" if _is_dir(data / "val") else data
-    folders = class_dirs(root)
-    if not folders:
-        raise DataError(f"{root}: no class folders; expected {root}/<class>/*.jpg")
-    for folder in folders:
-        check_class_dir(folder, data)
-    unknown = [f.name for f in folders if f.name not in classes]
+        raise DataError(f"{data}: no such folder or manifest")
+    parts = [name for name in ("train", "val", "test") if _is_dir(data / name)]
+    if split == "auto":
+        roots = [data / ("test" if "test" in parts else "val")] if {"test", "val"} & set(parts) else [data]
+    elif split == "all":
+        roots = [data / name for name in parts] if "train" in parts else [data]
+    else:
+        if split not in parts:
+            raise DataError(f"--split {split}: {data} has no {split}/ folder")
+        roots = [data / split]
+    samples = []
+    for root in roots:
+        folders = class_dirs(root)
+        if not folders:
+            raise DataError(f"{root}: no class folders; expected {root}/<class>/*.jpg")
+        for folder in folders:
+            check_class_dir(folder, data)
+        unknown = [f.name for f in folders if f.name not in classes]
+        if unknown:
+            raise DataError(
+                f"{root}: class(es) {', '.join(unknown)} are not among the model's classes ({', '.join(classes)})"
+            )
+        for f in folders:
+            label = classes.index(f.name)
+            samples += [Sample(p, (label,) if multi_label else label) for p in image_files(f)]
+    if not samples:
+        raise DataError(f"{', '.join(map(str, roots))}: no images")
+    return EvalSet(samples, " + ".join(str(r) for r in roots))
+
+
+def _eval_manifest(file, root, options, classes, multi_label, split) -> EvalSet:
+    options = dataclasses.replace(options, multi_label=multi_label)
+    m = manifests.read(file, root, options)
+    skipped = [(m.root / cell if cell else m.file, f"line {line}: {why}") for line, cell, why in m.bad]
+    rows = m.rows
+    if split != "all" and m.has_split:
+        wanted = split if split != "auto" else next(w for w in ("test", "val", "train", None)
+                                                   if w is None or any(r.split == w for r in rows))  # fmt: skip
+        rows = [r for r in rows if r.split == wanted]
+        where = f"the {wanted} rows of {m.file}"
+    elif split in ("auto", "all"):
+        where = f"every row of {m.file}"
+    else:
+        raise DataError(f"--split {split}: {m.file} has no split column")
+    unknown = sorted({label for r in rows for label in r.labels} - set(classes))
     if unknown:
         raise DataError(
-            f"{root}: class(es) {', '.join(unknown)} are not among the model's classes ({', '.join(classes)})"
+            f"{m.file}: label(s) {', '.join(unknown[:10])} are not among the model's classes ({', '.join(classes)})"
         )
-    samples = [Sample(p, classes.index(f.name)) for f in folders for p in image_files(f)]
+    samples = []
+    for r in rows:
+        indices = tuple(sorted(classes.index(label) for label in r.labels))
+        if not multi_label and len(indices) != 1:
+            skipped.append((r.path, f"line {r.line}: {len(indices)} labels for a single-label model"))
+            continue
+        samples.append(Sample(r.path, indices if multi_label else indices[0]))
     if not samples:
-        raise DataError(f"{root}: no images")
-    return samples
+        raise DataError(f"{m.file}: no usable row to evaluate on ({where})")
+    return EvalSet(samples, where, skipped)
+
+
+def sample_files(data: Path | str, labels: Path | str | None = None, options=None) -> list[Path]:
+    """Image files of a run's data to check a model with: its val/test part first; no image is decoded."""
+    data = Path(data).expanduser()
+    if labels is not None or (data.is_file() and manifests.is_manifest(data)):
+        file, root = (Path(labels), data) if labels is not None else (data, None)
+        rows = manifests.read(file, root, options or manifests.ManifestOptions()).rows
+        rank = {"val": 0, "test": 1}
+        return [r.path for r in sorted(rows, key=lambda r: rank.get(r.split or "", 2))]
+    return image_folder_files(data)
 
 
 def image_folder_files(folder: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""`zoo evaluate` and `zoo predict` with a fine-tuned torch checkpoint."""
+"""`zoo evaluate` and `zoo predict` with a fine-tuned torch checkpoint (single-label or multi-label)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import numpy as np
 import torch
 
 from zoo.checkpoint import load_model, preprocess_of
-from zoo.data import eval_samples
-from zoo.errors import DataError
-from zoo.images import load_for_eval
-from zoo.metrics import accuracy, confusion, per_class
+from zoo.data import EvalSet, eval_samples, load_for_run, manifest_options
+from zoo.errors import DataError, UsageError
+from zoo.images import decode_size, load_for_eval
 from zoo.models import split_outputs
-from zoo.predictions import check_top_k, read_images, softmax, top_k_results
+from zoo.predictions import check_top_k, probabilities, read_images, results
+from zoo.tasks import Task
 
 
 def _logits(model, batch: torch.Tensor) -> torch.Tensor:
@@ -22,56 +22,116 @@ def _logits(model, batch: torch.Tensor) -> torch.Tensor:
         return split_outputs(model(batch))[0].float()
 
 
-def evaluate(run: str | Path, data: str | Path, batch_size: int = 32) -> dict[str, Any]:
-    """Accuracy, per-class precision and recall, and the confusion matrix of a checkpoint on DATA."""
+def task_of(ckpt: dict[str, Any]) -> Task:
+    return Task(ckpt.get("task") == "multi-label", len(ckpt["classes"]))
+
+
+def _same(a: str | Path | None, b: str | Path | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def eval_set(
+    ckpt: dict[str, Any], data: str | Path, labels: str | Path | None, split: str, columns: dict | None = None
+) -> EvalSet:
+    """What to evaluate on. The run's own data: its held-out part as the run split it (test, else val).
+    Other data: its test part, else its val part, else all of it (or the `split` named). A manifest is read
+    with the run's manifest options, changed by `columns` (path_column, label_column, split_column, label_sep)."""
+    cfg = {**ckpt["config"], **(columns or {})}
+    classes, multi = list(ckpt["classes"]), ckpt.get("task") == "multi-label"
+    if _same(data, cfg["data"]) and _same(labels, cfg.get("labels")):
+        run_split = load_for_run(cfg, decode_size(preprocess_of(ckpt)))
+        if run_split.classes != classes:
+            raise DataError(f"{data}: the data's classes {run_split.classes} are not the run's {classes} any more")
+        which = ("test" if run_split.test else "val") if split == "auto" else split
+        if which == "all":
+            samples = run_split.train + run_split.val + run_split.test
+        elif which in ("train", "val", "test"):
+            samples = run_split.samples(which)
+            if not samples:
+                raise DataError(f"--split {which}: the run's data has no {which} split")
+        else:
+            raise UsageError(f"--split {split}: choose one of auto, train, val, test, all")
+        held_out = " (held out from training)" if which in ("val", "test") else ""
+        return EvalSet(samples, f"the run's {which} split of {data}{held_out}", list(run_split.skipped))
+    return eval_samples(data, classes, labels=labels, options=manifest_options(cfg), multi_label=multi, split=split)
+
+
+def evaluate(
+    run: str | Path,
+    data: str | Path,
+    batch_size: int = 32,
+    *,
+    labels: str | Path | None = None,
+    split: str = "auto",
+    columns: dict | None = None,
+) -> dict[str, Any]:
+    """A checkpoint's metrics on DATA: accuracy, balanced accuracy, macro-F1, mAP, per class; the confusion
+    matrix (single-label) or the figures at the run's thresholds (multi-label)."""
     model, ckpt = load_model(run)
     classes = list(ckpt["classes"])
-    samples = eval_samples(Path(data), classes)
+    task = task_of(ckpt)
+    chosen = eval_set(ckpt, data, labels, split, columns)
     pre = preprocess_of(ckpt)
-    preds: list[int] = []
-    labels: list[int] = []
-    skipped: list[str] = []
+    probs: list[np.ndarray] = []
+    kept: list[Any] = []
+    skipped = [f"{p} ({why})" for p, why in chosen.skipped]
     batch: list[np.ndarray] = []
-    pending: list[int] = []
+    pending: list[Any] = []
 
     def flush() -> None:
         if batch:
-            preds.extend(_logits(model, torch.from_numpy(np.stack(batch))).argmax(1).tolist())
-            labels.extend(pending)
+            logits = _logits(model, torch.from_numpy(np.stack(batch))).numpy()
+            probs.append(probabilities(logits, task.multi_label))
+            kept.extend(pending)
             batch.clear()
             pending.clear()
 
-    for sample in samples:
+    for sample in chosen.samples:
         try:
             array = load_for_eval(sample.path, pre)
         except Exception as exc:
             skipped.append(f"{sample.path} ({type(exc).__name__})")
             continue
         batch.append(array)
-        pending.append(sample.label)
+        pending.append(sample)
         if len(batch) == batch_size:
             flush()
     flush()
-    if not labels:
+    if not kept:
         raise DataError(f"{data}: none of the images could be read")
-    matrix = confusion(labels, preds, len(classes))
-    return {
+    report = task.report(task.labels_array(kept), np.concatenate(probs), classes, ckpt.get("thresholds"))
+    out = {
         "checkpoint": str(run),
         "data": str(data),
-        "images": len(labels),
-        "accuracy": accuracy(matrix),
-        "per_class": per_class(matrix, classes),
+        "evaluated_on": chosen.where,
+        "task": task.name,
+        "images": len(kept),
+        "accuracy": report["acc"],
+        "balanced_accuracy": report["balanced_acc"],
+        "macro_f1": report["macro_f1"],
+        "map": report["map"],
+        "per_class": report["per_class"],
         "classes": classes,
-        "confusion_matrix": matrix,
         "skipped": skipped,
     }
+    if task.multi_label:
+        out["micro_f1"] = report["micro_f1"]
+        out["thresholds"] = report["thresholds"]
+    else:
+        out["confusion_matrix"] = report["confusion_matrix"]
+    return out
 
 
 def predict(run: str | Path, images: list[str | Path], top_k: int = 5) -> list[dict[str, Any]]:
-    """Top-k labels and probabilities for each image, with the same preprocessing as `zoo.runtime`."""
+    """Top-k labels and probabilities for each image (multi-label: also the labels over their thresholds),
+    with the same preprocessing as `zoo.runtime`."""
     check_top_k(top_k)
     model, ckpt = load_model(run)
     pre = preprocess_of(ckpt)
+    task = task_of(ckpt)
     arrays = read_images(images, lambda path: load_for_eval(path, pre))
     logits = _logits(model, torch.from_numpy(np.stack(arrays))).numpy()
-    return top_k_results(images, softmax(logits), list(ckpt["classes"]), top_k)
+    thresholds = ckpt.get("thresholds") if task.multi_label else None
+    return results(images, probabilities(logits, task.multi_label), list(ckpt["classes"]), top_k, thresholds)

@@ -73,23 +73,42 @@ class Reporter:
             )
 
 
+_SHORT = {"balanced_acc": "bal-acc", "macro_f1": "macro-F1", "micro_f1": "micro-F1", "map": "mAP"}
+
+
+def epoch_text(data: dict[str, Any]) -> str:
+    """One line for an `epoch_ended` event: losses, accuracy, the metric that selects the best epoch, speed."""
+    row, select_by = data["row"], data.get("select_by", "acc")
+    val = f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}"
+    if "val_map" in row and select_by == "map":
+        val += f" mAP {row['val_map']:.3f} macro-F1 {row['val_macro_f1']:.3f}"
+    elif select_by != "acc":
+        val += f" {_SHORT.get(select_by, select_by)} {row[f'val_{select_by}']:.3f}"
+    return (
+        f"epoch {row['epoch']}/{data['epochs']}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}  {val}"
+        f"  {row['train_img_s']:.1f} img/s"
+        + ("  (cached)" if row.get("cached") else "")
+        + ("  *best*" if data.get("improved") else "")
+    )
+
+
+def metric_name(metric: str) -> str:
+    """`val_balanced_acc` -> `val bal-acc`: a metric as lines show it."""
+    split, _, name = metric.partition("_")
+    return f"{split} {_SHORT.get(name, name)}" if name else metric
+
+
 def log_events(event: RunEvent) -> None:
     """A plain-text rendering of a run's events to stderr (what a distributed worker's rank 0 prints)."""
     import sys
 
     d = event.data
     if event.kind == EPOCH_ENDED:
-        row = d["row"]
-        line = (
-            f"epoch {row['epoch']}/{d['epochs']}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}  "
-            f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}  {row['train_img_s']:.1f} img/s"
-            + ("  (cached)" if row.get("cached") else "")
-            + ("  *best*" if d.get("improved") else "")
-        )
+        line = epoch_text(d)
     elif event.kind == STARTED:
         line = f"{d['backbone']} · policy {d['policy']} · {d['weights']} weights · device {d['device']}"
     elif event.kind == EARLY_STOPPED:
-        line = f"early stop: no better val accuracy for {d['patience']} epoch(s)"
+        line = f"early stop: no better {metric_name(d.get('metric', 'val_acc'))} for {d['patience']} epoch(s)"
     else:
         return
     sys.stderr.write(line + "\n")

@@ -29,7 +29,7 @@ import torch
 from zoo import atomic
 from zoo.backbone import Backbone, Preprocess
 from zoo.check import CheckResult, compare_outputs
-from zoo.data import image_folder_files
+from zoo.data import image_folder_files, sample_files
 from zoo.errors import DataError, ExportError, ModelFileError, OutputError, UsageError
 from zoo.images import decode_size, load_for_eval
 from zoo.models import split_outputs
@@ -79,19 +79,39 @@ class Logits(torch.nn.Module):
         return split_outputs(self.model(x))[0]
 
 
+def run_files(config: dict[str, Any]):
+    """The image files of a run's data (a folder or a manifest), without decoding any: for checks."""
+    from zoo.data import manifest_options
+
+    def files() -> list[Path]:
+        try:
+            return sample_files(config["data"], config.get("labels"), manifest_options(config))
+        except Exception as exc:  # the run's data moved or changed: generated images still check the export
+            log.info("the run's data cannot be read (%s); checking with generated images", exc)
+            return []
+
+    files.where = str(config["data"])
+    return files
+
+
 def load_sample_inputs(
-    pre: Preprocess, count: int, check_data: Path | None, fallback: Path | None, seed: int = 0
+    pre: Preprocess, count: int, check_data: Path | None, fallback=None, seed: int = 0
 ) -> tuple[np.ndarray, str]:
-    """`count` model inputs: real images from --check-data, else the run's data, else generated ones."""
+    """`count` model inputs: real images from --check-data, else the run's data (a folder, or a callable giving
+    its files), else generated ones."""
     for folder, what in ((check_data, "--check-data"), (fallback, "the run's data")):
         if folder is None:
             continue
-        folder = Path(folder)
-        if not folder.is_dir():
-            if what == "--check-data":
-                raise DataError(f"--check-data {folder}: no such folder")
-            continue
-        files = image_folder_files(folder)
+        if callable(folder):
+            files = folder()
+            folder = getattr(folder, "where", "its files")
+        else:
+            folder = Path(folder)
+            if not folder.is_dir():
+                if what == "--check-data":
+                    raise DataError(f"--check-data {folder}: no such folder")
+                continue
+            files = image_folder_files(folder)
         arrays = []
         rng = np.random.default_rng(seed)
         for i in rng.permutation(len(files)):
@@ -118,15 +138,17 @@ def generated_inputs(pre: Preprocess, count: int, seed: int = 0) -> np.ndarray:
     return arr.astype(np.float32)
 
 
-def compare(model, session, images: np.ndarray, atol: float, batch_sizes: tuple[int, ...], min_agreement=None):
-    """onnxruntime against torch at each batch size."""
+def compare(
+    model, session, images: np.ndarray, atol: float, batch_sizes: tuple[int, ...], min_agreement=None, thresholds=None
+):
+    """onnxruntime against torch at each batch size (multi-label: label sets at `thresholds` must agree)."""
     results = []
     for b in batch_sizes:
         x = images[: min(b, len(images))]
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).float().numpy()
         got = session.run(None, {session.get_inputs()[0].name: x})[0]
-        results.append(compare_outputs(ref, got, atol, min_agreement=min_agreement))
+        results.append(compare_outputs(ref, got, atol, min_agreement=min_agreement, thresholds=thresholds))
     return results
 
 
@@ -189,7 +211,7 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     batch: str = "dynamic",
     check_data: Path | None = None,
-    data_fallback: Path | None = None,
+    data_fallback=None,
     check_batch: int = 8,
     min_agreement: float = 1.0,
     keep_on_mismatch: bool = False,
@@ -197,10 +219,12 @@ def export_model(
     atol: float | None = None,
     mkdir: bool = False,
     exporter: str = "auto",
+    thresholds: list[float] | None = None,
 ) -> ExportReport:
     """Export `model`, verify it against torch, write it with metadata and a JSON report beside it.
 
     `exporter`: "auto" (dynamo, TorchScript where it fails), or "torchscript" first (faster to write).
+    `thresholds`: a multi-label model's per-label thresholds (its label sets must agree, and travel in the file).
     """
     import onnx
 
@@ -244,7 +268,7 @@ def export_model(
             except Exception as exc:
                 notes.append(f"onnx.checker rejected the {name} exporter's model ({str(exc).splitlines()[0][:200]})")
                 continue
-            checks = compare(wrapped, ort_session(path), inputs, tolerance, sizes, min_agreement)
+            checks = compare(wrapped, ort_session(path), inputs, tolerance, sizes, min_agreement, thresholds)
             if all(c.passed for c in checks):
                 chosen = (written, checks, path)
                 if notes:
@@ -267,8 +291,9 @@ def export_model(
             "images": source,
             "max_abs_diff": max(c.max_abs_diff for c in checks),
             "top1_agreement": min(c.top1_agreement for c in checks),
+            "agreement": checks[0].agreement,
         }
-        meta = metadata_for(spec, pre, labels, {**(extra_metadata or {}), "check": summary})
+        meta = metadata_for(spec, pre, labels, {**(extra_metadata or {}), "check": summary}, thresholds)
         write_props(path, meta.to_props())
         paths = sidecars(output)
         final, report_path = (output, paths["report"]) if passed else (paths["failed"], paths["failed_report"])
@@ -301,7 +326,9 @@ def move_model(src: Path, dst: Path) -> None:
     move_model(staged, dst)
 
 
-def metadata_for(spec: Backbone, pre: Preprocess, labels: list[str], extra: dict[str, Any]) -> ModelMetadata:
+def metadata_for(
+    spec: Backbone, pre: Preprocess, labels: list[str], extra: dict[str, Any], thresholds: list[float] | None = None
+) -> ModelMetadata:
     from zoo import __version__
 
     return ModelMetadata(
@@ -312,6 +339,8 @@ def metadata_for(spec: Backbone, pre: Preprocess, labels: list[str], extra: dict
         plugin=spec.source,
         zoo_version=__version__,
         extra=extra,
+        task="multi-label" if thresholds is not None else "single-label",
+        thresholds=tuple(thresholds) if thresholds is not None else None,
     )
 
 
@@ -326,12 +355,17 @@ def mismatch_error(report: ExportReport) -> ExportError:
     return ExportError(f"onnxruntime does not match torch ({where}): " + " | ".join(rows))
 
 
-def labelled_inputs(samples, pre: Preprocess, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def labelled_inputs(
+    samples, pre: Preprocess, limit: int | None = None, classes: int = 0, multi_label: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs and targets: (n,) classes, or (n, classes) 0/1 rows for multi-label samples."""
+    from zoo.metrics import targets_array
+
     arrays, labels = [], []
     for s in samples[:limit] if limit else samples:
         arrays.append(load_for_eval(s.path, pre))
         labels.append(s.label)
-    return np.stack(arrays), np.asarray(labels)
+    return np.stack(arrays), targets_array(labels, classes, multi_label)
 
 
 def _source(source: str | Path, num_classes: int | None, weights: str):
@@ -350,7 +384,9 @@ def _source(source: str | Path, num_classes: int | None, weights: str):
             "epoch": ckpt["epoch"],
             "weights": ckpt.get("weights", ""),
         }
-        return model, spec, preprocess_of(ckpt), list(ckpt["classes"]), ckpt["config"]["data"], extra, ckpt
+        if ckpt.get("select_by", "acc") != "acc":
+            extra[f"val_{ckpt['select_by']}"] = ckpt.get("best_value")
+        return model, spec, preprocess_of(ckpt), list(ckpt["classes"]), run_files(ckpt["config"]), extra, ckpt
     spec = get_registry().get(str(source))
     if num_classes is not None and num_classes < 1:
         raise UsageError(f"--num-classes {num_classes}: must be >= 1")
@@ -394,15 +430,17 @@ def export(
     model, spec, pre, labels, run_data, extra, ckpt = _source(source, num_classes, weights)
     if int8 and ckpt is None:
         raise UsageError("--int8 needs a fine-tuned run or checkpoint: its data gives the calibration and val images")
+    thresholds = ckpt.get("thresholds") if ckpt and ckpt.get("task") == "multi-label" else None
     report = export_model(
         model, spec, pre, labels, Path(output), opset=opset, batch=batch,
-        check_data=Path(check_data) if check_data else None, data_fallback=Path(run_data) if run_data else None,
+        check_data=Path(check_data) if check_data else None, data_fallback=run_data,
         min_agreement=min_agreement, keep_on_mismatch=keep_on_mismatch, extra_metadata=extra, mkdir=mkdir,
+        thresholds=thresholds,
     )  # fmt: skip
     if not report.passed:
         raise mismatch_error(report)
     if int8:
-        from zoo.data import scan
+        from zoo.data import load_for_run
         from zoo.quantize import build_int8
 
         if external_data_files(Path(report.path)):
@@ -410,13 +448,15 @@ def export(
                 "--int8: the model is over 2 GB (its weights are in a .data file); INT8 takes smaller ones"
             )
         cfg = ckpt["config"]
-        split = scan(cfg["data"], cfg["val_fraction"], cfg["seed"], decode_size(pre))
+        split = load_for_run(cfg, decode_size(pre))
         if split.classes != labels:
             raise DataError(f"--int8: the run's data ({cfg['data']}) no longer has the run's classes")
-        calibration, _ = labelled_inputs(split.train[:: max(1, len(split.train) // calib_size)], pre, calib_size)
-        val_images, val_labels = labelled_inputs(split.val, pre)
+        multi = thresholds is not None
+        calibration, _ = labelled_inputs(split.train[:: max(1, len(split.train) // calib_size)], pre, calib_size,
+                                         len(labels), multi)  # fmt: skip
+        val_images, val_labels = labelled_inputs(split.val, pre, None, len(labels), multi)
         out = Path(report.path)
-        report.int8 = build_int8(out, sidecars(out)["int8"], calibration, val_images, val_labels, max_drop)
+        report.int8 = build_int8(out, sidecars(out)["int8"], calibration, val_images, val_labels, max_drop, multi)
         atomic.write_json(Path(report.report_path), report.to_dict())
     return report
 
@@ -446,15 +486,20 @@ def verify(
 
     spec = get_registry().get(ckpt["backbone"])
     pre = preprocess_of(ckpt)
+    thresholds = ckpt.get("thresholds") if ckpt.get("task") == "multi-label" else None
     if info.precision == "int8":
         checks, where = _verify_int8(model, session, info, ckpt, pre)
     else:
         images, where = load_sample_inputs(
-            pre, check_batch, Path(check_data) if check_data else None, Path(ckpt["config"]["data"])
+            pre, check_batch, Path(check_data) if check_data else None, run_files(ckpt["config"])
         )
-        checks = compare(Logits(model), session, images, spec.atol, (1, check_batch), min_agreement)
+        checks = compare(Logits(model), session, images, spec.atol, (1, check_batch), min_agreement, thresholds)
     if list(info.labels) != list(ckpt["classes"]):
         checks[0].failures.append(f"labels {list(info.labels)} != the checkpoint's {ckpt['classes']}")
+    if info.task != ckpt.get("task", "single-label"):
+        checks[0].failures.append(f"task {info.task} != the checkpoint's {ckpt.get('task', 'single-label')}")
+    elif thresholds is not None and list(info.thresholds or ()) != [float(t) for t in thresholds]:
+        checks[0].failures.append("the label thresholds differ from the checkpoint's")
     passed = all(c.passed for c in checks)
     return ExportReport(
         str(model_path), "existing file", 0, where, checks, min_agreement, passed, time.perf_counter() - start,
@@ -463,18 +508,25 @@ def verify(
 
 
 def _verify_int8(model, session, info: ModelMetadata, ckpt: dict, pre: Preprocess) -> tuple[list[CheckResult], str]:
-    from zoo.data import scan
-    from zoo.quantize import accuracy
+    from zoo.data import load_for_run
+    from zoo.metrics import mean_average_precision
+    from zoo.quantize import val_score
 
     cfg = ckpt["config"]
-    split = scan(cfg["data"], cfg["val_fraction"], cfg["seed"], decode_size(pre))
-    images, labels = labelled_inputs(split.val, pre)
+    multi = info.multi_label
+    split = load_for_run(cfg, decode_size(pre))
+    images, labels = labelled_inputs(split.val, pre, None, len(ckpt["classes"]), multi)
     with torch.no_grad():
-        torch_acc = float((Logits(model)(torch.from_numpy(images)).argmax(1).numpy() == labels).mean())
-    int8_acc = accuracy(session, images, labels)
+        logits = Logits(model)(torch.from_numpy(images)).numpy()
+    if multi:
+        torch_score = mean_average_precision(labels, torch.sigmoid(torch.from_numpy(logits)).numpy())[0]
+    else:
+        torch_score = float((logits.argmax(1) == labels).mean())
+    int8_score = val_score(session, images, labels, multi)
+    what = "val mAP" if multi else "val accuracy"
     allowed = float((info.extra.get("int8") or {}).get("max_drop", 1.0))
-    drop = 100 * (torch_acc - int8_acc)
-    row = CheckResult(len(images), "int8 val accuracy", [len(images)], [len(images)], drop, allowed, int8_acc)
+    drop = 100 * (torch_score - int8_score)
+    row = CheckResult(len(images), f"int8 {what}", [len(images)], [len(images)], drop, allowed, int8_score)
     if drop > allowed:
-        row.failures.append(f"val accuracy {torch_acc:.4f} -> {int8_acc:.4f}: -{drop:.2f} points > {allowed} allowed")
+        row.failures.append(f"{what} {torch_score:.4f} -> {int8_score:.4f}: -{drop:.2f} points > {allowed} allowed")
     return [row], f"{len(images)} val images of the run ({cfg['data']}), INT8 criteria"

@@ -66,7 +66,9 @@ class ToBGR(torch.nn.Module):
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """(tensor, label) pairs, decoding from the in-memory cache when the image is in it."""
+    """(tensor, target) pairs, decoding from the in-memory cache when the image is in it.
+
+    The target is the sample's class index, or `target_fn(label)` (multi-label: a multi-hot vector)."""
 
     def __init__(
         self,
@@ -74,11 +76,13 @@ class ImageDataset(torch.utils.data.Dataset):
         transform,
         decoded: dict[Path, Image.Image] | None = None,
         min_short_side: int = 256,
+        target_fn=None,
     ):
         self.samples = samples
         self.transform = transform
         self.decoded = decoded or {}
         self.min_short_side = min_short_side
+        self.target_fn = target_fn
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -88,7 +92,24 @@ class ImageDataset(torch.utils.data.Dataset):
         img = self.decoded.get(sample.path)
         if img is None:
             img = shrink(open_rgb(sample.path, self.min_short_side), self.min_short_side)
-        return self.transform(img), sample.label
+        return self.transform(img), self.target_fn(sample.label) if self.target_fn else sample.label
+
+
+class BalancedSampler(torch.utils.data.Sampler):
+    """`--balance sampler`: draws with replacement, in proportion to `weights`; the same draws on every rank for an
+    epoch (seeded by seed and epoch, so a resumed run draws what it would have), each rank taking its share."""
+
+    def __init__(self, weights: torch.Tensor, world: int = 1, rank: int = 0, seed: int = 0, epoch: int = 0):
+        self.weights, self.world, self.rank, self.seed, self.epoch = weights, world, rank, seed, epoch
+        self.per_rank = -(-len(weights) // world)
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        draws = torch.multinomial(self.weights, self.per_rank * self.world, replacement=True, generator=gen)
+        return iter(draws[self.rank :: self.world].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -108,6 +129,7 @@ class Loaders:
     world: int = 1
     rank: int = 0
     seed: int = 0
+    target_fn: object = None  # label -> target (multi-label: `zoo.tasks.MultiHot`)
 
     def loader(
         self,
@@ -116,12 +138,18 @@ class Loaders:
         shuffle: bool = False,
         generator: torch.Generator | None = None,
         epoch: int | None = None,
+        weights: torch.Tensor | None = None,
     ) -> torch.utils.data.DataLoader:
-        """Batches of `samples`. With `epoch` in a distributed run: this rank's DistributedSampler shard,
-        padded so every rank takes the same number of steps; otherwise the samples as given."""
-        dataset = ImageDataset(samples, build_transform(self.pre, augment), self.decoded, self.short_side)
+        """Batches of `samples`. With `weights` (and `epoch`): a class-balanced draw (`BalancedSampler`). With
+        `epoch` in a distributed run: this rank's DistributedSampler shard, padded so every rank takes the same
+        number of steps; otherwise the samples as given."""
+        dataset = ImageDataset(samples, build_transform(self.pre, augment), self.decoded, self.short_side,
+                               self.target_fn)  # fmt: skip
         sampler = None
-        if self.world > 1 and epoch is not None:
+        if weights is not None:
+            sampler = BalancedSampler(weights, self.world, self.rank, self.seed, epoch or 0)
+            shuffle = False
+        elif self.world > 1 and epoch is not None:
             sampler = torch.utils.data.DistributedSampler(
                 dataset, self.world, self.rank, shuffle=shuffle, seed=self.seed
             )

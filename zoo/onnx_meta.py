@@ -9,8 +9,10 @@ out of range is a `ModelFileError` naming the key.
 Keys: zoo.labels (JSON list), zoo.input_size (JSON [h, w]), zoo.resize_size,
 zoo.decode_size, zoo.crop_pct, zoo.mean, zoo.std (JSON lists), zoo.interpolation,
 zoo.crop_mode (center | squash | border), zoo.channel_order (RGB | BGR),
-zoo.backbone, zoo.plugin, zoo.version, zoo.precision (fp32 | int8), and `zoo.X`
-for each entry of `extra` (JSON unless a string): policy, val_acc, epoch, weights, check.
+zoo.backbone, zoo.plugin, zoo.version, zoo.precision (fp32 | int8), zoo.task
+(single-label | multi-label), zoo.thresholds (multi-label: JSON list, one per label, in [0, 1]:
+a label is predicted when its sigmoid probability is at least its threshold), and `zoo.X` for
+each entry of `extra` (JSON unless a string): policy, val_acc, epoch, weights, check.
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ _CORE = (
     "plugin",
     "version",
     "precision",
+    "task",
+    "thresholds",
 )
+TASKS = ("single-label", "multi-label")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,12 @@ class ModelMetadata:
     zoo_version: str = ""
     precision: str = "fp32"
     extra: dict[str, Any] = field(default_factory=dict)  # policy, val_acc, epoch, weights, check, ...
+    task: str = "single-label"
+    thresholds: tuple[float, ...] | None = None  # multi-label: one per label
+
+    @property
+    def multi_label(self) -> bool:
+        return self.task == "multi-label"
 
     def to_props(self) -> dict[str, str]:
         pre = self.preprocess
@@ -74,7 +85,10 @@ class ModelMetadata:
             "plugin": self.plugin,
             "version": self.zoo_version,
             "precision": self.precision,
+            "task": self.task,
         }
+        if self.thresholds is not None:
+            props["thresholds"] = json.dumps(list(self.thresholds))
         for key, value in self.extra.items():
             props[key] = value if isinstance(value, str) else json.dumps(value)
         return {PREFIX + k: v for k, v in props.items()}
@@ -135,6 +149,16 @@ class ModelMetadata:
             pre = Preprocess(
                 tuple(size), tuple(mean), tuple(std), interpolation, max(size) / resize, crop_mode, channel_order
             )
+        task = get("task", "single-label")
+        if task not in TASKS:
+            raise bad("task", f"one of {', '.join(TASKS)}")
+        thresholds = None
+        if task == "multi-label":
+            thresholds = loads("thresholds")
+            if not (isinstance(thresholds, list) and len(thresholds) == len(labels)
+                    and all(_finite(t) and 0 <= t <= 1 for t in thresholds)):  # fmt: skip
+                raise bad("thresholds", f"{len(labels)} numbers in [0, 1], one per label")
+            thresholds = tuple(float(t) for t in thresholds)
         extra = {}
         for key, value in props.items():
             name = key[len(PREFIX) :]
@@ -152,6 +176,8 @@ class ModelMetadata:
             zoo_version=get("version", ""),
             precision=get("precision", "fp32"),
             extra=extra,
+            task=task,
+            thresholds=thresholds,
         )
 
 

@@ -1,6 +1,9 @@
-"""Predictions as results: probabilities from logits, top-k rows, and reading the images asked about.
+"""Predictions as results: probabilities from logits, top-k rows, label sets, and reading the images asked about.
 
 Shared by `zoo predict` on a checkpoint (torch) and on an exported model (`zoo.runtime`, no torch).
+Single-label models give softmax probabilities and the top k; multi-label models give
+independent sigmoid probabilities, the set of labels at or above their thresholds ("labels"),
+and the top k as well.
 """
 
 from __future__ import annotations
@@ -23,6 +26,14 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(logits, -80, 80)))
+
+
+def probabilities(logits: np.ndarray, multi_label: bool) -> np.ndarray:
+    return sigmoid(logits) if multi_label else softmax(logits)
 
 
 def read_images(images: list[str | Path], load: Callable[[Path], np.ndarray]) -> list[np.ndarray]:
@@ -52,3 +63,16 @@ def top_k_results(images: list[str | Path], probs: np.ndarray, labels: list[str]
             {"image": str(path), "top": [{"label": labels[i], "probability": round(float(row[i]), 6)} for i in order]}
         )
     return results
+
+
+def results(
+    images: list[str | Path], probs: np.ndarray, labels: list[str], k: int, thresholds: list[float] | None = None
+) -> list[dict[str, Any]]:
+    """Top-k rows; with `thresholds` (multi-label), each row also has "labels": every label at or above its
+    threshold, most probable first (possibly none)."""
+    rows = top_k_results(images, probs, labels, k)
+    if thresholds is not None:
+        for row, p in zip(rows, probs, strict=True):
+            chosen = [i for i in np.argsort(-p, kind="stable") if p[i] >= thresholds[i]]
+            row["labels"] = [{"label": labels[i], "probability": round(float(p[i]), 6)} for i in chosen]
+    return rows

@@ -1,4 +1,5 @@
-"""INT8: onnxruntime static QDQ quantization, calibrated on training images, judged on val accuracy."""
+"""INT8: onnxruntime static QDQ quantization, calibrated on training images, judged on val accuracy (multi-label:
+val mAP, the metric whose drop matters when every label has its own threshold)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ def quantize_int8(fp32: Path, int8: Path, calibration: np.ndarray, batch: int = 
         quant_pre_process,
     )
     from onnxruntime.quantization import quantize_static as _quantize_static
+
+    # every batch the same size: onnxruntime's histogram calibrators stack them (a smaller last batch fails)
+    batch = max(d for d in range(1, batch + 1) if len(calibration) % d == 0)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -58,10 +62,28 @@ def quantize_int8(fp32: Path, int8: Path, calibration: np.ndarray, batch: int = 
             )
 
 
-def accuracy(session, images: np.ndarray, labels: np.ndarray, batch: int = 32) -> float:
+def _logits(session, images: np.ndarray, batch: int = 32) -> np.ndarray:
     name = session.get_inputs()[0].name
-    preds = [session.run(None, {name: images[i : i + batch]})[0].argmax(1) for i in range(0, len(images), batch)]
-    return float((np.concatenate(preds) == labels).mean())
+    return np.concatenate([session.run(None, {name: images[i : i + batch]})[0] for i in range(0, len(images), batch)])
+
+
+def accuracy(session, images: np.ndarray, labels: np.ndarray, batch: int = 32) -> float:
+    return float((_logits(session, images, batch).argmax(1) == labels).mean())
+
+
+def val_score(session, images: np.ndarray, targets: np.ndarray, multi_label: bool) -> float:
+    """What the INT8 gate compares: accuracy, or (multi-label, (n, C) 0/1 targets) mAP."""
+    if not multi_label:
+        return accuracy(session, images, targets)
+    from zoo.metrics import mean_average_precision
+    from zoo.predictions import sigmoid
+
+    # ranked by float32 probabilities, exactly as training's validation ranks them
+    return mean_average_precision(targets, sigmoid(_logits(session, images)).astype(np.float32))[0]
+
+
+def gate_metric(multi_label: bool) -> str:
+    return "val_map" if multi_label else "val_acc"
 
 
 def images_per_second(session, images: np.ndarray, batch: int = 32, repeats: int = 3) -> float:
@@ -75,11 +97,20 @@ def images_per_second(session, images: np.ndarray, batch: int = 32, repeats: int
 
 
 def build_int8(
-    fp32: Path, int8: Path, calibration: np.ndarray, val_images: np.ndarray, val_labels: np.ndarray, max_drop: float
+    fp32: Path,
+    int8: Path,
+    calibration: np.ndarray,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    max_drop: float,
+    multi_label: bool = False,
 ) -> dict[str, Any]:
-    """Quantize, measure fp32 and int8 val accuracy and speed; refuse (no file) if accuracy drops too far."""
+    """Quantize, measure fp32 and int8 val accuracy (multi-label: mAP) and speed; refuse (no file) if it drops
+    more than `max_drop` points."""
     import dataclasses
 
+    metric = gate_metric(multi_label)
+    what = "val mAP" if multi_label else "val accuracy"
     tmp = int8.with_name(f".{int8.stem}.tmp-int8.onnx")
     try:
         quantize_int8(fp32, tmp, calibration)
@@ -88,22 +119,23 @@ def build_int8(
         result = {
             "calibration_images": len(calibration),
             "val_images": len(val_images),
-            "fp32_val_acc": accuracy(f32, val_images, val_labels),
-            "int8_val_acc": accuracy(i8, val_images, val_labels),
+            "metric": metric,
+            f"fp32_{metric}": val_score(f32, val_images, val_labels, multi_label),
+            f"int8_{metric}": val_score(i8, val_images, val_labels, multi_label),
             "fp32_img_s": images_per_second(f32, val_images),
             "int8_img_s": images_per_second(i8, val_images),
         }
-        result["drop_points"] = 100 * (result["fp32_val_acc"] - result["int8_val_acc"])
+        result["drop_points"] = 100 * (result[f"fp32_{metric}"] - result[f"int8_{metric}"])
         result["speedup"] = result["int8_img_s"] / result["fp32_img_s"]
         result["max_drop"] = max_drop
         if result["drop_points"] > max_drop:
             raise QuantizationRefused(
-                f"--int8: val accuracy drops {result['drop_points']:.2f} points "
-                f"({result['fp32_val_acc']:.4f} -> {result['int8_val_acc']:.4f}), more than "
+                f"--int8: {what} drops {result['drop_points']:.2f} points "
+                f"({result[f'fp32_{metric}']:.4f} -> {result[f'int8_{metric}']:.4f}), more than "
                 f"--max-drop {max_drop}; the INT8 model was not written"
             )
         meta = ModelMetadata.from_props(read_props(fp32), str(fp32))
-        gate = {k: result[k] for k in ("fp32_val_acc", "int8_val_acc", "drop_points", "max_drop")}
+        gate = {k: result[k] for k in ("metric", f"fp32_{metric}", f"int8_{metric}", "drop_points", "max_drop")}
         write_props(tmp, dataclasses.replace(meta, precision="int8", extra={**meta.extra, "int8": gate}).to_props())
         tmp.replace(int8)
         result["path"] = str(int8)

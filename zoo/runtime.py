@@ -1,7 +1,8 @@
 """Running an exported model without PyTorch: onnxruntime, numpy and Pillow only.
 
 Everything the model needs is read from the ONNX file's metadata (`zoo.onnx_meta`):
-labels, input size, resize, crop, mean, std and interpolation. Deploy it like this:
+labels, input size, resize, crop, mean, std and interpolation, and for a multi-label
+model its per-label thresholds. Deploy it like this:
 
     from zoo.runtime import Predictor
     Predictor("model.onnx").predict(["ant.jpg"], top_k=2)
@@ -21,15 +22,17 @@ from zoo.errors import ModelFileError
 from zoo.images import load_for_eval
 from zoo.onnx_io import ort_session
 from zoo.onnx_meta import ModelMetadata
-from zoo.predictions import check_top_k, read_images, softmax, top_k_results
+from zoo.predictions import check_top_k, probabilities, read_images, results
 
 
 class Predictor:
-    """Top-k predictions from an exported zoo model.
+    """Top-k predictions from an exported zoo model (multi-label: also the labels over their thresholds).
 
     Example:
         >>> Predictor("model.onnx").predict(["ant.jpg"], top_k=2)
         [{'image': 'ant.jpg', 'top': [{'label': 'ants', 'probability': 0.97}, ...]}]
+        >>> Predictor("tags.onnx").predict(["street.jpg"])[0]["labels"]      # a multi-label model
+        [{'label': 'car', 'probability': 0.91}, {'label': 'person', 'probability': 0.64}]
     """
 
     def __init__(self, path: str | Path, threads: int | None = None):
@@ -78,5 +81,9 @@ class Predictor:
     def predict(self, images: list[str | Path], top_k: int = 5, batch_size: int = 16) -> list[dict[str, Any]]:
         check_top_k(top_k)
         arrays = read_images(images, self.load)
-        probs = [softmax(self.logits(np.stack(arrays[i : i + batch_size]))) for i in range(0, len(arrays), batch_size)]
-        return top_k_results(images, np.concatenate(probs), list(self.info.labels), top_k)
+        multi = self.info.multi_label
+        probs = [
+            probabilities(self.logits(np.stack(arrays[i : i + batch_size])), multi)
+            for i in range(0, len(arrays), batch_size)
+        ]
+        return results(images, np.concatenate(probs), list(self.info.labels), top_k, self.info.thresholds)

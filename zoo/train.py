@@ -21,14 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from zoo import events
+from zoo import balance, events
 from zoo.cache import BoundaryCache
 from zoo.checkpoint import last_checkpoint, policy_of, read_checkpoint, write_checkpoint
 from zoo.config import CPU_BATCH, GPU_BATCH, MAX_WORKERS, RESUMABLE, TrainConfig
-from zoo.data import DataSplit, scan
+from zoo.data import DataSplit, load, manifest_options
 from zoo.device import amp_dtype, pick_device, rng_state, seed_everything, set_rng_state
 from zoo.dist import DDPWrapper, Dist, shard, unshard
 from zoo.errors import CheckpointError, Interrupted, PolicyError, ResumeError, Terminated, TrainingDiverged
@@ -41,6 +42,7 @@ from zoo.optim import Optimizer, Schedule, base_lr, weight_decay
 from zoo.policies import Policy, resolve_policy
 from zoo.registry import get_registry
 from zoo.runs import RunLock, discard_if_unstarted, new_run_dir, write_config, write_metrics, write_summary
+from zoo.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +52,26 @@ class FinetuneResult:
     """What `zoo.finetune` returns."""
 
     run_dir: Path
-    best_val_acc: float
+    best_val_acc: float  # val accuracy at the best epoch
     best_epoch: int
     epochs_run: int
     classes: list[str]
     history: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def select_by(self) -> str:
+        """The val metric that picked the best epoch (`--select-by`)."""
+        return self.summary.get("select_by", "acc")
+
+    @property
+    def best_value(self) -> float:
+        return self.summary.get("best_value", self.best_val_acc)
+
+    @property
+    def test(self) -> dict[str, Any] | None:
+        """The test split's figures (evaluated once, after training), or None without a test split."""
+        return self.summary.get("test")
 
     @property
     def best_checkpoint(self) -> Path:
@@ -109,11 +125,18 @@ class Trainer:
         pre = self.spec.preprocess_for(resolve_weights(self.spec, cfg.weights).tag)
         self.decoded: dict = {}
         t = time.perf_counter()
-        self.split: DataSplit = scan(cfg.data, cfg.val_fraction, cfg.seed, decode_size(pre), self.decoded)
+        self.split: DataSplit = load(
+            cfg.data, cfg.labels, manifest_options(cfg), cfg.val_fraction, cfg.seed, decode_size(pre), self.decoded
+        )
         self.scan_seconds = time.perf_counter() - t
         self.classes = self.split.classes
         if resume and resume["classes"] != self.classes:
             raise CheckpointError(f"--resume: the data's classes {self.classes} are not the run's {resume['classes']}")
+        self.task = Task(self.split.multi_label, len(self.classes))
+        self.balance = balance.choose(
+            cfg.balance, list(self.split.counts("train").values()), len(self.split.train), self.task.multi_label
+        )
+        self.select_by = balance.select_metric(cfg.select_by, self.balance)
         # the policy, resolved once; the model, built once (also for `auto`, which measures it first)
         self.advice = None
         model = None
@@ -153,14 +176,17 @@ class Trainer:
             self.augment = "none" if cacheable else "light"
         self.amp_dtype = amp_dtype(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.criterion = self.task.criterion(cfg.label_smoothing, self.balance).to(self.device)
+        self.train_weights = self.task.sample_weights(
+            torch.from_numpy(self.task.labels_array(self.split.train)), self.balance
+        )  # `--balance sampler`: each train image's draw weight (None otherwise)
         self.loader_gen = torch.Generator().manual_seed(cfg.seed)
         workers = cfg.workers if cfg.workers is not None else min(MAX_WORKERS, max(0, (os.cpu_count() or 1) - 1))
         if self.dist.enabled and cfg.workers is None and self.device.type == "cpu":
             workers = 0  # the ranks already share the cores; and no fork of a process that runs gloo threads
         self.loaders = Loaders(
             self.pre, self.decoded, decode_size(self.pre), self.rank_batch, workers,
-            self.device.type == "cuda", self.dist.world, self.dist.rank, cfg.seed,
+            self.device.type == "cuda", self.dist.world, self.dist.rank, cfg.seed, self.task.target_fn(),
         )  # fmt: skip
         self.base_lr = base_lr(cfg.lr, cfg.optimizer, self.plan.head_only)
         self.optimizer = Optimizer(
@@ -174,10 +200,13 @@ class Trainer:
         # auxiliary heads get no gradient over cached activations, nor in every forward
         self.ddp = DDPWrapper(self.dist, self.device, find_unused=bool(self.spec.aux_heads))
         self.step = 0
+        self.test_report: dict[str, Any] | None = None
         self.start_epoch = 0
         self.history: list[dict[str, Any]] = []
-        self.best_acc, self.best_epoch = -1.0, -1
-        self.best_preds: list[int] = []
+        self.best_acc, self.best_epoch = -1.0, -1  # val accuracy at the best epoch, picked by `select_by`
+        self.best_value = -1.0
+        self.best_report: dict[str, Any] = {}  # the best epoch's val metrics, per class, predictions, thresholds
+        self.best_state: dict[str, torch.Tensor] | None = None  # kept when a test split will need the best weights
         # everything checked out: now the run folder (rank 0 picks it; every rank uses the same one)
         if run_dir is None:
             run_dir = Path(self.dist.broadcast(str(self._new_run_dir()) if self.dist.is_main else None))
@@ -191,6 +220,8 @@ class Trainer:
             augmented_copies=cfg.cache_augmented, augment=self.augment, train_bn=cfg.train_bn,
             channels_last=self.channels_last, seed=cfg.seed, disk_dir=cache_dir,
             progress=lambda phase, done, total: self.report.progress(phase, done, total),
+            sample_weights=(lambda labels: self.task.sample_weights(labels, self.balance))
+            if self.balance.mode == "sampler" else None,
         )  # fmt: skip
         self.writer = None
         if self.dist.enabled:  # the model is identical on every rank (DDP broadcasts rank 0's); augmentation is not
@@ -215,7 +246,12 @@ class Trainer:
         self.start_epoch = ckpt["epoch"]
         self.history = list(ckpt["history"])
         self.best_acc, self.best_epoch = ckpt["best_val_acc"], ckpt["best_epoch"]
-        self.best_preds = list(ckpt.get("best_preds", []))
+        self.best_value = ckpt.get("best_value", self.best_acc)
+        self.best_report = dict(ckpt.get("best_report") or {"preds": list(ckpt.get("best_preds", []))})
+        if self.split.test and self.best_epoch > 0:
+            from zoo.checkpoint import read_checkpoint
+
+            self.best_state = read_checkpoint(self.run_dir / "best.pt")["model"]
         set_rng_state(ckpt["rng"], self.loader_gen)
 
     # --- one epoch --------------------------------------------------------------------------------------------
@@ -224,9 +260,14 @@ class Trainer:
             yield from self.cache.batches(train, epoch, self.rank_batch, self.loader_gen)
             return
         if train:
-            loader = self.loaders.loader(self.split.train, self.augment, True, self.loader_gen, epoch=epoch)
+            loader = self.loaders.loader(
+                self.split.train, self.augment, True, self.loader_gen, epoch, weights=self.train_weights
+            )
         else:
             loader = self.loaders.loader(shard(self.split.val, self.dist))
+        yield from self._on_device(loader)
+
+    def _on_device(self, loader):
         for images, target in loader:
             images = images.to(self.device, non_blocking=True)
             if self.channels_last:
@@ -263,7 +304,7 @@ class Trainer:
             self.step += 1
             n = len(target)
             total_loss += loss.item() * n
-            correct += (logits.argmax(1) == target).sum().item()
+            correct += self.task.correct(logits.detach(), target)
             seen += n
             self.report.progress(f"epoch {epoch + 1}/{self.cfg.epochs}", seen, len(self.split.train) // self.dist.world,
                                  seen / max(1e-9, time.perf_counter() - start))  # fmt: skip
@@ -286,22 +327,43 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def _evaluate(self) -> tuple[dict[str, float], list[int]]:
+    def _predict(self, module, batches, total: int) -> tuple[float, np.ndarray, np.ndarray]:
+        """(mean loss, probabilities, targets) over batches of this rank's share, gathered from every rank."""
+        loss_sum, probs, targets = 0.0, [], []
+        for inputs, target in batches:
+            logits = self._forward(module, inputs)[0].float()
+            loss_sum += self.task.eval_loss(logits, target).item() * len(target)
+            probs.append(self.task.probabilities(logits).cpu().numpy())
+            targets.append(target.cpu().numpy())
+        probs_, targets_ = np.concatenate(probs), np.concatenate(targets)
+        if self.dist.enabled:  # each image was on exactly one rank: back in order, on every rank
+            (loss_sum,) = self.dist.all_sum(loss_sum)
+            probs_ = np.stack(unshard(self.dist.gather(list(probs_)), total))
+            targets_ = np.stack(unshard(self.dist.gather(list(targets_)), total))
+        return loss_sum / total, probs_, targets_
+
+    def _evaluate(self) -> tuple[dict[str, float], dict[str, Any]]:
+        """The epoch's val metrics (multi-label: at thresholds tuned on val now), and the full report."""
         self.model.eval()
         module = self.cache.suffix if self.cache.active else self.model
-        total_loss = correct = seen = 0
-        preds: list[int] = []
-        for inputs, target in self._batches(False, 0):
-            logits = self._forward(module, inputs)[0].float()
-            total_loss += nn.functional.cross_entropy(logits, target).item() * len(target)
-            pred = logits.argmax(1)
-            correct += (pred == target).sum().item()
-            seen += len(target)
-            preds += pred.tolist()
-        if self.dist.enabled:  # each val image was on exactly one rank: sums are exact
-            total_loss, correct, seen = self.dist.all_sum(total_loss, correct, seen)
-            preds = unshard(self.dist.gather(preds), len(self.split.val))
-        return {"val_loss": total_loss / seen, "val_acc": correct / seen, "val_images": int(seen)}, preds
+        loss, probs, targets = self._predict(module, self._batches(False, 0), len(self.split.val))
+        report = self.task.report(targets, probs, self.classes)
+        metrics = {"val_loss": float(loss), **{f"val_{k}": float(report[k]) for k in _METRICS if k in report}}
+        return {**metrics, "val_images": len(self.split.val)}, report
+
+    def _test(self) -> dict[str, Any] | None:
+        """The best checkpoint's figures on the test split, once, after training (they never pick anything)."""
+        if not self.split.test:
+            return None
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self.model.eval()
+        batches = self._on_device(self.loaders.loader(shard(self.split.test, self.dist)))
+        loss, probs, targets = self._predict(self.model, batches, len(self.split.test))
+        report = self.task.report(targets, probs, self.classes, self.best_report.get("thresholds"))
+        return _stored(
+            {"images": len(self.split.test), "loss": loss, **{k: v for k, v in report.items() if k != "preds"}}
+        )
 
     # --- the loop -----------------------------------------------------------------------------------------------
     def run(self) -> FinetuneResult:
@@ -319,26 +381,36 @@ class Trainer:
                 self.optimizer.add_trainable(epoch)
                 self.cache.ensure(self.plan.frozen_at(epoch))
                 row = {"epoch": epoch + 1, **self._train_epoch(epoch)}
-                metrics, preds = self._evaluate()
+                metrics, report = self._evaluate()
                 row.update(metrics)
                 row["lr"] = self.optimizer.lr_now
                 row["cached"] = self.cache.active
-                improved = metrics["val_acc"] > self.best_acc
+                value = metrics[f"val_{self.select_by}"]
+                improved = value > self.best_value
                 with deferred_signals() as received:  # the epoch counts once it is saved: all of it or none
                     self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
                     if improved:
-                        self.best_acc, self.best_epoch, self.best_preds = metrics["val_acc"], epoch + 1, preds
+                        self.best_acc, self.best_epoch, self.best_value = metrics["val_acc"], epoch + 1, value
+                        self.best_report = _stored(report)
+                        if self.split.test:
+                            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
                     if main:
                         self._save(epoch + 1, improved, row)
                 if received:
                     raise Terminated() if received[0] == "SIGTERM" else KeyboardInterrupt()
-                self.report.emit(events.EPOCH_ENDED, row=self.history[-1], improved=improved, epochs=cfg.epochs)
+                self.report.emit(events.EPOCH_ENDED, row=self.history[-1], improved=improved, epochs=cfg.epochs,
+                                 select_by=self.select_by)  # fmt: skip
                 if improved:
-                    self.report.emit(events.BEST_IMPROVED, epoch=epoch + 1, metric="val_acc", value=self.best_acc)
+                    self.report.emit(
+                        events.BEST_IMPROVED, epoch=epoch + 1, metric=f"val_{self.select_by}", value=self.best_value
+                    )
                 if cfg.patience is not None and epoch + 1 - self.best_epoch >= cfg.patience:
-                    self.report.emit(events.EARLY_STOPPED, epoch=epoch + 1, patience=cfg.patience)
+                    self.report.emit(
+                        events.EARLY_STOPPED, epoch=epoch + 1, patience=cfg.patience, metric=f"val_{self.select_by}"
+                    )
                     status = "early-stopped"
                     break
+            self.test_report = self._test()
         except (KeyboardInterrupt, Terminated) as exc:
             name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
             raise self._stopped("interrupted", started, epoch, Interrupted(self._interrupted(epoch), name)) from None
@@ -418,7 +490,11 @@ class Trainer:
             "history": self.history,
             "best_val_acc": self.best_acc,
             "best_epoch": self.best_epoch,
-            "best_preds": self.best_preds,
+            "best_value": self.best_value,
+            "best_report": self.best_report,
+            "task": self.task.name,
+            "thresholds": self.best_report.get("thresholds"),
+            "select_by": self.select_by,
             "config": dataclasses.asdict(self.cfg),
         }
 
@@ -428,6 +504,7 @@ class Trainer:
         for row in rows:
             row["params"] = counts[row["group"]]
         train_counts = self.split.counts("train")
+        manifest = self.split.manifest
         return {
             "backbone": self.spec.name,
             "policy": self.policy.name,
@@ -439,6 +516,11 @@ class Trainer:
             "layout": self.split.layout,
             "smallest_class": min(train_counts.values()),
             "skipped": len(self.split.skipped),
+            "test_images": len(self.split.test),
+            "task": self.task.name,
+            "balance": self.balance.to_dict(),
+            "select_by": self.select_by,
+            "manifest": manifest,
             "augment": self.augment,
             "device": str(self.device),
             "epochs": self.cfg.epochs,
@@ -459,15 +541,26 @@ class Trainer:
             "auto": self.advice.to_dict() if self.advice else None,
             "weights": self.weights.label,
             "classes": self.classes,
+            "task": self.task.name,
             "train_images": len(self.split.train),
             "val_images": len(self.split.val),
+            "test_images": len(self.split.test),
             "train_counts": self.split.counts("train"),
             "val_counts": self.split.counts("val"),
+            "test_counts": self.split.counts("test") if self.split.test else None,
+            "manifest": self.split.manifest,
             "skipped_files": len(self.split.skipped),
             "skipped": [f"{p} ({why})" for p, why in self.split.skipped[:100]],
+            "balance": self.balance.to_dict(),
             "epochs_run": len(self.history),
+            "select_by": self.select_by,
+            "best_value": self.best_value,
             "best_val_acc": self.best_acc,
             "best_epoch": self.best_epoch,
+            "best_val": {k: self.best_report[k] for k in _METRICS if k in self.best_report},
+            "per_class": self.best_report.get("per_class"),
+            "thresholds": self.best_report.get("thresholds"),
+            "test": self.test_report if status in ("completed", "early-stopped") else None,
             "final_val_acc": self.history[-1]["val_acc"] if self.history else None,
             "augment": self.augment,
             "cache": self.cache.info,
@@ -482,17 +575,29 @@ class Trainer:
         }
         if not self.dist.is_main:
             return summary
-        if self.history and self.best_preds:
+        if self.history and self.best_report.get("preds") is not None:
             from zoo import plots
 
             try:
-                plots.write_all(self.run_dir, self.history, self.classes, self.split.val, self.best_preds, self.decoded)
+                plots.write_all(self.run_dir, self.history, self.classes, self.split.val, self.best_report,
+                                self.decoded, self.select_by)  # fmt: skip
             except Exception as exc:  # a plot must never lose a finished run
                 log.warning("could not draw plots: %s: %s", type(exc).__name__, exc)
         write_summary(self.run_dir, summary)  # last: a summary that says completed means every file is there
         if status in ("completed", "early-stopped"):
             self.report.emit(events.FINISHED, summary=summary)
         return summary
+
+
+_METRICS = ("acc", "balanced_acc", "macro_f1", "micro_f1", "map")
+
+
+def _stored(report: dict[str, Any]) -> dict[str, Any]:
+    """A report as checkpoints (loaded with weights_only=True) and summary.json keep it: plain numbers and lists."""
+    import json
+
+    kept = {k: v for k, v in report.items() if k != "confusion_matrix" or len(v) <= 100}
+    return json.loads(json.dumps(kept, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
 
 
 def _report_changed_policy(policy: Policy) -> None:

@@ -7,38 +7,63 @@ from typing import Annotated
 import typer
 
 from zoo.cli.app import JsonFlag, app
+from zoo.cli.options import with_options
 from zoo.cli.render import check_table, note, out, print_json, print_table, table
+from zoo.config import MANIFEST_OPTIONS, TrainConfig
+from zoo.events import metric_name
 from zoo.onnx_io import DEFAULT_OPSET, quiet_stdout
 
 
 @app.command()
+@with_options(TrainConfig, only=tuple(o for o in MANIFEST_OPTIONS if o != "multi_label"))
 def evaluate(
     run: Annotated[str, typer.Argument(help="Run folder (uses best.pt) or checkpoint file.")],
-    data: Annotated[str, typer.Argument(help="Image folder with class subfolders (its val/ part if it has one).")],
+    data: Annotated[
+        str, typer.Argument(help="Image folder with class subfolders, or a CSV/TSV manifest (as for finetune).")
+    ],
+    split: Annotated[
+        str,
+        typer.Option(
+            help="Which part: auto, train, val, test or all [auto: the run's own data: its held-out split (test, "
+            "else val); other data: its test part, else its val part, else all]."
+        ),
+    ] = "auto",
     as_json: JsonFlag = False,
+    **options,
 ):
-    """Accuracy, per-class precision and recall, and the confusion matrix of a fine-tuned model."""
+    """Accuracy, balanced accuracy, macro-F1, mAP and per-class figures of a fine-tuned model (single-label: with
+    the confusion matrix; multi-label: at the run's thresholds)."""
     from zoo.evaluate import evaluate as run_evaluate
 
-    report = run_evaluate(run, data)
+    columns = {k: v for k, v in options.items() if k != "labels" and v is not None}
+    report = run_evaluate(run, data, labels=options["labels"], split=split, columns=columns)
     if as_json:
         print_json(report)
         return
-    out("accuracy ", (f"{report['accuracy']:.4f}", "bold"), f" on {report['images']} images of {data}")
-    t = table("per class", [("class", "left")] + [(c, "right") for c in ("precision", "recall", "f1", "images")])
+    multi = report["task"] == "multi-label"
+    out(
+        "accuracy ", (f"{report['accuracy']:.4f}", "bold"),
+        f"{' (exact label sets)' if multi else ''}  balanced accuracy {report['balanced_accuracy']:.4f}  "
+        f"macro-F1 {report['macro_f1']:.4f}" + (f"  micro-F1 {report['micro_f1']:.4f}" if multi else "")
+        + f"  mAP {report['map']:.4f}  on {report['images']} images: {report['evaluated_on']}",
+    )  # fmt: skip
+    columns = ("precision", "recall", "f1", "ap", "images") + (("threshold",) if multi else ())
+    t = table("per class" + (" (at the run's thresholds)" if multi else ""), [("class", "left")]
+              + [(c, "right") for c in columns])  # fmt: skip
     for row in report["per_class"]:
-        t.add_row(
-            row["class"], f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}", str(row["support"])
-        )
+        cells = [f"{row['precision']:.3f}", f"{row['recall']:.3f}", f"{row['f1']:.3f}",
+                 "-" if row["ap"] is None else f"{row['ap']:.3f}", str(row["support"])]  # fmt: skip
+        t.add_row(row["class"], *cells, *([f"{row['threshold']:.3f}"] if multi else []))
     print_table(t)
-    matrix = table("confusion matrix (rows: true, columns: predicted)", [("", "left")])
-    for name in report["classes"]:
-        matrix.add_column(name, justify="right")
-    for name, row in zip(report["classes"], report["confusion_matrix"], strict=True):
-        matrix.add_row(name, *map(str, row))
-    print_table(matrix)
+    if not multi:
+        matrix = table("confusion matrix (rows: true, columns: predicted)", [("", "left")])
+        for name in report["classes"]:
+            matrix.add_column(name, justify="right")
+        for name, row in zip(report["classes"], report["confusion_matrix"], strict=True):
+            matrix.add_row(name, *map(str, row))
+        print_table(matrix)
     if report["skipped"]:
-        note(f"skipped {len(report['skipped'])} unreadable file(s): {'; '.join(report['skipped'][:5])}")
+        note(f"skipped {len(report['skipped'])} file(s) or row(s): {'; '.join(report['skipped'][:5])}")
 
 
 @app.command()
@@ -61,7 +86,12 @@ def predict(
         print_json(results)
         return
     for r in results:
-        out(f"{r['image']}: " + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"]))
+        top = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])
+        if "labels" in r:  # multi-label: the labels over their thresholds, then the top k for context
+            chosen = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["labels"]) or "no label"
+            out(f"{r['image']}: ", (chosen, "bold"), f"  (top {len(r['top'])}: {top})")
+        else:
+            out(f"{r['image']}: {top}")
 
 
 @app.command()
@@ -99,8 +129,9 @@ def export(
         note(f"note: {line}")
     if report.int8:
         q = report.int8
+        metric = q["metric"]
         out(
-            f"int8: {q['path']}: val acc {q['fp32_val_acc']:.4f} -> {q['int8_val_acc']:.4f} "
+            f"int8: {q['path']}: {metric_name(metric)} {q[f'fp32_{metric}']:.4f} -> {q[f'int8_{metric}']:.4f} "
             f"({-q['drop_points']:+.2f} points), {q['speedup']:.2f}x the fp32 speed"
         )
     out(("verified", "bold"), f": {report.path} (report: {report.report_path})")
@@ -127,5 +158,7 @@ def verify(
         raise mismatch_error(report)
     if not as_json:
         worst = max(c.max_abs_diff for c in report.checks)
-        what = "val accuracy within the INT8 gate" if report.precision == "int8" else f"max abs diff {worst:.2e}"
+        what = f"max abs diff {worst:.2e}"
+        if report.precision == "int8":
+            what = f"{report.checks[0].output.removeprefix('int8 ')} within the INT8 gate"
         out(("verified", "bold"), f": {model} matches {source} on {report.images} ({what})")

@@ -40,8 +40,11 @@ def _option(field: dataclasses.Field, kind: Any) -> Any:
     ]
 
 
-def with_options(*classes: type) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Add a keyword option for each command-line field of `classes` to a command's signature."""
+def with_options(
+    *classes: type, only: tuple[str, ...] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add a keyword option for each command-line field of `classes` (or the fields named in `only`) to a command's
+    signature."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(fn)
@@ -55,7 +58,7 @@ def with_options(*classes: type) -> Callable[[Callable[..., Any]], Callable[...,
         for cls in classes:
             hints = typing.get_type_hints(cls)
             for field in cli_fields(cls):
-                if field.name in taken:
+                if field.name in taken or (only is not None and field.name not in only):
                     continue
                 annotation = _option(field, hints[field.name])
                 params.append(

@@ -79,6 +79,17 @@ def table(title: str, columns: list[tuple[str, str]]) -> Table:
     return t
 
 
+def test_line(test: dict[str, Any]) -> str:
+    """The test split's figures, as `zoo finetune` prints them after training."""
+    line = (
+        f"test ({test['images']} images, evaluated once with the best checkpoint): acc {test['acc']:.4f}  "
+        f"balanced acc {test['balanced_acc']:.4f}  macro-F1 {test['macro_f1']:.4f}"
+    )
+    if "micro_f1" in test:
+        line += f"  micro-F1 {test['micro_f1']:.4f}"
+    return line + f"  mAP {test['map']:.4f}"
+
+
 def count(n: int | None) -> str:
     """12.3M, 45.6K: parameter counts for tables."""
     if not n:
@@ -90,7 +101,8 @@ def check_table(title: str, checks) -> Table:
     """The per-batch comparison table of `zoo export`, `zoo verify` and `zoo import`."""
     labelled = len({c.output for c in checks}) > 1 or any(c.output != "logits" for c in checks)
     columns = [("inputs", "left")] if labelled else []
-    columns += [(c, "right") for c in ("batch", "shape", "max abs diff", "tolerance", "top-1 agreement", "result")]
+    agreement = f"{checks[0].agreement} agreement" if checks else "top-1 agreement"
+    columns += [(c, "right") for c in ("batch", "shape", "max abs diff", "tolerance", agreement, "result")]
     t = table(title, columns)
     for c in checks:
         t.add_row(
@@ -125,15 +137,9 @@ class RunRenderer:
         if event.kind == events.STARTED:
             self._started(d)
         elif event.kind == events.EPOCH_ENDED:
-            row = d["row"]
-            note(
-                f"epoch {row['epoch']}/{d['epochs']}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}"
-                f"  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}"
-                f"  {row['train_img_s']:.1f} img/s{'  (cached)' if row.get('cached') else ''}"
-                f"{'  *best*' if d.get('improved') else ''}"
-            )
+            note(events.epoch_text(d))
         elif event.kind == events.EARLY_STOPPED:
-            note(f"early stop: no better val accuracy for {d['patience']} epoch(s)")
+            note(f"early stop: no better {events.metric_name(d.get('metric', 'val_acc'))} for {d['patience']} epoch(s)")
 
     def _started(self, d: dict[str, Any]) -> None:
         t = table(
@@ -151,12 +157,22 @@ class RunRenderer:
         if d.get("auto"):
             auto = d["auto"]
             note(f"auto: {auto['quadrant']} -> --policy {auto['policy']}")
+        manifest = d.get("manifest")
+        if manifest:
+            note(f"manifest {manifest['file']}: {'; '.join(manifest['how'])}")
+        test = f" / {d['test_images']} test" if d.get("test_images") else ""
+        skipped = f"{d['skipped']} file(s) skipped"
+        if manifest:
+            skipped = f"{manifest['bad_rows']} of {manifest['rows']} row(s) skipped"
         note(
-            f"data: {d['train_images']} train / {d['val_images']} val images, {d['classes']} classes ({d['layout']}); "
-            f"smallest class {d['smallest_class']}; {d['skipped']} file(s) skipped; augment {d['augment']}; "
-            f"device {d['device']}; batch {d['batch_size']}"
+            f"data: {d['train_images']} train / {d['val_images']} val{test} images, {d['classes']} classes "
+            f"({d['layout']}, {d.get('task', 'single-label')}); smallest class {d['smallest_class']}; {skipped}; "
+            f"augment {d['augment']}; device {d['device']}; batch {d['batch_size']}"
             + (f"; resuming after epoch {d['start_epoch']}" if d.get("start_epoch") else "")
         )
+        if d.get("balance"):
+            b = d["balance"]
+            note(f"balance {b['mode']}: {b['reason']}; best epoch by val {d.get('select_by', 'acc')}")
 
     def _progress(self, phase: str, done: int, total: int, rate: float | None) -> None:
         stream = err_console

@@ -8,9 +8,10 @@ import typer
 
 from zoo.cli.app import JsonFlag, app
 from zoo.cli.options import given, options_for, with_options
-from zoo.cli.render import RunRenderer, check_table, note, out, print_json, print_table, table
-from zoo.config import LaunchConfig, TrainConfig
+from zoo.cli.render import RunRenderer, check_table, note, out, print_json, print_table, table, test_line
+from zoo.config import MANIFEST_OPTIONS, LaunchConfig, TrainConfig
 from zoo.errors import UsageError
+from zoo.events import metric_name
 
 
 def run_finetune(*args, **kwargs):
@@ -26,7 +27,10 @@ def finetune(
     ctx: typer.Context,
     backbone: Annotated[str | None, typer.Argument(help="Backbone name or alias (`zoo list`).")] = None,
     data: Annotated[
-        str | None, typer.Argument(help="Image folder: DATA/<class>/*.jpg or DATA/train + DATA/val.")
+        str | None,
+        typer.Argument(
+            help="Image folder (DATA/<class>/*.jpg, or DATA/train + DATA/val [+ DATA/test]) or a CSV/TSV manifest."
+        ),
     ] = None,
     resume: Annotated[
         str | None,
@@ -36,7 +40,7 @@ def finetune(
     as_json: JsonFlag = False,
     **options,
 ):
-    """Fine-tune a backbone on an image folder with a freeze policy; writes runs/NAME/."""
+    """Fine-tune a backbone on an image folder or a manifest with a freeze policy; writes runs/NAME/."""
     launch = LaunchConfig(**options_for(LaunchConfig, options))
     train_options = options_for(TrainConfig, options)
     renderer = RunRenderer(quiet=quiet or as_json)
@@ -54,25 +58,37 @@ def finetune(
     if as_json:
         print_json(result.summary | {"run_dir": str(result.run_dir)})
         return
+    metric = result.select_by
+    best = f"best val acc {result.best_val_acc:.4f}"
+    if metric != "acc":
+        best = f"best {metric_name('val_' + metric)} {result.best_value:.4f} (val acc {result.best_val_acc:.4f})"
     out(
         ("done", "bold"),
-        f": best val acc {result.best_val_acc:.4f} at epoch {result.best_epoch} ({result.epochs_run} epochs, "
+        f": {best} at epoch {result.best_epoch} ({result.epochs_run} epochs, "
         f"{result.summary.get('wall_seconds', 0):.1f} s) -> {result.run_dir}",
     )
+    if result.test:
+        out(test_line(result.test))
 
 
 @app.command()
+@with_options(TrainConfig, only=MANIFEST_OPTIONS)
 def advise(
     backbone: Annotated[str, typer.Argument(help="Backbone name or alias, with pretrained weights.")],
-    data: Annotated[str, typer.Argument(help="Image folder: DATA/<class>/*.jpg or DATA/train + DATA/val.")],
+    data: Annotated[
+        str, typer.Argument(help="Image folder (DATA/<class>/*.jpg or DATA/train + DATA/val) or a CSV/TSV manifest.")
+    ],
     weights: Annotated[str, typer.Option(help="Pretrained weights tag or file.")] = "default",
     large_per_class: Annotated[int, typer.Option(help="Images in every class from which data counts as large.")] = 500,
     as_json: JsonFlag = False,
+    **options,
 ):
     """Measure the data's size and its similarity to the pretraining data; recommend a freeze policy."""
     from zoo.advise import advise as run_advise
+    from zoo.data import manifest_options
 
-    advice = run_advise(backbone, data, weights=weights, large_per_class=large_per_class)
+    advice = run_advise(backbone, data, weights=weights, large_per_class=large_per_class, labels=options["labels"],
+                        options=manifest_options(options))  # fmt: skip
     if as_json:
         print_json(advice.to_dict())
         return
