@@ -16,7 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import install_tiny_plugin, make_images
+from conftest import install_tiny_plugin, make_images, make_tagged
 from zoo.cli import app
 from zoo.config import LaunchConfig as Launch
 from zoo.dist import Dist, shard, unshard
@@ -93,6 +93,25 @@ def test_nproc_per_node_feature_extract_uses_per_rank_caches(tmp_path, env):
     assert gradual.returncode == 0, gradual.stderr
     history = torch.load(tmp_path / "gr" / "last.pt", weights_only=False)["history"]
     assert len(history) == 8
+
+
+@pytest.mark.parametrize("policy", ["feature-extract", "finetune"])
+def test_two_processes_train_multi_label_with_a_balanced_sampler_and_a_test_split(tmp_path, env, policy):
+    """Val and test figures gathered from both ranks (each image once); the sampler draws per rank."""
+    tags = make_tagged(tmp_path / "tags", n=48, splits=["train", "train", "val", "train", "test", "train"])
+    args = ["tiny", tags, "--policy", policy, "--epochs", "4", "--lr", "0.05", "--batch-size", "8",
+            "--balance", "sampler", "--out", tmp_path, "--json"]  # fmt: skip
+    two = zoo(env, "finetune", *args, "--nproc-per-node", "2", "--name", "two")
+    assert two.returncode == 0, two.stderr
+    one = zoo(env, "finetune", *args, "--name", "one")
+    assert one.returncode == 0, one.stderr
+    s2, s1 = json.loads(two.stdout), json.loads(one.stdout)
+    assert s2["world_size"] == 2 and s2["task"] == "multi-label" and s2["balance"]["mode"] == "sampler"
+    assert (s2["cache"] is not None) == (policy == "feature-extract")
+    history = torch.load(tmp_path / "two" / "last.pt", weights_only=False)["history"]
+    assert all(row["val_images"] == 8 for row in history)
+    assert s2["test"]["images"] == 8 and len(s2["thresholds"]) == 3
+    assert abs(s2["best_val"]["map"] - s1["best_val"]["map"]) <= 0.15, (s1["best_val"], s2["best_val"])
 
 
 def _proc(pid) -> tuple[list[bytes], int] | None:
