@@ -123,6 +123,23 @@ def test_multi_label_evaluate_predict_export_and_runtime(tmp_path, tiny_registry
     assert cli.exit_code == 0 and "(exact label sets)" in cli.stdout and "threshold" in cli.stdout
 
 
+def test_a_run_keeps_its_data_absolute_so_evaluate_and_resume_work_from_anywhere(
+    tmp_path, tiny_registry, tags, monkeypatch
+):
+    monkeypatch.chdir(tags.parent)  # a manifest given relative to the working directory
+    result = finetune("tiny", tags.name, policy="finetune", **_options(tmp_path, epochs=1))
+    assert json.loads((result.run_dir / "config.json").read_text())["data"] == str(tags)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cli = runner.invoke(app, ["evaluate", str(result.run_dir), "--json"])
+    assert cli.exit_code == 0, cli.stderr
+    report = json.loads(cli.stdout)
+    assert report["data"] == str(tags) and "the run's val split" in report["evaluated_on"]
+    assert report["map"] == pytest.approx(result.summary["best_val"]["map"], abs=1e-6)
+    assert resume_run(result.run_dir, epochs=2).epochs_run == 2
+
+
 def test_edited_thresholds_metadata_is_refused(tmp_path, tiny_registry, tags):
     from zoo.errors import ModelFileError
     from zoo.onnx_meta import write_props

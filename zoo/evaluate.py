@@ -33,12 +33,15 @@ def _same(a: str | Path | None, b: str | Path | None) -> bool:
 
 
 def eval_set(
-    ckpt: dict[str, Any], data: str | Path, labels: str | Path | None, split: str, columns: dict | None = None
+    ckpt: dict[str, Any], data: str | Path | None, labels: str | Path | None, split: str, columns: dict | None = None
 ) -> EvalSet:
-    """What to evaluate on. The run's own data: its held-out part as the run split it (test, else val).
+    """What to evaluate on. The run's own data (also when `data` is None): its held-out part as the run split it
+    (test, else val).
     Other data: its test part, else its val part, else all of it (or the `split` named). A manifest is read
     with the run's manifest options, changed by `columns` (path_column, label_column, split_column, label_sep)."""
     cfg = {**ckpt["config"], **(columns or {})}
+    if data is None:
+        data, labels = cfg["data"], labels if labels is not None else cfg.get("labels")
     classes, multi = list(ckpt["classes"]), ckpt.get("task") == "multi-label"
     if _same(data, cfg["data"]) and _same(labels, cfg.get("labels")):
         run_split = load_for_run(cfg, decode_size(preprocess_of(ckpt)))
@@ -60,14 +63,15 @@ def eval_set(
 
 def evaluate(
     run: str | Path,
-    data: str | Path,
+    data: str | Path | None = None,
     batch_size: int = 32,
     *,
     labels: str | Path | None = None,
     split: str = "auto",
     columns: dict | None = None,
 ) -> dict[str, Any]:
-    """A checkpoint's metrics on DATA: accuracy, balanced accuracy, macro-F1, mAP, per class; the confusion
+    """A checkpoint's metrics on DATA (default: the run's own data, its held-out split): accuracy, balanced
+    accuracy, macro-F1, mAP, per class; the confusion
     matrix (single-label) or the figures at the run's thresholds (multi-label)."""
     model, ckpt = load_model(run)
     classes = list(ckpt["classes"])
@@ -100,11 +104,11 @@ def evaluate(
             flush()
     flush()
     if not kept:
-        raise DataError(f"{data}: none of the images could be read")
+        raise DataError(f"{chosen.where}: none of the images could be read")
     report = task.report(task.labels_array(kept), np.concatenate(probs), classes, ckpt.get("thresholds"))
     out = {
         "checkpoint": str(run),
-        "data": str(data),
+        "data": str(data if data is not None else ckpt["config"]["data"]),
         "evaluated_on": chosen.where,
         "task": task.name,
         "images": len(kept),

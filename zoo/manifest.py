@@ -287,7 +287,7 @@ def read(file: Path | str, root: Path | str | None = None, options: ManifestOpti
             shown = "whitespace" if separator == " " else repr(separator)
             how.append(
                 f"multi-label: labels separated by {shown}"
-                + ("" if options.label_sep is not None else " (detected; --single-label keeps cells whole)")
+                + ("" if options.label_sep is not None else " (detected; --no-multi-label keeps cells whole)")
             )
         elif multi:
             how.append("multi-label (--multi-label): one label per cell")

@@ -371,7 +371,7 @@ class Trainer:
         started = time.perf_counter()
         main = self.dist.is_main  # only rank 0 writes files
         if main:
-            write_config(self.run_dir, dataclasses.asdict(cfg))
+            write_config(self.run_dir, saved_config(cfg))
         self.report.emit(events.STARTED, **self._started())
         status, reason = "completed", None
         epoch = self.start_epoch
@@ -495,7 +495,7 @@ class Trainer:
             "task": self.task.name,
             "thresholds": self.best_report.get("thresholds"),
             "select_by": self.select_by,
-            "config": dataclasses.asdict(self.cfg),
+            "config": saved_config(self.cfg),
         }
 
     def _started(self) -> dict[str, Any]:
@@ -635,6 +635,16 @@ def finetune(backbone: str, data: str | Path, *, callback: events.Callback | Non
     """
     cfg = TrainConfig(backbone=backbone, data=str(data), **options)
     return train(cfg, callback=callback)
+
+
+def saved_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as a run keeps it: the data and manifest as absolute paths, so that `--resume`, `zoo evaluate
+    RUN` and `zoo export`'s check find them from any working directory."""
+    saved = dataclasses.asdict(cfg)
+    for key in ("data", "labels"):
+        if saved.get(key):
+            saved[key] = str(Path(saved[key]).expanduser().absolute())
+    return saved
 
 
 def train(cfg: TrainConfig, callback: events.Callback | None = None, run_dir: Path | None = None) -> FinetuneResult:

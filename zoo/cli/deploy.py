@@ -19,8 +19,12 @@ from zoo.onnx_io import DEFAULT_OPSET, quiet_stdout
 def evaluate(
     run: Annotated[str, typer.Argument(help="Run folder (uses best.pt) or checkpoint file.")],
     data: Annotated[
-        str, typer.Argument(help="Image folder with class subfolders, or a CSV/TSV manifest (as for finetune).")
-    ],
+        str | None,
+        typer.Argument(
+            help="Image folder with class subfolders, or a CSV/TSV manifest (as for finetune) [default: the run's "
+            "own data]."
+        ),
+    ] = None,
     split: Annotated[
         str,
         typer.Option(

@@ -64,7 +64,7 @@ def finetune(
         best = f"best {metric_name('val_' + metric)} {result.best_value:.4f} (val acc {result.best_val_acc:.4f})"
     out(
         ("done", "bold"),
-        f": {best} at epoch {result.best_epoch} ({result.epochs_run} epochs, "
+        f": {best} at epoch {result.best_epoch} ({result.epochs_run} epoch{'s' if result.epochs_run != 1 else ''}, "
         f"{result.summary.get('wall_seconds', 0):.1f} s) -> {result.run_dir}",
     )
     if result.test:
