@@ -12,12 +12,10 @@ trains on its activations (`zoo.cache`): the same result, many times faster.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +23,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from zoo import balance, events
+from zoo import balance, events, record
 from zoo.cache import BoundaryCache
 from zoo.checkpoint import last_checkpoint, policy_of, read_checkpoint, write_checkpoint
 from zoo.config import CPU_BATCH, GPU_BATCH, MAX_WORKERS, RESUMABLE, TrainConfig
 from zoo.data import DataSplit, load, manifest_options
-from zoo.device import amp_dtype, pick_device, rng_state, seed_everything, set_rng_state
+from zoo.device import amp_dtype, pick_device, seed_everything, set_rng_state
 from zoo.dist import DDPWrapper, Dist, shard, unshard
 from zoo.errors import CheckpointError, Interrupted, PolicyError, ResumeError, Terminated, TrainingDiverged
 from zoo.freeze import apply_trainable
@@ -40,59 +38,12 @@ from zoo.loaders import Loaders
 from zoo.models import GroupMap, create_model, resolve_weights, split_outputs
 from zoo.optim import Optimizer, Schedule, base_lr, weight_decay
 from zoo.policies import Policy, resolve_policy
+from zoo.record import FinetuneResult
 from zoo.registry import get_registry
 from zoo.runs import RunLock, discard_if_unstarted, new_run_dir, write_config, write_metrics, write_summary
 from zoo.tasks import Task
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FinetuneResult:
-    """What `zoo.finetune` returns."""
-
-    run_dir: Path
-    best_val_acc: float  # val accuracy at the best epoch
-    best_epoch: int
-    epochs_run: int
-    classes: list[str]
-    history: list[dict[str, Any]] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def select_by(self) -> str:
-        """The val metric that picked the best epoch (`--select-by`)."""
-        return self.summary.get("select_by", "acc")
-
-    @property
-    def best_value(self) -> float:
-        return self.summary.get("best_value", self.best_val_acc)
-
-    @property
-    def test(self) -> dict[str, Any] | None:
-        """The test split's figures (evaluated once, after training), or None without a test split."""
-        return self.summary.get("test")
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.run_dir / "best.pt"
-
-    @classmethod
-    def from_run_dir(cls, run_dir: Path) -> FinetuneResult:
-        """Read back from a run folder's summary.json (a run another process trained)."""
-        import json
-
-        path = run_dir / "summary.json"
-        summary = json.loads(path.read_text()) if path.is_file() else {}
-        return cls(
-            run_dir,
-            summary.get("best_val_acc", 0.0),
-            summary.get("best_epoch", 0),
-            summary.get("epochs_run", 0),
-            summary.get("classes", []),
-            [],
-            summary,
-        )
 
 
 class Trainer:
@@ -348,7 +299,7 @@ class Trainer:
         module = self.cache.suffix if self.cache.active else self.model
         loss, probs, targets = self._predict(module, self._batches(False, 0), len(self.split.val))
         report = self.task.report(targets, probs, self.classes)
-        metrics = {"val_loss": float(loss), **{f"val_{k}": float(report[k]) for k in _METRICS if k in report}}
+        metrics = {"val_loss": float(loss), **{f"val_{k}": float(report[k]) for k in record.METRICS if k in report}}
         return {**metrics, "val_images": len(self.split.val)}, report
 
     def _test(self) -> dict[str, Any] | None:
@@ -361,7 +312,7 @@ class Trainer:
         batches = self._on_device(self.loaders.loader(shard(self.split.test, self.dist)))
         loss, probs, targets = self._predict(self.model, batches, len(self.split.test))
         report = self.task.report(targets, probs, self.classes, self.best_report.get("thresholds"))
-        return _stored(
+        return record.stored(
             {"images": len(self.split.test), "loss": loss, **{k: v for k, v in report.items() if k != "preds"}}
         )
 
@@ -371,8 +322,8 @@ class Trainer:
         started = time.perf_counter()
         main = self.dist.is_main  # only rank 0 writes files
         if main:
-            write_config(self.run_dir, saved_config(cfg))
-        self.report.emit(events.STARTED, **self._started())
+            write_config(self.run_dir, record.saved_config(cfg))
+        self.report.emit(events.STARTED, **record.started(self))
         status, reason = "completed", None
         epoch = self.start_epoch
         previous = sigterm_raises()
@@ -391,7 +342,7 @@ class Trainer:
                     self.history.append({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
                     if improved:
                         self.best_acc, self.best_epoch, self.best_value = metrics["val_acc"], epoch + 1, value
-                        self.best_report = _stored(report)
+                        self.best_report = record.stored(report)
                         if self.split.test:
                             self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
                     if main:
@@ -456,7 +407,7 @@ class Trainer:
         return error
 
     def _save(self, epoch: int, improved: bool, row: dict) -> None:
-        ckpt = self._checkpoint(epoch)
+        ckpt = record.checkpoint(self, epoch)
         write_checkpoint(self.run_dir / "last.pt", ckpt)
         if improved:
             write_checkpoint(self.run_dir / "best.pt", ckpt)
@@ -468,111 +419,10 @@ class Trainer:
                 if isinstance(value, float):
                     self.writer.add_scalar(key, value, epoch)
 
-    def _checkpoint(self, epoch: int) -> dict[str, Any]:
-        from zoo import __version__
-
-        info = get_registry().plugins.get(self.spec.source)
-        return {
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "backbone": get_registry().resolve(self.cfg.backbone),
-            "plugin": self.spec.source,
-            "plugin_version": info.version if info else "",
-            "zoo_version": __version__,
-            "classes": list(self.classes),
-            "preprocess": self.pre.to_dict(),
-            "policy": self.policy.to_dict(),
-            "weights": self.weights.label,
-            "epoch": epoch,
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler else None,
-            "rng": rng_state(self.loader_gen),
-            "history": self.history,
-            "best_val_acc": self.best_acc,
-            "best_epoch": self.best_epoch,
-            "best_value": self.best_value,
-            "best_report": self.best_report,
-            "task": self.task.name,
-            "thresholds": self.best_report.get("thresholds"),
-            "select_by": self.select_by,
-            "config": saved_config(self.cfg),
-        }
-
-    def _started(self) -> dict[str, Any]:
-        counts = self.groups.counts()
-        rows = self.plan.rows(self.start_epoch, self.base_lr)
-        for row in rows:
-            row["params"] = counts[row["group"]]
-        train_counts = self.split.counts("train")
-        manifest = self.split.manifest
-        return {
-            "backbone": self.spec.name,
-            "policy": self.policy.name,
-            "weights": self.weights.label,
-            "plan": rows,
-            "train_images": len(self.split.train),
-            "val_images": len(self.split.val),
-            "classes": len(self.classes),
-            "layout": self.split.layout,
-            "smallest_class": min(train_counts.values()),
-            "skipped": len(self.split.skipped),
-            "test_images": len(self.split.test),
-            "task": self.task.name,
-            "balance": self.balance.to_dict(),
-            "select_by": self.select_by,
-            "manifest": manifest,
-            "augment": self.augment,
-            "device": str(self.device),
-            "epochs": self.cfg.epochs,
-            "start_epoch": self.start_epoch,
-            "batch_size": self.batch_size,
-            "auto": self.advice.to_dict() if self.advice else None,
-        }
-
     def _finish(self, status: str, started: float, reason: str | None = None) -> dict[str, Any]:
         if self.writer:
             self.writer.close()
-        summary = {
-            "status": status,
-            "reason": reason,
-            "backbone": self.spec.name,
-            "plugin": self.spec.source,
-            "policy": self.policy.to_dict(),
-            "auto": self.advice.to_dict() if self.advice else None,
-            "weights": self.weights.label,
-            "classes": self.classes,
-            "task": self.task.name,
-            "train_images": len(self.split.train),
-            "val_images": len(self.split.val),
-            "test_images": len(self.split.test),
-            "train_counts": self.split.counts("train"),
-            "val_counts": self.split.counts("val"),
-            "test_counts": self.split.counts("test") if self.split.test else None,
-            "manifest": self.split.manifest,
-            "skipped_files": len(self.split.skipped),
-            "skipped": [f"{p} ({why})" for p, why in self.split.skipped[:100]],
-            "balance": self.balance.to_dict(),
-            "epochs_run": len(self.history),
-            "select_by": self.select_by,
-            "best_value": self.best_value,
-            "best_val_acc": self.best_acc,
-            "best_epoch": self.best_epoch,
-            "best_val": {k: self.best_report[k] for k in _METRICS if k in self.best_report},
-            "per_class": self.best_report.get("per_class"),
-            "thresholds": self.best_report.get("thresholds"),
-            "test": self.test_report if status in ("completed", "early-stopped") else None,
-            "final_val_acc": self.history[-1]["val_acc"] if self.history else None,
-            "augment": self.augment,
-            "cache": self.cache.info,
-            "device": str(self.device),
-            "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
-            "channels_last": self.channels_last,
-            "scan_seconds": round(self.scan_seconds, 2),
-            "wall_seconds": round(time.perf_counter() - started, 2),
-            "world_size": self.dist.world,
-            "batch_size": self.batch_size,  # global; each rank takes batch_size / world_size
-            "workers": self.loaders.workers,
-        }
+        summary = record.summary(self, status, time.perf_counter() - started, reason)
         if not self.dist.is_main:
             return summary
         if self.history and self.best_report.get("preds") is not None:
@@ -587,17 +437,6 @@ class Trainer:
         if status in ("completed", "early-stopped"):
             self.report.emit(events.FINISHED, summary=summary)
         return summary
-
-
-_METRICS = ("acc", "balanced_acc", "macro_f1", "micro_f1", "map")
-
-
-def _stored(report: dict[str, Any]) -> dict[str, Any]:
-    """A report as checkpoints (loaded with weights_only=True) and summary.json keep it: plain numbers and lists."""
-    import json
-
-    kept = {k: v for k, v in report.items() if k != "confusion_matrix" or len(v) <= 100}
-    return json.loads(json.dumps(kept, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
 
 
 def _report_changed_policy(policy: Policy) -> None:
@@ -635,16 +474,6 @@ def finetune(backbone: str, data: str | Path, *, callback: events.Callback | Non
     """
     cfg = TrainConfig(backbone=backbone, data=str(data), **options)
     return train(cfg, callback=callback)
-
-
-def saved_config(cfg: TrainConfig) -> dict[str, Any]:
-    """The config as a run keeps it: the data and manifest as absolute paths, so that `--resume`, `zoo evaluate
-    RUN` and `zoo export`'s check find them from any working directory."""
-    saved = dataclasses.asdict(cfg)
-    for key in ("data", "labels"):
-        if saved.get(key):
-            saved[key] = str(Path(saved[key]).expanduser().absolute())
-    return saved
 
 
 def train(cfg: TrainConfig, callback: events.Callback | None = None, run_dir: Path | None = None) -> FinetuneResult:
