@@ -114,6 +114,22 @@ def test_two_processes_train_multi_label_with_a_balanced_sampler_and_a_test_spli
     assert abs(s2["best_val"]["map"] - s1["best_val"]["map"]) <= 0.15, (s1["best_val"], s2["best_val"])
 
 
+def test_two_processes_accumulate_to_the_same_step_as_a_larger_batch(tmp_path, env):
+    """--accum-steps under DDP: gradients all-reduced once per step (no_sync before), the step of one larger batch."""
+    data = make_images(tmp_path / "data", classes=("a", "b"), per_class=16, size=40)
+    args = ["tiny", data, "--policy", "feature-extract", "--epochs", "2", "--lr", "0.05", "--cache", "off",
+            "--nproc-per-node", "2", "--out", tmp_path, "--json"]  # fmt: skip
+    big = zoo(env, "finetune", *args, "--batch-size", "16", "--name", "big")
+    small = zoo(env, "finetune", *args, "--batch-size", "8", "--accum-steps", "2", "--name", "small")
+    assert big.returncode == 0 and small.returncode == 0, big.stderr + small.stderr
+    assert json.loads(small.stdout)["effective_batch"] == 16
+    a = torch.load(tmp_path / "big" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "small" / "last.pt", weights_only=True)
+    assert a["step"] == b["step"]
+    for key, value in a["model"].items():
+        assert torch.allclose(value, b["model"][key], atol=1e-5), key
+
+
 def _proc(pid) -> tuple[list[bytes], int] | None:
     """(environ, parent pid) of a process, from /proc."""
     try:

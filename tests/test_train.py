@@ -276,3 +276,44 @@ def test_demo_fine_tunes_real_weights_offline(tmp_path):
     assert summary["cache"]["boundary"] == "stage4"
     assert "4/4 predict" in result.output
     assert (tmp_path / "demo-efficientnet_lite0" / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("cache", ["auto", "off"])
+def test_accumulating_gradients_equals_one_larger_batch(tmp_path, tiny_registry, images, cache):
+    # feature-extract: BatchNorm is frozen, so the only difference can be the loss's arithmetic
+    opts = _options(tmp_path, epochs=2, cache=cache)
+    big = finetune("tiny", images, policy="feature-extract", name="big", **{**opts, "batch_size": 12})
+    small = finetune("tiny", images, policy="feature-extract", name="small", accum_steps=3, **{**opts, "batch_size": 4})
+    one = finetune("tiny", images, policy="feature-extract", name="one", **{**opts, "batch_size": 4})
+    assert small.summary["effective_batch"] == 12 and small.summary["accum_steps"] == 3
+    a, b, c = (read_checkpoint(r.run_dir / "last.pt") for r in (big, small, one))
+    assert a["step"] == b["step"] == 4 and c["step"] == 10  # optimizer steps: 2 epochs x ceil(19 / 12) or / 4
+    for key, value in a["model"].items():
+        assert torch.allclose(value, b["model"][key], atol=1e-6), key
+    assert not torch.allclose(a["model"]["fc.weight"], c["model"]["fc.weight"], atol=1e-4)
+
+
+def test_clip_grad_bounds_each_update(tmp_path, tiny_registry, images):
+    # SGD without momentum or decay, one step: the update is lr x the (clipped) gradient
+    opts = _options(tmp_path, epochs=1, batch_size=64, optimizer="sgd", momentum=0.0, weight_decay=0.0, lr=0.1)
+    start = finetune("tiny", images, policy="feature-extract", name="start", **{**opts, "lr": 1e-12})
+    clipped = finetune("tiny", images, policy="feature-extract", name="clipped", clip_grad=1e-3, **opts)
+    loose = finetune("tiny", images, policy="feature-extract", name="loose", clip_grad=1e9, **opts)
+    plain = finetune("tiny", images, policy="feature-extract", name="plain", **opts)
+    w0, w1, w2, w3 = (read_checkpoint(r.run_dir / "last.pt")["model"] for r in (start, clipped, loose, plain))
+    step = torch.cat([(w1[k] - w0[k]).flatten() for k in ("fc.weight", "fc.bias")])
+    assert step.norm().item() == pytest.approx(0.1 * 1e-3, rel=1e-3)
+    assert all(torch.equal(w2[k], w3[k]) for k in w3)  # a bound it never reaches changes nothing
+    assert clipped.summary["clip_grad"] == 1e-3
+
+
+def test_accum_steps_and_clip_grad_flags(tmp_path, tiny_registry, images):
+    for flag, value in (("--accum-steps", "0"), ("--clip-grad", "0"), ("--clip-grad", "nan")):
+        result = runner.invoke(app, ["finetune", "tiny", str(images), flag, value, "--out", str(tmp_path / "r")])
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1 and flag in result.stderr, result.stderr
+    result = runner.invoke(app, ["finetune", "tiny", str(images), "--weights", "none", "--epochs", "1",
+                                 "--batch-size", "4", "--accum-steps", "2", "--clip-grad", "1", "--workers", "0",
+                                 "--out", str(tmp_path / "r")])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert "batch 4 x 2 accumulated steps = 8 images per optimizer step" in result.stderr
+    assert "gradients clipped to norm 1" in result.stderr

@@ -94,6 +94,14 @@ class TrainConfig:
     step_size: int = option(7, "step schedule: epochs between LR drops.")
     gamma: float = option(0.1, "step schedule: LR multiplier at each drop.")
     label_smoothing: float = option(0.1, "Label smoothing of the loss.")
+    clip_grad: float | None = option(
+        None, "Clip the gradients' total L2 norm (over every trainable parameter) to this value [default: no clip]."
+    )
+    accum_steps: int = option(
+        1,
+        "Accumulate gradients over N batches before each optimizer step: the effective batch is N x --batch-size "
+        "(BatchNorm still sees one batch at a time).",
+    )
     patience: int | None = option(
         None, "Stop after N epochs without a better val metric (--select-by).", on_resume=APPLY
     )
@@ -146,6 +154,7 @@ class TrainConfig:
             ("step-size", self.step_size, 1),
             ("patience", self.patience, 1),
             ("workers", self.workers, 0),
+            ("accum-steps", self.accum_steps, 1),
         ):
             if value is not None and value < low:
                 raise UsageError(f"--{flag} {value}: must be >= {low}")
@@ -156,6 +165,7 @@ class TrainConfig:
             ("gamma", self.gamma, 0.0, False),
             ("dist-timeout", self.dist_timeout, 0.0, False),
             ("momentum", self.momentum, 0.0, True),
+            ("clip-grad", self.clip_grad, 0.0, False),
         ):
             if value is None:
                 continue

@@ -81,7 +81,8 @@ class Optimizer:
             return False
         if self.torch is None:
             if self.kind == "sgd":
-                self.torch = torch.optim.SGD(new, lr=self.lr, momentum=self.momentum, nesterov=True)
+                nesterov = self.momentum > 0  # torch refuses Nesterov without momentum (--momentum 0)
+                self.torch = torch.optim.SGD(new, lr=self.lr, momentum=self.momentum, nesterov=nesterov)
             else:
                 self.torch = torch.optim.AdamW(new, lr=self.lr)
         else:

@@ -140,6 +140,8 @@ def started(trainer: Any) -> dict[str, Any]:
         "epochs": trainer.cfg.epochs,
         "start_epoch": trainer.start_epoch,
         "batch_size": trainer.batch_size,
+        "accum_steps": trainer.cfg.accum_steps,
+        "clip_grad": trainer.cfg.clip_grad,
         "auto": trainer.advice.to_dict() if trainer.advice else None,
     }
 
@@ -185,6 +187,9 @@ def summary(trainer: Any, status: str, wall_seconds: float, reason: str | None =
         "wall_seconds": round(wall_seconds, 2),
         "world_size": trainer.dist.world,
         "batch_size": trainer.batch_size,  # global; each rank takes batch_size / world_size
+        "accum_steps": trainer.cfg.accum_steps,
+        "effective_batch": trainer.batch_size * trainer.cfg.accum_steps,  # images per optimizer step
+        "clip_grad": trainer.cfg.clip_grad,
         "workers": trainer.loaders.workers,
     }
 

@@ -12,6 +12,7 @@ trains on its activations (`zoo.cache`): the same result, many times faster.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -144,7 +145,8 @@ class Trainer:
             cfg.optimizer, self.groups, self.plan, self.base_lr, weight_decay(cfg.weight_decay, cfg.optimizer),
             cfg.momentum,
         )  # fmt: skip
-        self.steps_per_epoch = math.ceil(math.ceil(len(self.split.train) / self.dist.world) / self.rank_batch)
+        batches = math.ceil(math.ceil(len(self.split.train) / self.dist.world) / self.rank_batch)
+        self.steps_per_epoch = math.ceil(batches / cfg.accum_steps)  # optimizer steps
         self.schedule = Schedule(
             cfg.schedule, cfg.epochs, self.steps_per_epoch, cfg.warmup_epochs, cfg.step_size, cfg.gamma
         )
@@ -236,29 +238,42 @@ class Trainer:
         module = self.ddp.module(self.model, self.cache.suffix, key)
         total_loss = correct = seen = 0
         start = time.perf_counter()
-        for inputs, target in self._batches(True, epoch):
+        for group in _chunks(self._batches(True, epoch), self.cfg.accum_steps):
+            # one optimizer step per group of --accum-steps batches; each batch's loss weighs its share of the
+            # group's images, so the gradient is the one of a single batch that holds them all
             self.optimizer.set_lr(self.schedule.factor(self.step))
-            logits, aux = self._forward(module, inputs)
-            loss = self.criterion(logits.float(), target)
-            for extra in aux:  # Inception/GoogLeNet auxiliary heads, weighted as in the papers' recipes
-                loss = loss + 0.4 * self.criterion(extra.float(), target)
-            if not self.dist.enabled and not torch.isfinite(loss):
-                self._diverged(epoch, loss.item())
             self.optimizer.torch.zero_grad(set_to_none=True)
+            group_size = sum(len(target) for _, target in group)
+            for i, (inputs, target) in enumerate(group):
+                last = i == len(group) - 1
+                sync = contextlib.nullcontext() if last or not hasattr(module, "no_sync") else module.no_sync()
+                with sync:  # DDP all-reduces the gradients once per step, with the group's last batch
+                    logits, aux = self._forward(module, inputs)
+                    loss = self.criterion(logits.float(), target)
+                    for extra in aux:  # Inception/GoogLeNet auxiliary heads, weighted as in the papers' recipes
+                        loss = loss + 0.4 * self.criterion(extra.float(), target)
+                    if not self.dist.enabled and not torch.isfinite(loss):
+                        self._diverged(epoch, loss.item())
+                    part = loss * (len(target) / group_size) if len(group) > 1 else loss
+                    (self.scaler.scale(part) if self.scaler else part).backward()
+                n = len(target)
+                total_loss += loss.item() * n
+                correct += self.task.correct(logits.detach(), target)
+                seen += n
+                self.report.progress(f"epoch {epoch + 1}/{self.cfg.epochs}", seen,
+                                     len(self.split.train) // self.dist.world,
+                                     seen / max(1e-9, time.perf_counter() - start))  # fmt: skip
+            if self.cfg.clip_grad is not None:
+                if self.scaler:
+                    self.scaler.unscale_(self.optimizer.torch)  # clip the true gradients, not the scaled ones
+                params = [p for g in self.optimizer.torch.param_groups for p in g["params"] if p.grad is not None]
+                torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad)
             if self.scaler:
-                self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer.torch)
                 self.scaler.update()
             else:
-                loss.backward()
                 self.optimizer.torch.step()
             self.step += 1
-            n = len(target)
-            total_loss += loss.item() * n
-            correct += self.task.correct(logits.detach(), target)
-            seen += n
-            self.report.progress(f"epoch {epoch + 1}/{self.cfg.epochs}", seen, len(self.split.train) // self.dist.world,
-                                 seen / max(1e-9, time.perf_counter() - start))  # fmt: skip
         seconds = time.perf_counter() - start
         total_loss, correct, seen = self.dist.all_sum(total_loss, correct, seen)  # every rank logs the same
         if not math.isfinite(total_loss):
@@ -437,6 +452,18 @@ class Trainer:
         if status in ("completed", "early-stopped"):
             self.report.emit(events.FINISHED, summary=summary)
         return summary
+
+
+def _chunks(items, size: int):
+    """Consecutive lists of `size` items (the last may be shorter)."""
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _report_changed_policy(policy: Policy) -> None:

@@ -168,6 +168,13 @@ class RunRenderer:
             f"data: {d['train_images']} train / {d['val_images']} val{test} images, {d['classes']} classes "
             f"({d['layout']}, {d.get('task', 'single-label')}); smallest class {d['smallest_class']}; {skipped}; "
             f"augment {d['augment']}; device {d['device']}; batch {d['batch_size']}"
+            + (
+                f" x {d['accum_steps']} accumulated steps = {d['batch_size'] * d['accum_steps']} images per optimizer "
+                "step"
+                if d.get("accum_steps", 1) > 1
+                else ""
+            )
+            + (f"; gradients clipped to norm {d['clip_grad']:g}" if d.get("clip_grad") is not None else "")
             + (f"; resuming after epoch {d['start_epoch']}" if d.get("start_epoch") else "")
         )
         if d.get("balance"):
