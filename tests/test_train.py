@@ -317,3 +317,30 @@ def test_accum_steps_and_clip_grad_flags(tmp_path, tiny_registry, images):
     assert result.exit_code == 0, result.stderr
     assert "batch 4 x 2 accumulated steps = 8 images per optimizer step" in result.stderr
     assert "gradients clipped to norm 1" in result.stderr
+
+
+def test_evaluate_with_tta_reports_ten_views_beside_the_plain_figures(tmp_path, tiny_registry, images, monkeypatch):
+    import numpy as np
+
+    import zoo.evaluate
+    from zoo.checkpoint import load_model, preprocess_of
+    from zoo.images import load_for_eval, tta_views
+
+    result = finetune("tiny", images, policy="finetune", **_options(tmp_path, epochs=2))
+    plain, both = evaluate(result.run_dir), evaluate(result.run_dir, tta=True)
+    assert {k: both[k] for k in plain} == plain  # the plain figures do not change
+    assert set(both["tta"]) >= {"accuracy", "balanced_accuracy", "macro_f1", "map", "views"}
+    _, ckpt = load_model(result.run_dir)
+    pre = preprocess_of(ckpt)
+    image = next(images.rglob("*.png"))
+    views = tta_views(image, pre)
+    assert views.shape == (10, 3, 32, 32)
+    assert np.array_equal(views[4], load_for_eval(image, pre))  # the centre crop is the plain input
+    assert all(np.array_equal(views[5 + i], views[i][:, :, ::-1]) for i in range(5))  # then the five flipped
+    cli = runner.invoke(app, ["evaluate", str(result.run_dir), "--tta"])
+    assert cli.exit_code == 0, cli.stderr
+    assert "with --tta" in cli.stdout and "ten crops" in cli.stdout
+    # ten copies of the plain view average back to exactly the plain figures, image by image
+    monkeypatch.setattr(zoo.evaluate, "tta_views", lambda path, pre: np.stack([load_for_eval(path, pre)] * 10))
+    same = evaluate(result.run_dir, tta=True, batch_size=25)["tta"]
+    assert same["accuracy"] == plain["accuracy"] and same["map"] == pytest.approx(plain["map"], abs=1e-6)

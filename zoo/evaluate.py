@@ -11,7 +11,7 @@ import torch
 from zoo.checkpoint import load_model, preprocess_of
 from zoo.data import EvalSet, eval_samples, load_for_run, manifest_options
 from zoo.errors import DataError, UsageError
-from zoo.images import decode_size, load_for_eval
+from zoo.images import decode_size, load_for_eval, tta_views
 from zoo.models import split_outputs
 from zoo.predictions import check_top_k, probabilities, read_images, results
 from zoo.tasks import Task
@@ -69,38 +69,50 @@ def evaluate(
     labels: str | Path | None = None,
     split: str = "auto",
     columns: dict | None = None,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """A checkpoint's metrics on DATA (default: the run's own data, its held-out split): accuracy, balanced
-    accuracy, macro-F1, mAP, per class; the confusion
-    matrix (single-label) or the figures at the run's thresholds (multi-label)."""
+    accuracy, macro-F1, mAP, per class; the confusion matrix (single-label) or the figures at the run's
+    thresholds (multi-label). `tta`: also the figures with test-time augmentation (`images.tta_views`: ten
+    views per image, their probabilities averaged), under "tta", beside the plain ones."""
     model, ckpt = load_model(run)
     classes = list(ckpt["classes"])
     task = task_of(ckpt)
     chosen = eval_set(ckpt, data, labels, split, columns)
     pre = preprocess_of(ckpt)
     probs: list[np.ndarray] = []
+    tta_probs: list[np.ndarray] = []
     kept: list[Any] = []
     skipped = [f"{p} ({why})" for p, why in chosen.skipped]
     batch: list[np.ndarray] = []
+    views: list[np.ndarray] = []
     pending: list[Any] = []
 
     def flush() -> None:
         if batch:
             logits = _logits(model, torch.from_numpy(np.stack(batch))).numpy()
             probs.append(probabilities(logits, task.multi_label))
+            if tta:
+                stacked = np.concatenate(views)  # (images x 10, C, H, W)
+                p = probabilities(_logits(model, torch.from_numpy(stacked)).numpy(), task.multi_label)
+                tta_probs.append(p.reshape(len(batch), -1, p.shape[1]).mean(axis=1))
             kept.extend(pending)
             batch.clear()
+            views.clear()
             pending.clear()
 
     for sample in chosen.samples:
         try:
             array = load_for_eval(sample.path, pre)
+            view = tta_views(sample.path, pre) if tta else None
         except Exception as exc:
             skipped.append(f"{sample.path} ({type(exc).__name__})")
             continue
         batch.append(array)
+        if view is not None:
+            views.append(view)
         pending.append(sample)
-        if len(batch) == batch_size:
+        if len(batch) == (max(1, batch_size // 10) if tta else batch_size):
             flush()
     flush()
     if not kept:
@@ -125,6 +137,16 @@ def evaluate(
         out["thresholds"] = report["thresholds"]
     else:
         out["confusion_matrix"] = report["confusion_matrix"]
+    if tta:
+        t = task.report(task.labels_array(kept), np.concatenate(tta_probs), classes, ckpt.get("thresholds"))
+        out["tta"] = {
+            "views": "ten crops: the four corners and the centre of the eval resize, each also flipped",
+            "accuracy": t["acc"],
+            "balanced_accuracy": t["balanced_acc"],
+            "macro_f1": t["macro_f1"],
+            "map": t["map"],
+            **({"micro_f1": t["micro_f1"]} if task.multi_label else {}),
+        }
     return out
 
 

@@ -121,6 +121,22 @@ def eval_array(
     path sees exactly the same pixels. Returns (C, H, W) float32: C = 3 (RGB, or BGR when
     `channel_order` says so), or 1 (grayscale) when `mean` has one value.
     """
+    img = eval_resized(img, input_size, resize_size, mean, interpolation, crop_mode, channel_order)
+    ch, cw = input_size
+    left, top = round((img.width - cw) / 2.0), round((img.height - ch) / 2.0)
+    return normalised(img.crop((left, top, left + cw, top + ch)), mean, std, channel_order)
+
+
+def eval_resized(
+    img: Image.Image,
+    input_size,
+    resize_size: int,
+    mean,
+    interpolation: str = "bilinear",
+    crop_mode: str = "center",
+    channel_order: str = "RGB",
+) -> Image.Image:
+    """`eval_array`'s resize (and padding), before the crop: at least `input_size` on each side."""
     w, h = img.size
     ch, cw = input_size
     flt = _FILTERS.get(interpolation, Image.Resampling.BILINEAR)
@@ -142,12 +158,15 @@ def eval_array(
             fill = fill[::-1] if channel_order == "BGR" else fill
         canvas = Image.new("RGB", (max(cw, size[0]), max(ch, size[1])), fill)
         canvas.paste(img, ((canvas.width - size[0]) // 2, (canvas.height - size[1]) // 2))
-        img, size = canvas, canvas.size
-    left, top = round((size[0] - cw) / 2.0), round((size[1] - ch) / 2.0)
-    img = img.crop((left, top, left + cw, top + ch))
+        img = canvas
+    return img
+
+
+def normalised(img: Image.Image, mean, std, channel_order: str = "RGB"):
+    """A crop as the model's input: (C, H, W) float32, scaled to [0, 1] and normalised."""
     if len(mean) == 1:
         img = img.convert("L")
-    arr = np.asarray(img, dtype=np.float32).reshape(ch, cw, -1) / np.float32(255.0)
+    arr = np.asarray(img, dtype=np.float32).reshape(img.height, img.width, -1) / np.float32(255.0)
     if channel_order == "BGR":
         arr = arr[:, :, ::-1]
     arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
@@ -159,6 +178,19 @@ def load_for_eval(path: Path | str, pre: Preprocess, short_side: int | None = No
     short_side = short_side or decode_size(pre)
     img = shrink(open_rgb(path, short_side), short_side)
     return preprocess_image(img, pre)
+
+
+def tta_views(path: Path | str, pre: Preprocess, short_side: int | None = None):
+    """Test-time augmentation: the five crops of the eval resize (four corners and the centre) and their
+    horizontal flips, torchvision's TenCrop, each preprocessed as `load_for_eval`: (10, C, H, W) float32."""
+    from torchvision.transforms.functional import ten_crop
+
+    short_side = short_side or decode_size(pre)
+    img = shrink(open_rgb(path, short_side), short_side)
+    img = eval_resized(img, pre.input_size, pre.resize_size, pre.mean, pre.interpolation, pre.crop_mode,
+                       pre.channel_order)  # fmt: skip
+    crops = ten_crop(img, list(pre.input_size))
+    return np.stack([normalised(c, pre.mean, pre.std, pre.channel_order) for c in crops])
 
 
 def preprocess_image(img: Image.Image, pre: Preprocess):

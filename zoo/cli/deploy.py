@@ -32,6 +32,14 @@ def evaluate(
             "else val); other data: its test part, else its val part, else all]."
         ),
     ] = "auto",
+    tta: Annotated[
+        bool,
+        typer.Option(
+            "--tta",
+            help="Also test-time augmentation: ten views per image (five crops and their flips), probabilities "
+            "averaged; reported beside the plain figures.",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
     **options,
 ):
@@ -40,7 +48,7 @@ def evaluate(
     from zoo.evaluate import evaluate as run_evaluate
 
     columns = {k: v for k, v in options.items() if k != "labels" and v is not None}
-    report = run_evaluate(run, data, labels=options["labels"], split=split, columns=columns)
+    report = run_evaluate(run, data, labels=options["labels"], split=split, columns=columns, tta=tta)
     if as_json:
         print_json(report)
         return
@@ -51,6 +59,14 @@ def evaluate(
         f"macro-F1 {report['macro_f1']:.4f}" + (f"  micro-F1 {report['micro_f1']:.4f}" if multi else "")
         + f"  mAP {report['map']:.4f}  on {report['images']} images: {report['evaluated_on']}",
     )  # fmt: skip
+    if tta:
+        t = report["tta"]
+        out(
+            "with --tta ", (f"{t['accuracy']:.4f}", "bold"),
+            f" ({(t['accuracy'] - report['accuracy']) * 100:+.1f} points)  balanced accuracy "
+            f"{t['balanced_accuracy']:.4f}  macro-F1 {t['macro_f1']:.4f}"
+            + (f"  micro-F1 {t['micro_f1']:.4f}" if multi else "") + f"  mAP {t['map']:.4f}  ({t['views']})",
+        )  # fmt: skip
     columns = ("precision", "recall", "f1", "ap", "images") + (("threshold",) if multi else ())
     t = table("per class" + (" (at the run's thresholds)" if multi else ""), [("class", "left")]
               + [(c, "right") for c in columns])  # fmt: skip
