@@ -86,6 +86,15 @@ def _stop_at_epoch(monkeypatch, stop: int):
 )
 def test_resume_equals_the_uninterrupted_run(tmp_path, tiny_registry, images, policy, augment, monkeypatch):
     options = _options(tmp_path, epochs=4, policy=policy, augment=augment)
+    _resumes_exactly(tmp_path, images, options, monkeypatch)
+
+
+def test_resume_with_mixup_and_cutmix_is_exact(tmp_path, tiny_registry, images, monkeypatch):
+    options = _options(tmp_path, epochs=4, policy="finetune", mixup=0.4, cutmix=1.0, accum_steps=2, batch_size=4)
+    _resumes_exactly(tmp_path, images, options, monkeypatch)
+
+
+def _resumes_exactly(tmp_path, images, options, monkeypatch):
     whole = finetune("tiny", images, name="whole", **options)
     restore = _stop_at_epoch(monkeypatch, 2)
     with pytest.raises(Interrupted):
@@ -344,3 +353,37 @@ def test_evaluate_with_tta_reports_ten_views_beside_the_plain_figures(tmp_path, 
     monkeypatch.setattr(zoo.evaluate, "tta_views", lambda path, pre: np.stack([load_for_eval(path, pre)] * 10))
     same = evaluate(result.run_dir, tta=True, batch_size=25)["tta"]
     assert same["accuracy"] == plain["accuracy"] and same["map"] == pytest.approx(plain["map"], abs=1e-6)
+
+
+def test_mixup_and_cutmix_give_soft_targets_that_sum_to_one():
+    from zoo.errors import UsageError
+    from zoo.mixing import make_mixer
+
+    torch.manual_seed(0)
+    images, labels = torch.rand(8, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    assert make_mixer(None, None, 4, False) is None
+    for mixup, cutmix in ((0.4, None), (None, 1.0), (0.4, 1.0)):
+        mixer = make_mixer(mixup, cutmix, 4, False)
+        for _ in range(5):
+            mixed, soft = mixer(images, labels)
+            assert mixed.shape == images.shape and soft.shape == (8, 4)
+            assert torch.allclose(soft.sum(1), torch.ones(8)) and (soft >= 0).all()
+            assert not torch.equal(mixed, images)
+            assert (soft.argmax(1) == labels).float().mean() >= 0.5 or soft.max() < 1  # mixed, not relabelled
+    with pytest.raises(UsageError, match="single-label"):
+        make_mixer(0.2, None, 4, True)
+    with pytest.raises(UsageError, match="--cutmix 0"):
+        make_mixer(None, 0.0, 4, False)
+
+
+def test_mixup_trains_uncached_and_says_why(tmp_path, tiny_registry, images):
+    result = runner.invoke(app, ["finetune", "tiny", str(images), "--policy", "feature-extract", "--mixup", "0.2",
+                                 "--cutmix", "1", "--weights", "none", "--epochs", "2", "--workers", "0",
+                                 "--out", str(tmp_path / "r"), "--name", "mixed"])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads((tmp_path / "r" / "mixed" / "summary.json").read_text())
+    assert summary["cache"] is None and summary["mix"] == "mixup 0.2 or cutmix 1 per batch (soft targets)"
+    assert "the frozen-prefix cache is off: the features of a mixed image are not the mix" in result.stderr
+    for flag in ("--mixup", "--cutmix"):
+        bad = runner.invoke(app, ["finetune", "tiny", str(images), flag, "-1", "--out", str(tmp_path / "r")])
+        assert bad.exit_code == 2 and flag in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr

@@ -94,6 +94,12 @@ class TrainConfig:
     step_size: int = option(7, "step schedule: epochs between LR drops.")
     gamma: float = option(0.1, "step schedule: LR multiplier at each drop.")
     label_smoothing: float = option(0.1, "Label smoothing of the loss.")
+    mixup: float | None = option(
+        None, "Mixup: blend pairs of training images and their labels, weight ~ Beta(A, A) (0.2 is common)."
+    )
+    cutmix: float | None = option(
+        None, "CutMix: paste a box of one training image into another, labels mixed by area, Beta(A, A) (1.0)."
+    )
     clip_grad: float | None = option(
         None, "Clip the gradients' total L2 norm (over every trainable parameter) to this value [default: no clip]."
     )
@@ -166,6 +172,8 @@ class TrainConfig:
             ("dist-timeout", self.dist_timeout, 0.0, False),
             ("momentum", self.momentum, 0.0, True),
             ("clip-grad", self.clip_grad, 0.0, False),
+            ("mixup", self.mixup, 0.0, False),
+            ("cutmix", self.cutmix, 0.0, False),
         ):
             if value is None:
                 continue

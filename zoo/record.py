@@ -142,6 +142,7 @@ def started(trainer: Any) -> dict[str, Any]:
         "batch_size": trainer.batch_size,
         "accum_steps": trainer.cfg.accum_steps,
         "clip_grad": trainer.cfg.clip_grad,
+        "mix": trainer.mixer.describe() if trainer.mixer else None,
         "auto": trainer.advice.to_dict() if trainer.advice else None,
     }
 
@@ -190,6 +191,7 @@ def summary(trainer: Any, status: str, wall_seconds: float, reason: str | None =
         "accum_steps": trainer.cfg.accum_steps,
         "effective_batch": trainer.batch_size * trainer.cfg.accum_steps,  # images per optimizer step
         "clip_grad": trainer.cfg.clip_grad,
+        "mix": trainer.mixer.describe() if trainer.mixer else None,
         "workers": trainer.loaders.workers,
     }
 

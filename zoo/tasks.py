@@ -80,6 +80,8 @@ class Task:
         """Train images right: the class, or (multi-label) the whole label set at 0.5."""
         if self.multi_label:
             return int(((logits >= 0) == (target >= 0.5)).all(1).sum())
+        if target.ndim == 2:  # soft targets (mixup/cutmix): the class that weighs most
+            target = target.argmax(1)
         return int((logits.argmax(1) == target).sum())
 
     def sample_weights(self, labels: torch.Tensor, balance: Balance) -> torch.Tensor | None:

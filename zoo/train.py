@@ -36,6 +36,7 @@ from zoo.freeze import apply_trainable
 from zoo.images import decode_size
 from zoo.interrupts import deferred_signals, restore_sigterm, sigterm_raises
 from zoo.loaders import Loaders
+from zoo.mixing import make_mixer
 from zoo.models import GroupMap, create_model, resolve_weights, split_outputs
 from zoo.optim import Optimizer, Schedule, base_lr, weight_decay
 from zoo.policies import Policy, resolve_policy
@@ -122,9 +123,10 @@ class Trainer:
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.mixer = make_mixer(cfg.mixup, cfg.cutmix, len(self.classes), self.task.multi_label)
         self.augment = cfg.augment
         if self.augment == "auto":
-            cacheable = self.policy.fixed_prefix and self.plan.frozen and not cfg.cache_augmented
+            cacheable = self.policy.fixed_prefix and self.plan.frozen and not cfg.cache_augmented and not self.mixer
             self.augment = "none" if cacheable else "light"
         self.amp_dtype = amp_dtype(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -169,7 +171,7 @@ class Trainer:
         cache_dir = run_dir / "cache" / (f"rank{self.dist.rank}" if self.dist.enabled else "")
         self.cache = BoundaryCache(
             self.model, self.spec, self.groups, self.device, self.loaders, self.split.train,
-            shard(self.split.val, self.dist), mode=cfg.cache, engine=cfg.cache_engine,
+            shard(self.split.val, self.dist), mode="off" if self.mixer else cfg.cache, engine=cfg.cache_engine,
             augmented_copies=cfg.cache_augmented, augment=self.augment, train_bn=cfg.train_bn,
             channels_last=self.channels_last, seed=cfg.seed, disk_dir=cache_dir,
             progress=lambda phase, done, total: self.report.progress(phase, done, total),
@@ -245,6 +247,9 @@ class Trainer:
             self.optimizer.torch.zero_grad(set_to_none=True)
             group_size = sum(len(target) for _, target in group)
             for i, (inputs, target) in enumerate(group):
+                if self.mixer:
+                    images, target = self.mixer(inputs[0], target)
+                    inputs = [images, *inputs[1:]]
                 last = i == len(group) - 1
                 sync = contextlib.nullcontext() if last or not hasattr(module, "no_sync") else module.no_sync()
                 with sync:  # DDP all-reduces the gradients once per step, with the group's last batch

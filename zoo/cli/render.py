@@ -177,6 +177,9 @@ class RunRenderer:
             + (f"; gradients clipped to norm {d['clip_grad']:g}" if d.get("clip_grad") is not None else "")
             + (f"; resuming after epoch {d['start_epoch']}" if d.get("start_epoch") else "")
         )
+        if d.get("mix"):
+            note(f"{d['mix']}; the frozen-prefix cache is off: the features of a mixed image are not the mix of "
+                 "its two images' features")  # fmt: skip
         if d.get("balance"):
             b = d["balance"]
             note(f"balance {b['mode']}: {b['reason']}; best epoch by val {d.get('select_by', 'acc')}")
