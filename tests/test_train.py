@@ -387,3 +387,33 @@ def test_mixup_trains_uncached_and_says_why(tmp_path, tiny_registry, images):
     for flag in ("--mixup", "--cutmix"):
         bad = runner.invoke(app, ["finetune", "tiny", str(images), flag, "-1", "--out", str(tmp_path / "r")])
         assert bad.exit_code == 2 and flag in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
+
+
+@pytest.mark.parametrize("policy", ["finetune", "freeze:1"])  # freeze:1 evaluates through the cache's suffix
+def test_ema_weights_are_evaluated_kept_and_resume_exactly(tmp_path, tiny_registry, images, monkeypatch, policy):
+    options = _options(tmp_path, epochs=4, policy=policy, ema=0.99)
+    _resumes_exactly(tmp_path, images, options, monkeypatch)  # the averaged and the trained weights
+    a = read_checkpoint(tmp_path / "runs" / "whole" / "last.pt")
+    assert a["ema"]["updates"] == a["step"] and a["trained_model"] is not None
+    assert not torch.equal(a["model"]["fc.weight"], a["trained_model"]["fc.weight"])
+    resumed = read_checkpoint(tmp_path / "runs" / "part" / "last.pt")
+    for key, value in a["trained_model"].items():
+        assert torch.equal(value, resumed["trained_model"][key]), key
+    # evaluate and export read "model": the average, and what they measure is what the run measured
+    best = read_checkpoint(tmp_path / "runs" / "whole" / "best.pt")
+    report = evaluate(tmp_path / "runs" / "whole")
+    row = best["history"][best["best_epoch"] - 1]
+    assert report["accuracy"] == pytest.approx(best["best_val_acc"])
+    assert report["map"] == pytest.approx(row["val_map"], abs=1e-5)
+
+
+def test_ema_with_no_memory_is_the_trained_model(tmp_path, tiny_registry, images):
+    """A decay of ~0 copies the trained weights at every step: the run is the run without --ema."""
+    options = _options(tmp_path, epochs=2, policy="freeze:1")
+    plain = finetune("tiny", images, name="plain", **options)
+    copied = finetune("tiny", images, name="copied", ema=1e-12, **options)
+    assert [h["val_loss"] for h in plain.history] == [h["val_loss"] for h in copied.history]
+    a, b = read_checkpoint(plain.run_dir / "last.pt"), read_checkpoint(copied.run_dir / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    bad = runner.invoke(app, ["finetune", "tiny", str(images), "--ema", "1", "--out", str(tmp_path / "r")])
+    assert bad.exit_code == 2 and "--ema 1.0" in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr

@@ -100,6 +100,11 @@ class TrainConfig:
     cutmix: float | None = option(
         None, "CutMix: paste a box of one training image into another, labels mixed by area, Beta(A, A) (1.0)."
     )
+    ema: float | None = option(
+        None,
+        "Keep an exponential moving average of the weights with this decay (0.999 is common; warmed up over the "
+        "first steps); the averaged weights are evaluated, kept as best and exported.",
+    )
     clip_grad: float | None = option(
         None, "Clip the gradients' total L2 norm (over every trainable parameter) to this value [default: no clip]."
     )

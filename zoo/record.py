@@ -85,7 +85,9 @@ def checkpoint(trainer: Any, epoch: int) -> dict[str, Any]:
 
     info = get_registry().plugins.get(trainer.spec.source)
     return {
-        "model": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()},
+        "model": trainer.evaluated_state(),  # --ema: the averaged weights
+        "trained_model": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()} if trainer.ema else None,
+        "ema": {"decay": trainer.ema.decay, "updates": trainer.ema.updates} if trainer.ema else None,
         "backbone": get_registry().resolve(trainer.cfg.backbone),
         "plugin": trainer.spec.source,
         "plugin_version": info.version if info else "",
@@ -143,6 +145,7 @@ def started(trainer: Any) -> dict[str, Any]:
         "accum_steps": trainer.cfg.accum_steps,
         "clip_grad": trainer.cfg.clip_grad,
         "mix": trainer.mixer.describe() if trainer.mixer else None,
+        "ema": trainer.cfg.ema,
         "auto": trainer.advice.to_dict() if trainer.advice else None,
     }
 
@@ -192,6 +195,7 @@ def summary(trainer: Any, status: str, wall_seconds: float, reason: str | None =
         "effective_batch": trainer.batch_size * trainer.cfg.accum_steps,  # images per optimizer step
         "clip_grad": trainer.cfg.clip_grad,
         "mix": trainer.mixer.describe() if trainer.mixer else None,
+        "ema": trainer.cfg.ema,
         "workers": trainer.loaders.workers,
     }
 

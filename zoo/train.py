@@ -31,6 +31,7 @@ from zoo.config import CPU_BATCH, GPU_BATCH, MAX_WORKERS, RESUMABLE, TrainConfig
 from zoo.data import DataSplit, load, manifest_options
 from zoo.device import amp_dtype, pick_device, seed_everything, set_rng_state
 from zoo.dist import DDPWrapper, Dist, shard, unshard
+from zoo.ema import make_ema
 from zoo.errors import CheckpointError, Interrupted, PolicyError, ResumeError, Terminated, TrainingDiverged
 from zoo.freeze import apply_trainable
 from zoo.images import decode_size
@@ -123,6 +124,7 @@ class Trainer:
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = make_ema(self.model, cfg.ema)
         self.mixer = make_mixer(cfg.mixup, cfg.cutmix, len(self.classes), self.task.multi_label)
         self.augment = cfg.augment
         if self.augment == "auto":
@@ -193,7 +195,11 @@ class Trainer:
         return new_run_dir(self.cfg.out, self.cfg.name, self.spec.name, self.cfg.policy)
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
+        if self.ema:
+            self.model.load_state_dict(ckpt["trained_model"])
+            self.ema.load(ckpt["model"], ckpt["ema"]["updates"])
+        else:
+            self.model.load_state_dict(ckpt["model"])
         self.optimizer.restore(ckpt["optimizer"], ckpt["epoch"])
         if self.scaler and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -208,6 +214,12 @@ class Trainer:
 
             self.best_state = read_checkpoint(self.run_dir / "best.pt")["model"]
         set_rng_state(ckpt["rng"], self.loader_gen)
+
+    def evaluated_state(self) -> dict[str, torch.Tensor]:
+        """The weights that are evaluated, kept as best and exported: the average with --ema, else the model's."""
+        if self.ema:
+            return self.ema.state_dict()
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
     # --- one epoch --------------------------------------------------------------------------------------------
     def _batches(self, train: bool, epoch: int):
@@ -279,6 +291,8 @@ class Trainer:
             else:
                 self.optimizer.torch.step()
             self.step += 1
+            if self.ema:
+                self.ema.update(self.model)
         seconds = time.perf_counter() - start
         total_loss, correct, seen = self.dist.all_sum(total_loss, correct, seen)  # every rank logs the same
         if not math.isfinite(total_loss):
@@ -352,7 +366,8 @@ class Trainer:
                 self.optimizer.add_trainable(epoch)
                 self.cache.ensure(self.plan.frozen_at(epoch))
                 row = {"epoch": epoch + 1, **self._train_epoch(epoch)}
-                metrics, report = self._evaluate()
+                with self.ema.applied(self.model) if self.ema else contextlib.nullcontext():
+                    metrics, report = self._evaluate()  # --ema: the averaged weights are the ones evaluated
                 row.update(metrics)
                 row["lr"] = self.optimizer.lr_now
                 row["cached"] = self.cache.active
@@ -364,7 +379,7 @@ class Trainer:
                         self.best_acc, self.best_epoch, self.best_value = metrics["val_acc"], epoch + 1, value
                         self.best_report = record.stored(report)
                         if self.split.test:
-                            self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+                            self.best_state = self.evaluated_state()
                     if main:
                         self._save(epoch + 1, improved, row)
                 if received:

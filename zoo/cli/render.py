@@ -180,6 +180,8 @@ class RunRenderer:
         if d.get("mix"):
             note(f"{d['mix']}; the frozen-prefix cache is off: the features of a mixed image are not the mix of "
                  "its two images' features")  # fmt: skip
+        if d.get("ema"):
+            note(f"ema {d['ema']:g}: the moving average of the weights is evaluated, kept as best and exported")
         if d.get("balance"):
             b = d["balance"]
             note(f"balance {b['mode']}: {b['reason']}; best epoch by val {d.get('select_by', 'acc')}")
