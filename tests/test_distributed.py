@@ -118,7 +118,7 @@ def test_two_processes_accumulate_to_the_same_step_as_a_larger_batch(tmp_path, e
     """--accum-steps under DDP: gradients all-reduced once per step (no_sync before), the step of one larger batch."""
     data = make_images(tmp_path / "data", classes=("a", "b"), per_class=16, size=40)
     args = ["tiny", data, "--policy", "feature-extract", "--epochs", "2", "--lr", "0.05", "--cache", "off",
-            "--nproc-per-node", "2", "--out", tmp_path, "--json"]  # fmt: skip
+            "--amp", "off", "--nproc-per-node", "2", "--out", tmp_path, "--json"]  # fmt: skip
     big = zoo(env, "finetune", *args, "--batch-size", "16", "--name", "big")
     small = zoo(env, "finetune", *args, "--batch-size", "8", "--accum-steps", "2", "--name", "small")
     assert big.returncode == 0 and small.returncode == 0, big.stderr + small.stderr

@@ -77,11 +77,13 @@ class TrainConfig:
     batch_size: int | None = option(
         None, f"Images per step, over all workers [default: {CPU_BATCH} on the CPU, {GPU_BATCH} on a GPU]."
     )
-    lr: float | None = option(
+    lr: str | None = option(
         None,
-        f"Base learning rate [default: {HEAD_LR['adamw']:g} (adamw) or {HEAD_LR['sgd']:g} (sgd) when only the "
-        f"head trains, else {BODY_LR['adamw']:g} or {BODY_LR['sgd']:g}].",
+        f"Base learning rate, or 'auto' (run the LR range test first, as `zoo lr-find`, and use its suggestion) "
+        f"[default: {HEAD_LR['adamw']:g} (adamw) or {HEAD_LR['sgd']:g} (sgd) when only the head trains, else "
+        f"{BODY_LR['adamw']:g} or {BODY_LR['sgd']:g}].",
     )
+    lr_find_steps: int = option(100, "--lr auto: steps of the LR range test (LR from 1e-7 to 1, exponentially).")
     optimizer: str = option("adamw", f"Optimizer: {' or '.join(OPTIMIZERS)} (SGD: Nesterov momentum).")
     momentum: float = option(0.9, "SGD momentum.")
     weight_decay: float | None = option(
@@ -129,17 +131,29 @@ class TrainConfig:
     seed: int = option(0, "Random seed.")
     deterministic: bool = option(False, "Deterministic algorithms (slower).")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps.", on_resume=APPLY)
-    amp: str = option("auto", f"CUDA mixed precision: {', '.join(AMP_MODES)}.")
+    amp: str = option(
+        "auto",
+        f"Mixed precision for training steps: {', '.join(AMP_MODES)} [auto: bf16 or fp16 on CUDA; on the CPU bf16 "
+        "where it has native bf16 instructions (AVX512-BF16 or AMX), else float32].",
+    )
     channels_last: bool | None = option(None, "channels_last memory format [default: on, except on MPS].")
     workers: int | None = option(
         None,
-        f"Data-loading worker processes [default: min({MAX_WORKERS}, CPUs - 1); 0 for distributed CPU ranks].",
+        f"Data-loading worker processes [default: on CUDA min({MAX_WORKERS}, CPUs - 1); on the CPU 0, in-process: "
+        "measured faster].",
         on_resume=APPLY,
     )
     sync_bn: bool = option(False, "Distributed on CUDA: SyncBatchNorm over the global batch.")
     dist_timeout: float = option(300.0, "Distributed: seconds to wait for another rank.", on_resume=APPLY)
     out: str = option("runs", "Folder that holds run folders.")
     name: str | None = option(None, "Run folder name [default: BACKBONE-POLICY].")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lr, str) and self.lr != "auto":  # from the command line: a number or 'auto'
+            try:
+                self.lr = float(self.lr)
+            except ValueError:
+                raise UsageError(f"--lr {self.lr}: a number > 0, or 'auto'") from None
 
     def check(self) -> None:
         """Refuse every value no run can use, before anything is built or written."""
@@ -166,11 +180,12 @@ class TrainConfig:
             ("patience", self.patience, 1),
             ("workers", self.workers, 0),
             ("accum-steps", self.accum_steps, 1),
+            ("lr-find-steps", self.lr_find_steps, 3),
         ):
             if value is not None and value < low:
                 raise UsageError(f"--{flag} {value}: must be >= {low}")
         for flag, value, low, inclusive in (
-            ("lr", self.lr, 0.0, False),
+            ("lr", None if self.lr == "auto" else self.lr, 0.0, False),
             ("weight-decay", self.weight_decay, 0.0, True),
             ("warmup-epochs", self.warmup_epochs, 0.0, True),
             ("gamma", self.gamma, 0.0, False),

@@ -38,14 +38,35 @@ def pick_device(name: str) -> torch.device:
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `--amp` on `device` (None: float32)."""
-    if device.type != "cuda" or mode == "off":
-        if mode in ("bf16", "fp16") and device.type != "cuda":
-            log.info("--amp %s applies on CUDA only; training in float32", mode)
+    """The autocast dtype for `--amp` on `device` (None: float32). On the CPU, `auto` is bf16 where the CPU has
+    native bf16 instructions (1.10x the img/s at equal accuracy here, bench/cpu_defaults.py; emulated bf16 is
+    slower than float32), else float32; fp16 is CUDA's."""
+    if mode == "off":
+        return None
+    if device.type == "cpu":
+        if mode == "bf16" or (mode == "auto" and cpu_has_bf16()):
+            return torch.bfloat16
+        if mode == "fp16":
+            log.info("--amp fp16 applies on CUDA only (the CPU has bf16: --amp bf16); training in float32")
+        return None
+    if device.type != "cuda":
+        if mode in ("bf16", "fp16"):
+            log.info("--amp %s applies on CUDA and the CPU only; training in float32", mode)
         return None
     if mode == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (x86 AVX512-BF16 or AMX-BF16; read from /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    found = set(flags.split(":", 1)[-1].split())
+    return bool(found & {"avx512_bf16", "amx_bf16"})
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

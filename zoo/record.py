@@ -110,6 +110,7 @@ def checkpoint(trainer: Any, epoch: int) -> dict[str, Any]:
         "thresholds": trainer.best_report.get("thresholds"),
         "select_by": trainer.select_by,
         "config": saved_config(trainer.cfg),
+        "lr_find": trainer.lr_found,
     }
 
 
@@ -146,6 +147,7 @@ def started(trainer: Any) -> dict[str, Any]:
         "clip_grad": trainer.cfg.clip_grad,
         "mix": trainer.mixer.describe() if trainer.mixer else None,
         "ema": trainer.cfg.ema,
+        "lr_find": _lr_found(trainer),
         "auto": trainer.advice.to_dict() if trainer.advice else None,
     }
 
@@ -196,8 +198,15 @@ def summary(trainer: Any, status: str, wall_seconds: float, reason: str | None =
         "clip_grad": trainer.cfg.clip_grad,
         "mix": trainer.mixer.describe() if trainer.mixer else None,
         "ema": trainer.cfg.ema,
+        "lr_find": _lr_found(trainer),
         "workers": trainer.loaders.workers,
     }
+
+
+def _lr_found(trainer: Any) -> dict[str, Any] | None:
+    """--lr auto: what the range test found (its curve is in lr_find.json)."""
+    found = trainer.lr_found
+    return {k: found[k] for k in ("suggestion", "rule", "steps", "stopped")} if found else None
 
 
 METRICS = ("acc", "balanced_acc", "macro_f1", "micro_f1", "map")

@@ -13,6 +13,8 @@ trains on its activations (`zoo.cache`): the same result, many times faster.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import math
 import os
@@ -138,17 +140,20 @@ class Trainer:
         )  # `--balance sampler`: each train image's draw weight (None otherwise)
         self.loader_gen = torch.Generator().manual_seed(cfg.seed)
         workers = cfg.workers if cfg.workers is not None else min(MAX_WORKERS, max(0, (os.cpu_count() or 1) - 1))
-        if self.dist.enabled and cfg.workers is None and self.device.type == "cpu":
-            workers = 0  # the ranks already share the cores; and no fork of a process that runs gloo threads
+        if cfg.workers is None and self.device.type == "cpu":
+            # images are decoded once into memory, so a loader process only crops and flips; on the CPU it takes
+            # cores from the model and pipes its tensors back: in-process is 1.47x faster here (bench/cpu_defaults.py).
+            # Distributed CPU ranks: the same, and no fork of a process that runs gloo threads.
+            workers = 0
         self.loaders = Loaders(
             self.pre, self.decoded, decode_size(self.pre), self.rank_batch, workers,
             self.device.type == "cuda", self.dist.world, self.dist.rank, cfg.seed, self.task.target_fn(),
         )  # fmt: skip
-        self.base_lr = base_lr(cfg.lr, cfg.optimizer, self.plan.head_only)
-        self.optimizer = Optimizer(
-            cfg.optimizer, self.groups, self.plan, self.base_lr, weight_decay(cfg.weight_decay, cfg.optimizer),
-            cfg.momentum,
-        )  # fmt: skip
+        # --lr auto: the range test runs in run(), before the first epoch; a resumed run keeps what it found
+        self.lr_found: dict[str, Any] | None = resume.get("lr_find") if resume else None
+        lr = self.lr_found["suggestion"] if self.lr_found else (None if cfg.lr == "auto" else cfg.lr)
+        self.base_lr = base_lr(lr, cfg.optimizer, self.plan.head_only)
+        self.optimizer = self._new_optimizer()
         batches = math.ceil(math.ceil(len(self.split.train) / self.dist.world) / self.rank_batch)
         self.steps_per_epoch = math.ceil(batches / cfg.accum_steps)  # optimizer steps
         self.schedule = Schedule(
@@ -190,6 +195,25 @@ class Trainer:
         choice = resolve_weights(self.spec, weights)
         model = create_model(self.spec, num_classes=len(self.classes), weights=choice, check=False)
         return model, choice
+
+    def _new_optimizer(self) -> Optimizer:
+        cfg = self.cfg
+        decay = weight_decay(cfg.weight_decay, cfg.optimizer)
+        return Optimizer(cfg.optimizer, self.groups, self.plan, self.base_lr, decay, cfg.momentum)
+
+    def find_lr(self) -> dict[str, Any]:
+        """The LR range test on this run's set-up (`zoo.lr_find`); with --lr auto its suggestion becomes the base
+        LR. Its curve and plot go into the run folder."""
+        from zoo import lr_find
+
+        result = lr_find.range_test(self, steps=self.cfg.lr_find_steps).to_dict()
+        if self.dist.is_main:
+            (self.run_dir / "lr_find.json").write_text(json.dumps(result, indent=2) + "\n")
+            try:
+                lr_find.plot(self.run_dir / "lr_find.png", result)
+            except Exception as exc:  # a plot must never stop a run
+                log.warning("could not draw lr_find.png: %s: %s", type(exc).__name__, exc)
+        return result
 
     def _new_run_dir(self) -> Path:
         return new_run_dir(self.cfg.out, self.cfg.name, self.spec.name, self.cfg.policy)
@@ -241,8 +265,11 @@ class Trainer:
                 images = images.contiguous(memory_format=torch.channels_last)
             yield [images], target.to(self.device, non_blocking=True)
 
-    def _forward(self, module, inputs):
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+    def _forward(self, module, inputs, train: bool = True):
+        """Under autocast when --amp picked a dtype: training steps always, evaluation on CUDA only (on the CPU,
+        bf16 speeds up training; val figures stay float32, as `zoo evaluate` and the exported model compute)."""
+        enabled = self.amp_dtype is not None and (train or self.device.type == "cuda")
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=enabled):
             return split_outputs(module(*inputs))
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
@@ -316,7 +343,7 @@ class Trainer:
         """(mean loss, probabilities, targets) over batches of this rank's share, gathered from every rank."""
         loss_sum, probs, targets = 0.0, [], []
         for inputs, target in batches:
-            logits = self._forward(module, inputs)[0].float()
+            logits = self._forward(module, inputs, train=False)[0].float()
             loss_sum += self.task.eval_loss(logits, target).item() * len(target)
             probs.append(self.task.probabilities(logits).cpu().numpy())
             targets.append(target.cpu().numpy())
@@ -355,6 +382,10 @@ class Trainer:
         cfg = self.cfg
         started = time.perf_counter()
         main = self.dist.is_main  # only rank 0 writes files
+        if cfg.lr == "auto" and self.lr_found is None:
+            self.lr_found = self.find_lr()
+            self.base_lr = self.lr_found["suggestion"]
+            self.optimizer = self._new_optimizer()
         if main:
             write_config(self.run_dir, record.saved_config(cfg))
         self.report.emit(events.STARTED, **record.started(self))
@@ -526,6 +557,28 @@ def finetune(backbone: str, data: str | Path, *, callback: events.Callback | Non
 def train(cfg: TrainConfig, callback: events.Callback | None = None, run_dir: Path | None = None) -> FinetuneResult:
     """Run one configured fine-tuning (the entry point `zoo finetune` calls)."""
     return Trainer(cfg, callback=callback, run_dir=run_dir).run()
+
+
+def find_lr(cfg: TrainConfig, callback: events.Callback | None = None) -> tuple[dict[str, Any], Path]:
+    """`zoo lr-find`: the LR range test on the set-up `cfg` describes, in a run folder of its own (config.json,
+    lr_find.json with the curve, lr_find.png); nothing is trained. Returns (result, run folder)."""
+    if cfg.name is None:
+        cfg = dataclasses.replace(cfg, name=f"{cfg.backbone}-{cfg.policy}-lr-find".replace("/", "-").replace(":", "-"))
+    trainer = Trainer(cfg, callback=callback)
+    try:
+        if trainer.dist.is_main:
+            write_config(trainer.run_dir, record.saved_config(trainer.cfg))
+        result = trainer.find_lr()
+    except BaseException:
+        discard_if_unstarted(trainer.run_dir)
+        raise
+    finally:
+        trainer.cache.drop()
+        trainer.ddp.release()
+        trainer.dist.close()
+        if trainer.lock:
+            trainer.lock.release()
+    return result, trainer.run_dir
 
 
 def resume_run(run_dir: str | Path, *, callback: events.Callback | None = None, **overrides) -> FinetuneResult:

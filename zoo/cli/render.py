@@ -180,6 +180,10 @@ class RunRenderer:
         if d.get("mix"):
             note(f"{d['mix']}; the frozen-prefix cache is off: the features of a mixed image are not the mix of "
                  "its two images' features")  # fmt: skip
+        if d.get("lr_find"):
+            f = d["lr_find"]
+            note(f"lr auto: the LR range test ({f['steps']} steps, {f['stopped']}) suggests {f['suggestion']:.3g}: "
+                 f"{f['rule']}; lr_find.png in the run folder")  # fmt: skip
         if d.get("ema"):
             note(f"ema {d['ema']:g}: the moving average of the weights is evaluated, kept as best and exported")
         if d.get("balance"):

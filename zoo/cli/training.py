@@ -71,6 +71,33 @@ def finetune(
         out(test_line(result.test))
 
 
+@app.command("lr-find")
+@with_options(TrainConfig)
+def lr_find(
+    backbone: Annotated[str, typer.Argument(help="Backbone name or alias (`zoo list`).")],
+    data: Annotated[str, typer.Argument(help="Image folder or CSV/TSV manifest, as for finetune.")],
+    as_json: JsonFlag = False,
+    **options,
+):
+    """The LR range test on the trainable groups of a policy: the loss as the LR grows from 1e-7 to 1, a plot
+    and a suggested LR (the rule is printed); nothing is trained. `zoo finetune --lr auto` runs it first."""
+    from zoo.train import find_lr
+
+    options = options_for(TrainConfig, options)
+    renderer = RunRenderer(quiet=True)
+    try:
+        result, run_dir = find_lr(TrainConfig(backbone=backbone, data=data, **options), callback=renderer)
+    finally:
+        renderer.close()
+    if as_json:
+        print_json({k: v for k, v in result.items() if k not in ("lrs", "losses")} | {"run_dir": str(run_dir)})
+        return
+    out(("suggested lr ", "bold"), (f"{result['suggestion']:.3g}", "bold"),
+        f"  ({result['rule']}; {result['steps']} steps, {result['stopped']})")  # fmt: skip
+    out(f"plot: {run_dir / 'lr_find.png'}  curve: {run_dir / 'lr_find.json'}")
+    out(f"use it: zoo finetune {backbone} {data} --lr {result['suggestion']:.3g}   (or --lr auto)")
+
+
 @app.command()
 @with_options(TrainConfig, only=MANIFEST_OPTIONS)
 def advise(
