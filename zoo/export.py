@@ -458,6 +458,13 @@ def export(
         out = Path(report.path)
         report.int8 = build_int8(out, sidecars(out)["int8"], calibration, val_images, val_labels, max_drop, multi)
         atomic.write_json(Path(report.report_path), report.to_dict())
+    if ckpt is not None:  # a fine-tuned run's model, verified: plugins hear of it (tracking, registries)
+        from zoo import events
+
+        run_dir = Path(source).expanduser()
+        run_dir = run_dir if run_dir.is_dir() else run_dir.parent
+        events.Reporter(run_dir=str(run_dir.resolve())).emit(events.EXPORTED, path=report.path,
+                                                              report=report.to_dict())  # fmt: skip
     return report
 
 
