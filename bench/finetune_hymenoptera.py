@@ -38,8 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hymenoptera"
 
 
-def tutorial_loop(data: Path, feature_extract: bool, epochs: int) -> dict:
-    """The tutorial's train_model(), line for line in spirit, on efficientnet_lite0."""
+def tutorial_loop(data: Path, feature_extract: bool, epochs: int, curve: list | None = None) -> dict:
+    """The tutorial's train_model(), line for line in spirit, on efficientnet_lite0. `curve` collects each epoch's
+    val accuracy with the seconds since the start (bench/time_to_accuracy.py)."""
     start = time.perf_counter()
     spec = zoo.get_backbone("efficientnet_lite0")
     mean, std = list(spec.preprocess.mean), list(spec.preprocess.std)
@@ -90,6 +91,8 @@ def tutorial_loop(data: Path, feature_extract: bool, epochs: int) -> dict:
                 train_images += len(sets["train"])
             else:
                 acc = corrects / len(sets["val"])
+                if curve is not None:
+                    curve.append({"epoch": len(curve) + 1, "seconds": time.perf_counter() - start, "val_acc": acc})
                 if acc > best_acc:
                     best_acc, best_wts = acc, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_wts)
