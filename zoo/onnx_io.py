@@ -169,11 +169,59 @@ def read_opset(path: Path | str) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def ort_session(source: Path | str | bytes, threads: int | None = None, providers: list[str] | None = None):
-    """An onnxruntime session on the CPU (or `providers`), with all graph optimisations; ModelFileError if it
-    cannot be loaded."""
+# --provider's short names; any full onnxruntime provider name is accepted too
+PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "directml": "DmlExecutionProvider",
+    "dnnl": "DnnlExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "migraphx": "MIGraphXExecutionProvider",
+    "xnnpack": "XnnpackExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+    "webgpu": "WebGpuExecutionProvider",
+}
+
+
+def provider_names() -> list[str]:
+    """The execution providers this onnxruntime has, by --provider's short names where there is one."""
     import onnxruntime as ort
 
+    short = {v: k for k, v in PROVIDERS.items()}
+    return [short.get(p, p) for p in ort.get_available_providers()]
+
+
+def resolve_providers(provider: str | None) -> list[str]:
+    """onnxruntime's providers for --provider NAME: that one first, the CPU behind it (for the ops it lacks).
+
+    UsageError naming the installed ones when this onnxruntime does not have it.
+    """
+    if provider is None or provider.lower() in ("cpu", "cpuexecutionprovider"):
+        return ["CPUExecutionProvider"]
+    import onnxruntime as ort
+
+    full = PROVIDERS.get(provider.lower(), provider)
+    if full not in ort.get_available_providers():
+        raise UsageError(
+            f"--provider {provider}: this onnxruntime ({ort.__version__}) does not have it; installed: "
+            f"{', '.join(provider_names())} (GPU providers come with onnxruntime-gpu, OpenVINO with "
+            "onnxruntime-openvino)"
+        )
+    return [full, "CPUExecutionProvider"]
+
+
+def ort_session(
+    source: Path | str | bytes, threads: int | None = None, providers: list[str] | None = None, provider=None
+):
+    """An onnxruntime session on the CPU (or `providers`, or --provider's `provider`), with all graph
+    optimisations; ModelFileError if it cannot be loaded."""
+    import onnxruntime as ort
+
+    if provider is not None:
+        providers = resolve_providers(provider)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:

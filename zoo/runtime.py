@@ -35,12 +35,14 @@ class Predictor:
         [{'label': 'car', 'probability': 0.91}, {'label': 'person', 'probability': 0.64}]
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, provider: str | None = None):
+        """`provider`: an onnxruntime execution provider by --provider's name (cpu, cuda, tensorrt, openvino, ...);
+        the CPU runs what it lacks."""
         path = Path(path)
         if not path.is_file():
             raise ModelFileError(f"{path}: no such model file")
         self.path = path
-        self.session = ort_session(path, threads)
+        self.session = ort_session(path, threads, provider=provider)
         self.info = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map, str(path))
         self.input_name = self.session.get_inputs()[0].name
         self._check_graph()
