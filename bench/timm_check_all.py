@@ -50,8 +50,9 @@ def check_one(name: str) -> dict:
 
     import torch
 
+    from zoo.check_images import generated_inputs
     from zoo.cut import cut_at
-    from zoo.export import export_model, generated_inputs
+    from zoo.export import export_model
     from zoo.models import GroupMap, create_model, split_outputs
     from zoo.registry import get_registry
     from zoo.testing import calibrate_batchnorm

@@ -186,7 +186,7 @@ def test_int8_reports_accuracy_and_refuses_a_big_drop(run, tmp_path, monkeypatch
 
 def test_int8_calibrates_on_any_number_of_images(run, tmp_path):
     """onnxruntime's histogram calibration stacks the batches: a smaller last batch must never reach it."""
-    from zoo.export import generated_inputs
+    from zoo.check_images import generated_inputs
     from zoo.quantize import quantize_int8
 
     result, _, _ = run

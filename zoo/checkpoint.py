@@ -79,6 +79,27 @@ def policy_of(ckpt: dict[str, Any]) -> Policy:
     return Policy.from_dict(ckpt["policy"])
 
 
+def resumed_policy(ckpt: dict[str, Any]) -> Policy:
+    """The policy a resumed run keeps: its own, with a warning when the registry now defines that name otherwise."""
+    import logging
+
+    from zoo.errors import PolicyError
+    from zoo.policies import resolve_policy
+
+    policy = policy_of(ckpt)
+    try:
+        now = resolve_policy(policy.name)
+    except PolicyError:
+        return policy
+    if now != policy:
+        logging.getLogger(__name__).warning(
+            "policy '%s' is defined differently now (registry.toml or a plugin changed); the run continues with "
+            "the policy it started with",
+            policy.name,
+        )
+    return policy
+
+
 def load_model(path: Path | str):
     """(model in eval mode, checkpoint dict) from a run folder or checkpoint file."""
     from zoo.cut import cut_model

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from zoo.checkpoint import load_model, preprocess_of
-from zoo.data import EvalSet, eval_samples, load_for_run, manifest_options
+from zoo.data import load_for_run, manifest_options
 from zoo.errors import DataError, UsageError
+from zoo.eval_data import EvalSet, eval_samples
 from zoo.images import decode_size, load_for_eval, tta_views
 from zoo.models import split_outputs
 from zoo.predictions import check_top_k, probabilities, read_images, results

@@ -29,9 +29,9 @@ import torch
 from zoo import atomic
 from zoo.backbone import Backbone, Preprocess
 from zoo.check import CheckResult, compare_outputs
-from zoo.data import image_folder_files, sample_files
+from zoo.check_images import labelled_inputs, load_sample_inputs, run_files
 from zoo.errors import DataError, ExportError, ModelFileError, OutputError, UsageError
-from zoo.images import decode_size, load_for_eval
+from zoo.images import decode_size
 from zoo.models import split_outputs
 from zoo.onnx_io import (
     DEFAULT_OPSET,
@@ -77,65 +77,6 @@ class Logits(torch.nn.Module):
 
     def forward(self, x):
         return split_outputs(self.model(x))[0]
-
-
-def run_files(config: dict[str, Any]):
-    """The image files of a run's data (a folder or a manifest), without decoding any: for checks."""
-    from zoo.data import manifest_options
-
-    def files() -> list[Path]:
-        try:
-            return sample_files(config["data"], config.get("labels"), manifest_options(config))
-        except Exception as exc:  # the run's data moved or changed: generated images still check the export
-            log.info("the run's data cannot be read (%s); checking with generated images", exc)
-            return []
-
-    files.where = str(config["data"])
-    return files
-
-
-def load_sample_inputs(
-    pre: Preprocess, count: int, check_data: Path | None, fallback=None, seed: int = 0
-) -> tuple[np.ndarray, str]:
-    """`count` model inputs: real images from --check-data, else the run's data (a folder, or a callable giving
-    its files), else generated ones."""
-    for folder, what in ((check_data, "--check-data"), (fallback, "the run's data")):
-        if folder is None:
-            continue
-        if callable(folder):
-            files = folder()
-            folder = getattr(folder, "where", "its files")
-        else:
-            folder = Path(folder)
-            if not folder.is_dir():
-                if what == "--check-data":
-                    raise DataError(f"--check-data {folder}: no such folder")
-                continue
-            files = image_folder_files(folder)
-        arrays = []
-        rng = np.random.default_rng(seed)
-        for i in rng.permutation(len(files)):
-            try:
-                arrays.append(load_for_eval(files[i], pre))
-            except Exception:  # an unreadable file is not a reason to fail an export check
-                continue
-            if len(arrays) == count:
-                break
-        if arrays:
-            return np.stack(arrays), f"{len(arrays)} images from {what} ({folder})"
-        if what == "--check-data":
-            raise DataError(f"--check-data {folder}: no readable images")
-    return generated_inputs(pre, count, seed), f"{count} generated images (no data folder)"
-
-
-def generated_inputs(pre: Preprocess, count: int, seed: int = 0) -> np.ndarray:
-    """Smooth random images, normalised like real ones, for when no real image is at hand."""
-    rng = np.random.default_rng(seed)
-    base = rng.random((count, pre.channels, 8, 8), dtype=np.float32)
-    h, w = pre.input_size
-    up = np.repeat(np.repeat(base, -(-h // 8), axis=2), -(-w // 8), axis=3)[:, :, :h, :w]
-    arr = (up - np.asarray(pre.mean, np.float32)[:, None, None]) / np.asarray(pre.std, np.float32)[:, None, None]
-    return arr.astype(np.float32)
 
 
 def compare(
@@ -353,19 +294,6 @@ def mismatch_error(report: ExportReport) -> ExportError:
         kept = f"kept as {report.path}" if report.path.endswith(".FAILED.onnx") else "no model file written"
         where = f"{kept}; report: {report.report_path}"
     return ExportError(f"onnxruntime does not match torch ({where}): " + " | ".join(rows))
-
-
-def labelled_inputs(
-    samples, pre: Preprocess, limit: int | None = None, classes: int = 0, multi_label: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """Model inputs and targets: (n,) classes, or (n, classes) 0/1 rows for multi-label samples."""
-    from zoo.metrics import targets_array
-
-    arrays, labels = [], []
-    for s in samples[:limit] if limit else samples:
-        arrays.append(load_for_eval(s.path, pre))
-        labels.append(s.label)
-    return np.stack(arrays), targets_array(labels, classes, multi_label)
 
 
 def _source(source: str | Path, num_classes: int | None, weights: str):

@@ -178,3 +178,29 @@ def _worker(job_file: str) -> int:
 
 if __name__ == "__main__":
     sys.exit(_worker(sys.argv[1]))
+
+
+def find_lr(cfg: TrainConfig, callback: events.Callback | None = None) -> tuple[dict[str, Any], Path]:
+    """`zoo lr-find`: the LR range test on the set-up `cfg` describes, in a run folder of its own (config.json,
+    lr_find.json with the curve, lr_find.png); nothing is trained. Returns (result, run folder)."""
+    if cfg.name is None:
+        cfg = dataclasses.replace(cfg, name=f"{cfg.backbone}-{cfg.policy}-lr-find".replace("/", "-").replace(":", "-"))
+    from zoo import lr_find, record
+    from zoo.runs import write_config
+    from zoo.train import Trainer
+
+    trainer = Trainer(cfg, callback=callback)
+    try:
+        if trainer.dist.is_main:
+            write_config(trainer.run_dir, record.saved_config(trainer.cfg))
+        result = lr_find.find_and_record(trainer)
+    except BaseException:
+        discard_if_unstarted(trainer.run_dir)
+        raise
+    finally:
+        trainer.cache.drop()
+        trainer.ddp.release()
+        trainer.dist.close()
+        if trainer.lock:
+            trainer.lock.release()
+    return result, trainer.run_dir

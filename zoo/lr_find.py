@@ -105,6 +105,22 @@ def range_test(trainer, start: float = 1e-7, end: float = 1.0, steps: int = 100,
     return LRFind(lrs, losses, suggest(lrs, losses), RULE, len(lrs), stopped)
 
 
+def find_and_record(trainer) -> dict[str, Any]:
+    """The range test on a set-up `zoo.train.Trainer` (`zoo lr-find`, and --lr auto before the first epoch); its
+    curve (lr_find.json) and plot (lr_find.png) go into the run folder."""
+    import json
+    import logging
+
+    result = range_test(trainer, steps=trainer.cfg.lr_find_steps).to_dict()
+    if trainer.dist.is_main:
+        (trainer.run_dir / "lr_find.json").write_text(json.dumps(result, indent=2) + "\n")
+        try:
+            plot(trainer.run_dir / "lr_find.png", result)
+        except Exception as exc:  # a plot must never stop a run
+            logging.getLogger(__name__).warning("could not draw lr_find.png: %s: %s", type(exc).__name__, exc)
+    return result
+
+
 def plot(path, result: dict[str, Any]) -> None:
     """The loss against the LR (log scale), the suggestion marked."""
     import matplotlib

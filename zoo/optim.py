@@ -53,6 +53,19 @@ class Schedule:
         return factor
 
 
+def step_groups(batches, accum_steps: int):
+    """The batches of one optimizer step each: consecutive lists of --accum-steps batches (the last may be
+    shorter)."""
+    group = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == accum_steps:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
 class Optimizer:
     """A torch optimizer whose parameter groups are the trainable layer groups, added as they start to train."""
 
@@ -97,6 +110,20 @@ class Optimizer:
     @property
     def lr_now(self) -> float:
         return max(g["lr"] for g in self.torch.param_groups)
+
+    def step(self, scaler=None, clip_grad: float | None = None) -> None:
+        """One update from the gradients: clipped to `clip_grad` (--clip-grad, their total norm) first, through
+        the float16 GradScaler when there is one."""
+        if clip_grad is not None:
+            if scaler:
+                scaler.unscale_(self.torch)  # clip the true gradients, not the scaled ones
+            params = [p for g in self.torch.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        if scaler:
+            scaler.step(self.torch)
+            scaler.update()
+        else:
+            self.torch.step()
 
     def state_dict(self) -> dict:
         return self.torch.state_dict()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from zoo.device import rng_state
+from zoo.device import rng_state, set_rng_state
 from zoo.registry import get_registry
 
 if TYPE_CHECKING:
@@ -112,6 +112,41 @@ def checkpoint(trainer: Any, epoch: int) -> dict[str, Any]:
         "config": saved_config(trainer.cfg),
         "lr_find": trainer.lr_found,
     }
+
+
+def kept(trainer: Any, epoch: int) -> str:
+    """What an interrupted run kept, and how to continue it."""
+    done = len(trainer.history)
+    if done == 0:
+        return f"interrupted during epoch {epoch + 1}; no epoch was complete, so nothing was kept"
+    return (
+        f"interrupted during epoch {epoch + 1}; {done} complete epoch(s) saved in {trainer.run_dir}; "
+        f"continue with: zoo finetune --resume {trainer.run_dir}"
+    )
+
+
+def restore(trainer: Any, ckpt: dict[str, Any]) -> None:
+    """Put a resumed run's trainer back where `checkpoint` left it: weights (and their average), optimizer,
+    scaler, step, history, best so far, RNG."""
+    if trainer.ema:
+        trainer.model.load_state_dict(ckpt["trained_model"])
+        trainer.ema.load(ckpt["model"], ckpt["ema"]["updates"])
+    else:
+        trainer.model.load_state_dict(ckpt["model"])
+    trainer.optimizer.restore(ckpt["optimizer"], ckpt["epoch"])
+    if trainer.scaler and ckpt.get("scaler"):
+        trainer.scaler.load_state_dict(ckpt["scaler"])
+    trainer.step = ckpt["step"]
+    trainer.start_epoch = ckpt["epoch"]
+    trainer.history = list(ckpt["history"])
+    trainer.best_acc, trainer.best_epoch = ckpt["best_val_acc"], ckpt["best_epoch"]
+    trainer.best_value = ckpt.get("best_value", trainer.best_acc)
+    trainer.best_report = dict(ckpt.get("best_report") or {"preds": list(ckpt.get("best_preds", []))})
+    if trainer.split.test and trainer.best_epoch > 0:
+        from zoo.checkpoint import read_checkpoint
+
+        trainer.best_state = read_checkpoint(trainer.run_dir / "best.pt")["model"]
+    set_rng_state(ckpt["rng"], trainer.loader_gen)
 
 
 def started(trainer: Any) -> dict[str, Any]:

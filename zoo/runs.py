@@ -148,3 +148,14 @@ def discard_if_unstarted(run_dir: Path) -> bool:
             p.unlink()
     run_dir.rmdir()
     return True
+
+
+def tensorboard_writer(run_dir: Path):
+    """A TensorBoard writer into `run_dir/tensorboard` where tensorboard is installed, else False."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        return False
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run_dir / "tensorboard"))

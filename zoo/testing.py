@@ -46,7 +46,7 @@ def check_backbone(
     groups = GroupMap(model, spec)
     counts = groups.counts()
     assert all(counts.values()), f"{where}: empty group(s) {[g for g, n in counts.items() if not n]}"
-    from zoo.export import generated_inputs
+    from zoo.check_images import generated_inputs
 
     hw = (input_size, input_size) if input_size else tuple(spec.preprocess.input_size)
     pre = dataclasses.replace(spec.preprocess, input_size=hw, crop_pct=1.0)

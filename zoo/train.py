@@ -13,11 +13,8 @@ trains on its activations (`zoo.cache`): the same result, many times faster.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,24 +25,32 @@ from torch import nn
 
 from zoo import balance, events, record
 from zoo.cache import BoundaryCache
-from zoo.checkpoint import last_checkpoint, policy_of, read_checkpoint, write_checkpoint
-from zoo.config import CPU_BATCH, GPU_BATCH, MAX_WORKERS, RESUMABLE, TrainConfig
+from zoo.checkpoint import last_checkpoint, read_checkpoint, resumed_policy, write_checkpoint
+from zoo.config import CPU_BATCH, GPU_BATCH, RESUMABLE, TrainConfig
 from zoo.data import DataSplit, load, manifest_options
-from zoo.device import amp_dtype, pick_device, seed_everything, set_rng_state
+from zoo.device import amp_dtype, pick_device, seed_everything
 from zoo.dist import DDPWrapper, Dist, shard, unshard
 from zoo.ema import make_ema
-from zoo.errors import CheckpointError, Interrupted, PolicyError, ResumeError, Terminated, TrainingDiverged
+from zoo.errors import CheckpointError, Interrupted, ResumeError, Terminated, TrainingDiverged
 from zoo.freeze import apply_trainable
 from zoo.images import decode_size
 from zoo.interrupts import deferred_signals, restore_sigterm, sigterm_raises
-from zoo.loaders import Loaders
+from zoo.loaders import Loaders, default_workers
 from zoo.mixing import make_mixer
 from zoo.models import GroupMap, create_model, resolve_weights, split_outputs
-from zoo.optim import Optimizer, Schedule, base_lr, weight_decay
-from zoo.policies import Policy, resolve_policy
+from zoo.optim import Optimizer, Schedule, base_lr, step_groups, weight_decay
+from zoo.policies import resolve_policy
 from zoo.record import FinetuneResult
 from zoo.registry import get_registry
-from zoo.runs import RunLock, discard_if_unstarted, new_run_dir, write_config, write_metrics, write_summary
+from zoo.runs import (
+    RunLock,
+    discard_if_unstarted,
+    new_run_dir,
+    tensorboard_writer,
+    write_config,
+    write_metrics,
+    write_summary,
+)
 from zoo.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -97,8 +102,7 @@ class Trainer:
         self.advice = None
         model = None
         if resume:
-            self.policy = policy_of(resume)
-            _report_changed_policy(self.policy)
+            self.policy = resumed_policy(resume)
         elif cfg.policy == "auto":
             from zoo.advise import measure, require_pretrained
 
@@ -139,12 +143,7 @@ class Trainer:
             torch.from_numpy(self.task.labels_array(self.split.train)), self.balance
         )  # `--balance sampler`: each train image's draw weight (None otherwise)
         self.loader_gen = torch.Generator().manual_seed(cfg.seed)
-        workers = cfg.workers if cfg.workers is not None else min(MAX_WORKERS, max(0, (os.cpu_count() or 1) - 1))
-        if cfg.workers is None and self.device.type == "cpu":
-            # images are decoded once into memory, so a loader process only crops and flips; on the CPU it takes
-            # cores from the model and pipes its tensors back: in-process is 1.47x faster here (bench/cpu_defaults.py).
-            # Distributed CPU ranks: the same, and no fork of a process that runs gloo threads.
-            workers = 0
+        workers = default_workers(self.device.type) if cfg.workers is None else cfg.workers
         self.loaders = Loaders(
             self.pre, self.decoded, decode_size(self.pre), self.rank_batch, workers,
             self.device.type == "cuda", self.dist.world, self.dist.rank, cfg.seed, self.task.target_fn(),
@@ -189,7 +188,7 @@ class Trainer:
         if self.dist.enabled:  # the model is identical on every rank (DDP broadcasts rank 0's); augmentation is not
             torch.manual_seed(cfg.seed + self.dist.rank)
         if resume:
-            self._restore(resume)
+            record.restore(self, resume)
 
     def _build(self, weights: str):
         choice = resolve_weights(self.spec, weights)
@@ -201,43 +200,8 @@ class Trainer:
         decay = weight_decay(cfg.weight_decay, cfg.optimizer)
         return Optimizer(cfg.optimizer, self.groups, self.plan, self.base_lr, decay, cfg.momentum)
 
-    def find_lr(self) -> dict[str, Any]:
-        """The LR range test on this run's set-up (`zoo.lr_find`); with --lr auto its suggestion becomes the base
-        LR. Its curve and plot go into the run folder."""
-        from zoo import lr_find
-
-        result = lr_find.range_test(self, steps=self.cfg.lr_find_steps).to_dict()
-        if self.dist.is_main:
-            (self.run_dir / "lr_find.json").write_text(json.dumps(result, indent=2) + "\n")
-            try:
-                lr_find.plot(self.run_dir / "lr_find.png", result)
-            except Exception as exc:  # a plot must never stop a run
-                log.warning("could not draw lr_find.png: %s: %s", type(exc).__name__, exc)
-        return result
-
     def _new_run_dir(self) -> Path:
         return new_run_dir(self.cfg.out, self.cfg.name, self.spec.name, self.cfg.policy)
-
-    def _restore(self, ckpt: dict[str, Any]) -> None:
-        if self.ema:
-            self.model.load_state_dict(ckpt["trained_model"])
-            self.ema.load(ckpt["model"], ckpt["ema"]["updates"])
-        else:
-            self.model.load_state_dict(ckpt["model"])
-        self.optimizer.restore(ckpt["optimizer"], ckpt["epoch"])
-        if self.scaler and ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.step = ckpt["step"]
-        self.start_epoch = ckpt["epoch"]
-        self.history = list(ckpt["history"])
-        self.best_acc, self.best_epoch = ckpt["best_val_acc"], ckpt["best_epoch"]
-        self.best_value = ckpt.get("best_value", self.best_acc)
-        self.best_report = dict(ckpt.get("best_report") or {"preds": list(ckpt.get("best_preds", []))})
-        if self.split.test and self.best_epoch > 0:
-            from zoo.checkpoint import read_checkpoint
-
-            self.best_state = read_checkpoint(self.run_dir / "best.pt")["model"]
-        set_rng_state(ckpt["rng"], self.loader_gen)
 
     def evaluated_state(self) -> dict[str, torch.Tensor]:
         """The weights that are evaluated, kept as best and exported: the average with --ema, else the model's."""
@@ -279,7 +243,7 @@ class Trainer:
         module = self.ddp.module(self.model, self.cache.suffix, key)
         total_loss = correct = seen = 0
         start = time.perf_counter()
-        for group in _chunks(self._batches(True, epoch), self.cfg.accum_steps):
+        for group in step_groups(self._batches(True, epoch), self.cfg.accum_steps):
             # one optimizer step per group of --accum-steps batches; each batch's loss weighs its share of the
             # group's images, so the gradient is the one of a single batch that holds them all
             self.optimizer.set_lr(self.schedule.factor(self.step))
@@ -307,16 +271,7 @@ class Trainer:
                 self.report.progress(f"epoch {epoch + 1}/{self.cfg.epochs}", seen,
                                      len(self.split.train) // self.dist.world,
                                      seen / max(1e-9, time.perf_counter() - start))  # fmt: skip
-            if self.cfg.clip_grad is not None:
-                if self.scaler:
-                    self.scaler.unscale_(self.optimizer.torch)  # clip the true gradients, not the scaled ones
-                params = [p for g in self.optimizer.torch.param_groups for p in g["params"] if p.grad is not None]
-                torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad)
-            if self.scaler:
-                self.scaler.step(self.optimizer.torch)
-                self.scaler.update()
-            else:
-                self.optimizer.torch.step()
+            self.optimizer.step(self.scaler, self.cfg.clip_grad)
             self.step += 1
             if self.ema:
                 self.ema.update(self.model)
@@ -383,7 +338,9 @@ class Trainer:
         started = time.perf_counter()
         main = self.dist.is_main  # only rank 0 writes files
         if cfg.lr == "auto" and self.lr_found is None:
-            self.lr_found = self.find_lr()
+            from zoo import lr_find
+
+            self.lr_found = lr_find.find_and_record(self)
             self.base_lr = self.lr_found["suggestion"]
             self.optimizer = self._new_optimizer()
         if main:
@@ -430,7 +387,7 @@ class Trainer:
             self.test_report = self._test()
         except (KeyboardInterrupt, Terminated) as exc:
             name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
-            raise self._stopped("interrupted", started, epoch, Interrupted(self._interrupted(epoch), name)) from None
+            raise self._stopped("interrupted", started, epoch, Interrupted(record.kept(self, epoch), name)) from None
         except TrainingDiverged as exc:
             raise self._stopped("diverged", started, epoch, exc) from None
         finally:
@@ -449,15 +406,6 @@ class Trainer:
             )
         return FinetuneResult(
             self.run_dir, self.best_acc, self.best_epoch, len(self.history), self.classes, self.history, summary
-        )
-
-    def _interrupted(self, epoch: int) -> str:
-        done = len(self.history)
-        if done == 0:
-            return f"interrupted during epoch {epoch + 1}; no epoch was complete, so nothing was kept"
-        return (
-            f"interrupted during epoch {epoch + 1}; {done} complete epoch(s) saved in {self.run_dir}; "
-            f"continue with: zoo finetune --resume {self.run_dir}"
         )
 
     def _stopped(self, status: str, started: float, epoch: int, error: Exception) -> Exception:
@@ -479,7 +427,7 @@ class Trainer:
             write_checkpoint(self.run_dir / "best.pt", ckpt)
         write_metrics(self.run_dir, self.history)
         if self.writer is None:
-            self.writer = _tensorboard(self.run_dir)
+            self.writer = tensorboard_writer(self.run_dir)
         if self.writer:
             for key, value in row.items():
                 if isinstance(value, float):
@@ -505,42 +453,6 @@ class Trainer:
         return summary
 
 
-def _chunks(items, size: int):
-    """Consecutive lists of `size` items (the last may be shorter)."""
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _report_changed_policy(policy: Policy) -> None:
-    """A resumed run keeps the policy it started with; say so when the registry now defines that name otherwise."""
-    try:
-        now = resolve_policy(policy.name)
-    except PolicyError:
-        return
-    if now != policy:
-        log.warning(
-            "policy '%s' is defined differently now (registry.toml or a plugin changed); the run continues with "
-            "the policy it started with",
-            policy.name,
-        )
-
-
-def _tensorboard(run_dir: Path):
-    import importlib.util
-
-    if importlib.util.find_spec("tensorboard") is None:
-        return False
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(run_dir / "tensorboard"))
-
-
 def finetune(backbone: str, data: str | Path, *, callback: events.Callback | None = None, **options) -> FinetuneResult:
     """Fine-tune `backbone` on an image folder; the Python twin of `zoo finetune`.
 
@@ -557,28 +469,6 @@ def finetune(backbone: str, data: str | Path, *, callback: events.Callback | Non
 def train(cfg: TrainConfig, callback: events.Callback | None = None, run_dir: Path | None = None) -> FinetuneResult:
     """Run one configured fine-tuning (the entry point `zoo finetune` calls)."""
     return Trainer(cfg, callback=callback, run_dir=run_dir).run()
-
-
-def find_lr(cfg: TrainConfig, callback: events.Callback | None = None) -> tuple[dict[str, Any], Path]:
-    """`zoo lr-find`: the LR range test on the set-up `cfg` describes, in a run folder of its own (config.json,
-    lr_find.json with the curve, lr_find.png); nothing is trained. Returns (result, run folder)."""
-    if cfg.name is None:
-        cfg = dataclasses.replace(cfg, name=f"{cfg.backbone}-{cfg.policy}-lr-find".replace("/", "-").replace(":", "-"))
-    trainer = Trainer(cfg, callback=callback)
-    try:
-        if trainer.dist.is_main:
-            write_config(trainer.run_dir, record.saved_config(trainer.cfg))
-        result = trainer.find_lr()
-    except BaseException:
-        discard_if_unstarted(trainer.run_dir)
-        raise
-    finally:
-        trainer.cache.drop()
-        trainer.ddp.release()
-        trainer.dist.close()
-        if trainer.lock:
-            trainer.lock.release()
-    return result, trainer.run_dir
 
 
 def resume_run(run_dir: str | Path, *, callback: events.Callback | None = None, **overrides) -> FinetuneResult:

@@ -239,7 +239,7 @@ def derive(
     """Head, groups and the conversion check; raises ConversionMismatch (unless `force`)."""
     import onnxruntime as ort
 
-    from zoo.export import load_sample_inputs
+    from zoo.check_images import load_sample_inputs
     from zoo.models import check_groups, new_head
     from zoo_onnx.convert import compare, first_divergence, parametric_nodes, to_torch
 

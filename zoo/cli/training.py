@@ -81,7 +81,7 @@ def lr_find(
 ):
     """The LR range test on the trainable groups of a policy: the loss as the LR grows from 1e-7 to 1, a plot
     and a suggested LR (the rule is printed); nothing is trained. `zoo finetune --lr auto` runs it first."""
-    from zoo.train import find_lr
+    from zoo.launch import find_lr
 
     options = options_for(TrainConfig, options)
     renderer = RunRenderer(quiet=True)
