@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import types
 
 import pytest
@@ -212,3 +213,19 @@ def make_tagged(root, n=36, size=32, seed=0, splits=None, sep=" ", name="tags.cs
         lines.append(f"img/{i}.png,{sep.join(tags)}" + (f",{splits[i % len(splits)]}" if splits else ""))
     (root / name).write_text("\n".join(lines) + "\n")
     return root / name
+
+
+@contextlib.contextmanager
+def tiny_run(root, **options):
+    """(FinetuneResult, data folder, root): the tiny backbone fine-tuned for 3 epochs on generated train/val images,
+    through an in-test plugin that stays registered while the context is open."""
+    from zoo.train import finetune
+
+    saved = zoo.registry._REGISTRY
+    zoo.registry._REGISTRY = zoo.registry.build_registry([("tinyplugin", plugin_module("tinyplugin", tiny_spec()))])
+    try:
+        data = make_images(root / "data", per_class=16, layout="train/val")
+        settings = dict(policy="finetune", epochs=3, weights="none", workers=0, lr=0.01, out=str(root / "runs"))
+        yield finetune("tiny", data, **{**settings, **options}), data, root
+    finally:
+        zoo.registry._REGISTRY = saved

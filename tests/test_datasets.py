@@ -16,11 +16,12 @@ from zoo.checkpoint import read_checkpoint
 from zoo.cli import app
 from zoo.errors import Interrupted
 from zoo.evaluate import evaluate, predict
-from zoo.export import export, verify
+from zoo.export import export
 from zoo.loaders import BalancedSampler
 from zoo.onnx_meta import ModelMetadata, read_props
 from zoo.runtime import Predictor
 from zoo.train import Trainer, finetune, resume_run
+from zoo.verify import verify
 
 runner = CliRunner()
 METRIC_KEYS = {"acc", "balanced_acc", "macro_f1", "micro_f1", "map"}

@@ -13,15 +13,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import TUTORIAL_MODELS, make_images
+from conftest import TUTORIAL_MODELS, tiny_run
 from zoo.cli import app
 from zoo.errors import QuantizationRefused
-from zoo.export import export, export_model, verify
+from zoo.export import export, export_model
 from zoo.models import create_model
 from zoo.onnx_meta import ModelMetadata
 from zoo.registry import get_registry
 from zoo.runtime import Predictor
-from zoo.train import finetune
+from zoo.verify import verify
 
 runner = CliRunner()
 
@@ -48,25 +48,8 @@ def test_tutorial_families_export_and_verify(tmp_path, name):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A fine-tuned tiny backbone, through an installed-like in-test plugin."""
-    import zoo.registry
-    from conftest import plugin_module, tiny_spec
-
-    saved = zoo.registry._REGISTRY
-    zoo.registry._REGISTRY = zoo.registry.build_registry([("tinyplugin", plugin_module("tinyplugin", tiny_spec()))])
-    root = tmp_path_factory.mktemp("export")
-    data = make_images(root / "data", per_class=16, layout="train/val")
-    result = finetune(
-        "tiny",
-        data,
-        policy="finetune",
-        epochs=3,
-        weights="none",
-        workers=0,
-        lr=0.01,
-        out=str(root / "runs"),
-    )
-    yield result, data, root
-    zoo.registry._REGISTRY = saved
+    with tiny_run(tmp_path_factory.mktemp("export")) as made:
+        yield made
 
 
 @pytest.mark.slow
@@ -177,11 +160,31 @@ def test_int8_reports_accuracy_and_refuses_a_big_drop(run, tmp_path, monkeypatch
     assert meta.labels and meta.precision == "int8" and meta.extra["int8"]["max_drop"] == 100.0
     import zoo.quantize
 
-    accuracies = iter([0.9, 0.5])  # fp32, then int8: a 40-point drop
+    accuracies = iter([0.9, 0.5])  # fp32, then int8 without retries: a 40-point drop
     monkeypatch.setattr(zoo.quantize, "accuracy", lambda *a, **k: next(accuracies))
-    with pytest.raises(QuantizationRefused, match=r"more than --max-drop 1\.0"):
-        export(result.run_dir, tmp_path / "n.onnx", int8=True, max_drop=1.0, calib_size=16)
+    with pytest.raises(QuantizationRefused, match=r"more than --max-drop 1\.0 in every attempt"):
+        export(result.run_dir, tmp_path / "n.onnx", int8=True, max_drop=1.0, calib_size=16, int8_retry=False)
     assert not (tmp_path / "n.int8.onnx").exists()
+    # with retries: the first attempt fails the gate, the second (first conv and classifier kept float) passes
+    accuracies = iter([0.9, 0.5, 0.895])
+    report = export(result.run_dir, tmp_path / "r.onnx", int8=True, max_drop=1.0, calib_size=16)
+    tries = report.int8["attempts"]
+    assert [t["passed"] for t in tries] == [False, True]
+    assert (
+        tries[0]["excluded"] == []
+        and len(tries[1]["excluded"]) == 2
+        and report.int8["excluded"] == tries[1]["excluded"]
+    )
+    meta = ModelMetadata.from_props({p.key: p.value for p in onnx.load(str(tmp_path / "r.int8.onnx")).metadata_props})
+    assert meta.extra["int8"]["excluded"] == tries[1]["excluded"]
+    # every attempt fails: refused, each attempt named in the one-line error
+    scores = iter([0.9] + [0.5] * 10)
+    monkeypatch.setattr(zoo.quantize, "accuracy", lambda *a, **k: next(scores))
+    with pytest.raises(QuantizationRefused) as refused:
+        export(result.run_dir, tmp_path / "x.onnx", int8=True, max_drop=1.0, calib_size=16)
+    message = str(refused.value)
+    assert "percentile:" in message and message.count("excluding") == 3 and "entropy" in message and "minmax" in message
+    assert not (tmp_path / "x.int8.onnx").exists()
 
 
 def test_int8_calibrates_on_any_number_of_images(run, tmp_path):

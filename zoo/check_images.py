@@ -59,6 +59,26 @@ def load_sample_inputs(
 ) -> tuple[np.ndarray, str]:
     """`count` model inputs: real images from --check-data, else the run's data (a folder, or a callable giving
     its files), else generated ones."""
+    files, where = check_files(check_data, fallback)
+    arrays = []
+    rng = np.random.default_rng(seed)
+    for i in rng.permutation(len(files)):
+        try:
+            arrays.append(load_for_eval(files[i], pre))
+        except Exception:  # an unreadable file is not a reason to fail an export check
+            continue
+        if len(arrays) == count:
+            break
+    if arrays:
+        return np.stack(arrays), f"{len(arrays)} images from {where}"
+    if check_data is not None:
+        raise DataError(f"--check-data {check_data}: no readable images")
+    return generated_inputs(pre, count, seed), f"{count} generated images (no data folder)"
+
+
+def check_files(check_data: Path | None, fallback=None) -> tuple[list[Path], str]:
+    """(image files, where they are) of --check-data, else of the run's data (a folder, or a callable giving its
+    files); ([], "") when there are none."""
     for folder, what in ((check_data, "--check-data"), (fallback, "the run's data")):
         if folder is None:
             continue
@@ -72,20 +92,9 @@ def load_sample_inputs(
                     raise DataError(f"--check-data {folder}: no such folder")
                 continue
             files = image_folder_files(folder)
-        arrays = []
-        rng = np.random.default_rng(seed)
-        for i in rng.permutation(len(files)):
-            try:
-                arrays.append(load_for_eval(files[i], pre))
-            except Exception:  # an unreadable file is not a reason to fail an export check
-                continue
-            if len(arrays) == count:
-                break
-        if arrays:
-            return np.stack(arrays), f"{len(arrays)} images from {what} ({folder})"
-        if what == "--check-data":
-            raise DataError(f"--check-data {folder}: no readable images")
-    return generated_inputs(pre, count, seed), f"{count} generated images (no data folder)"
+        if files or what == "--check-data":
+            return files, f"{what} ({folder})"
+    return [], ""
 
 
 def generated_inputs(pre: Preprocess, count: int, seed: int = 0) -> np.ndarray:

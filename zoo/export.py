@@ -29,8 +29,8 @@ import torch
 from zoo import atomic
 from zoo.backbone import Backbone, Preprocess
 from zoo.check import CheckResult, compare_outputs
-from zoo.check_images import labelled_inputs, load_sample_inputs, run_files
-from zoo.errors import DataError, ExportError, ModelFileError, OutputError, UsageError
+from zoo.check_images import load_sample_inputs
+from zoo.errors import ExportError, OutputError, UsageError
 from zoo.images import decode_size
 from zoo.models import split_outputs
 from zoo.onnx_io import (
@@ -40,9 +40,11 @@ from zoo.onnx_io import (
     external_data_files,
     needs_external_data,
     ort_session,
+    resolve_providers,
     write_onnx,
 )
 from zoo.onnx_meta import ModelMetadata, read_props, write_props
+from zoo.sources import model_source
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,10 @@ class ExportReport:
     int8: dict[str, Any] | None = None
     report_path: str = ""
     precision: str = "fp32"
+    provider: str = "cpu"
+    embedded: dict[str, Any] | None = None  # --embed-preprocessing: the check on raw pixels
+    fp16: dict[str, Any] | None = None  # --fp16: the float16 model's check against torch
+    triton: str | None = None  # --triton-repo: the model's folder in the repository
 
     def to_dict(self) -> dict[str, Any]:
         return {REPORT_MARK: "export", **asdict(self)}
@@ -115,6 +121,7 @@ def sidecars(output: Path) -> dict[str, Path]:
         "failed": output.with_name(f"{output.stem}.FAILED.onnx"),
         "failed_report": output.with_name(f"{output.stem}.FAILED.json"),
         "int8": output.with_name(f"{output.stem}.int8.onnx"),
+        "fp16": output.with_name(f"{output.stem}.fp16.onnx"),
     }
 
 
@@ -161,11 +168,13 @@ def export_model(
     mkdir: bool = False,
     exporter: str = "auto",
     thresholds: list[float] | None = None,
+    provider: str | None = None,
 ) -> ExportReport:
     """Export `model`, verify it against torch, write it with metadata and a JSON report beside it.
 
     `exporter`: "auto" (dynamo, TorchScript where it fails), or "torchscript" first (faster to write).
     `thresholds`: a multi-label model's per-label thresholds (its label sets must agree, and travel in the file).
+    `provider`: the onnxruntime execution provider the check runs on (--provider; the CPU by default).
     """
     import onnx
 
@@ -209,7 +218,8 @@ def export_model(
             except Exception as exc:
                 notes.append(f"onnx.checker rejected the {name} exporter's model ({str(exc).splitlines()[0][:200]})")
                 continue
-            checks = compare(wrapped, ort_session(path), inputs, tolerance, sizes, min_agreement, thresholds)
+            session = ort_session(path, provider=provider)
+            checks = compare(wrapped, session, inputs, tolerance, sizes, min_agreement, thresholds)
             if all(c.passed for c in checks):
                 chosen = (written, checks, path)
                 if notes:
@@ -224,7 +234,7 @@ def export_model(
         passed = all(c.passed for c in checks)
         report = ExportReport(
             str(output), written.exporter, written.opset, source, checks, min_agreement, passed,
-            time.perf_counter() - start, notes,
+            time.perf_counter() - start, notes, provider=provider or "cpu",
         )  # fmt: skip
         summary = {
             "passed": passed,
@@ -296,36 +306,6 @@ def mismatch_error(report: ExportReport) -> ExportError:
     return ExportError(f"onnxruntime does not match torch ({where}): " + " | ".join(rows))
 
 
-def _source(source: str | Path, num_classes: int | None, weights: str):
-    """(model, spec, preprocess, labels, run's data folder or None, metadata, checkpoint or None) to export."""
-    from zoo.checkpoint import load_model, preprocess_of
-    from zoo.models import create_model, head_size, resolve_weights
-    from zoo.registry import get_registry
-
-    path = Path(source).expanduser()
-    if path.exists():
-        model, ckpt = load_model(path)
-        spec = get_registry().get(ckpt["backbone"])
-        extra = {
-            "policy": ckpt["policy"]["name"],
-            "val_acc": ckpt["best_val_acc"],
-            "epoch": ckpt["epoch"],
-            "weights": ckpt.get("weights", ""),
-        }
-        if ckpt.get("select_by", "acc") != "acc":
-            extra[f"val_{ckpt['select_by']}"] = ckpt.get("best_value")
-        return model, spec, preprocess_of(ckpt), list(ckpt["classes"]), run_files(ckpt["config"]), extra, ckpt
-    spec = get_registry().get(str(source))
-    if num_classes is not None and num_classes < 1:
-        raise UsageError(f"--num-classes {num_classes}: must be >= 1")
-    choice = resolve_weights(spec, weights)
-    model = create_model(spec, num_classes=num_classes, weights=choice).eval()
-    n = head_size(model, spec)
-    cats = list(choice.tag.categories) if choice.tag and not num_classes else []
-    labels = cats if len(cats) == n else [f"class_{i}" for i in range(n)]
-    return model, spec, spec.preprocess_for(choice.tag), labels, None, {"weights": choice.label}, None
-
-
 def export(
     source: str | Path,
     output: str | Path,
@@ -341,8 +321,17 @@ def export(
     calib_size: int = 64,
     max_drop: float = 1.0,
     mkdir: bool = False,
+    calibration: str = "percentile",
+    exclude: tuple[str, ...] | list[str] = (),
+    int8_retry: bool = True,
+    provider: str | None = None,
+    fp16: bool = False,
+    embed_preprocessing: bool = False,
+    top_k: int = 5,
+    triton_repo: str | Path | None = None,
 ) -> ExportReport:
-    """Export a run folder, a checkpoint, or a registered backbone; verify it; optionally add an INT8 model.
+    """Export a run folder, a checkpoint, or a registered backbone; verify it; optionally add an INT8 model, a
+    float16 one, the preprocessing inside the graph, a Triton model repository.
 
     Raises ExportError (after writing the report) when onnxruntime and torch disagree.
     """
@@ -355,7 +344,17 @@ def export(
         if not (np.isfinite(max_drop) and max_drop >= 0):
             raise UsageError(f"--max-drop {max_drop}: accuracy points, a finite number >= 0")
     check_output(Path(output), mkdir)
-    model, spec, pre, labels, run_data, extra, ckpt = _source(source, num_classes, weights)
+    if embed_preprocessing and (int8 or fp16):
+        raise UsageError("--embed-preprocessing writes a model for raw pixels; add --int8 or --fp16 in another export")
+    if top_k < 1:
+        raise UsageError(f"--top-k {top_k}: must be >= 1")
+    if provider is not None:
+        resolve_providers(provider)
+    model, spec, pre, labels, run_data, extra, ckpt = model_source(source, num_classes, weights)
+    if embed_preprocessing:
+        from zoo.embed import check_embeddable
+
+        check_embeddable(pre, opset)
     if int8 and ckpt is None:
         raise UsageError("--int8 needs a fine-tuned run or checkpoint: its data gives the calibration and val images")
     thresholds = ckpt.get("thresholds") if ckpt and ckpt.get("task") == "multi-label" else None
@@ -363,29 +362,48 @@ def export(
         model, spec, pre, labels, Path(output), opset=opset, batch=batch,
         check_data=Path(check_data) if check_data else None, data_fallback=run_data,
         min_agreement=min_agreement, keep_on_mismatch=keep_on_mismatch, extra_metadata=extra, mkdir=mkdir,
-        thresholds=thresholds,
+        thresholds=thresholds, provider=provider,
     )  # fmt: skip
     if not report.passed:
         raise mismatch_error(report)
+    out = Path(report.path)
     if int8:
-        from zoo.data import load_for_run
-        from zoo.quantize import build_int8
+        from zoo.quantize import int8_for_run
 
-        if external_data_files(Path(report.path)):
-            raise UsageError(
-                "--int8: the model is over 2 GB (its weights are in a .data file); INT8 takes smaller ones"
+        report.int8 = int8_for_run(out, sidecars(out)["int8"], ckpt, pre, labels, calib_size, max_drop, thresholds,
+                                   calibration, exclude, int8_retry)  # fmt: skip
+    if fp16:
+        from zoo.fp16 import write_fp16
+
+        info = ModelMetadata.from_props(read_props(out), str(out))
+        images, where = load_sample_inputs(info.preprocess, 8, Path(check_data) if check_data else None, run_data)
+        with torch.no_grad():
+            reference = Logits(model)(torch.from_numpy(images)).numpy()
+        report.fp16 = write_fp16(out, sidecars(out)["fp16"], images, reference, where, min_agreement, thresholds,
+                                 provider)  # fmt: skip
+    if embed_preprocessing:
+        from zoo.check_images import check_files
+        from zoo.embed import embed_in_place
+
+        files, _ = check_files(Path(check_data) if check_data else None, run_data)
+        report.embedded = embed_in_place(out, pre, top_k, thresholds is not None, files)
+        if not report.embedded["passed"]:
+            out.unlink()
+            report.passed = False
+            atomic.write_json(Path(report.report_path), report.to_dict())
+            e = report.embedded
+            raise ExportError(
+                f"--embed-preprocessing: on raw pixels the graph agrees with zoo's preprocessing on "
+                f"{e.get('top1_agreement', 0):.3f} of {e['images']} images (median probability difference "
+                f"{e.get('median_prob_diff', float('nan')):.4f}); needed >= {e['min_top1_agreement']} and <= "
+                f"{e['max_median_prob_diff']}; no model file written; report: {report.report_path}"
             )
-        cfg = ckpt["config"]
-        split = load_for_run(cfg, decode_size(pre))
-        if split.classes != labels:
-            raise DataError(f"--int8: the run's data ({cfg['data']}) no longer has the run's classes")
-        multi = thresholds is not None
-        calibration, _ = labelled_inputs(split.train[:: max(1, len(split.train) // calib_size)], pre, calib_size,
-                                         len(labels), multi)  # fmt: skip
-        val_images, val_labels = labelled_inputs(split.val, pre, None, len(labels), multi)
-        out = Path(report.path)
-        report.int8 = build_int8(out, sidecars(out)["int8"], calibration, val_images, val_labels, max_drop, multi)
+    if int8 or fp16 or embed_preprocessing:
         atomic.write_json(Path(report.report_path), report.to_dict())
+    if triton_repo is not None:
+        from zoo.triton import write_repository
+
+        report.triton = str(write_repository(out, Path(triton_repo)))
     if ckpt is not None:  # a fine-tuned run's model, verified: plugins hear of it (tracking, registries)
         from zoo import events
 
@@ -394,74 +412,3 @@ def export(
         events.Reporter(run_dir=str(run_dir.resolve())).emit(events.EXPORTED, path=report.path,
                                                               report=report.to_dict())  # fmt: skip
     return report
-
-
-def verify(
-    model_path: str | Path,
-    source: str | Path,
-    check_data: str | Path | None = None,
-    check_batch: int = 8,
-    min_agreement: float = 1.0,
-) -> ExportReport:
-    """Check an existing ONNX file against the checkpoint it claims to come from (catches tampering).
-
-    An INT8 file is held to INT8's criteria: the labels match, and its val accuracy is within the
-    `--max-drop` it was exported with of the checkpoint's (on the run's val images).
-    """
-    from zoo.checkpoint import load_model, preprocess_of
-
-    start = time.perf_counter()
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise ModelFileError(f"{model_path}: no such model file")
-    session = ort_session(model_path)
-    info = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, str(model_path))
-    model, ckpt = load_model(source)
-    from zoo.registry import get_registry
-
-    spec = get_registry().get(ckpt["backbone"])
-    pre = preprocess_of(ckpt)
-    thresholds = ckpt.get("thresholds") if ckpt.get("task") == "multi-label" else None
-    if info.precision == "int8":
-        checks, where = _verify_int8(model, session, info, ckpt, pre)
-    else:
-        images, where = load_sample_inputs(
-            pre, check_batch, Path(check_data) if check_data else None, run_files(ckpt["config"])
-        )
-        checks = compare(Logits(model), session, images, spec.atol, (1, check_batch), min_agreement, thresholds)
-    if list(info.labels) != list(ckpt["classes"]):
-        checks[0].failures.append(f"labels {list(info.labels)} != the checkpoint's {ckpt['classes']}")
-    if info.task != ckpt.get("task", "single-label"):
-        checks[0].failures.append(f"task {info.task} != the checkpoint's {ckpt.get('task', 'single-label')}")
-    elif thresholds is not None and list(info.thresholds or ()) != [float(t) for t in thresholds]:
-        checks[0].failures.append("the label thresholds differ from the checkpoint's")
-    passed = all(c.passed for c in checks)
-    return ExportReport(
-        str(model_path), "existing file", 0, where, checks, min_agreement, passed, time.perf_counter() - start,
-        precision=info.precision,
-    )  # fmt: skip
-
-
-def _verify_int8(model, session, info: ModelMetadata, ckpt: dict, pre: Preprocess) -> tuple[list[CheckResult], str]:
-    from zoo.data import load_for_run
-    from zoo.metrics import mean_average_precision
-    from zoo.quantize import val_score
-
-    cfg = ckpt["config"]
-    multi = info.multi_label
-    split = load_for_run(cfg, decode_size(pre))
-    images, labels = labelled_inputs(split.val, pre, None, len(ckpt["classes"]), multi)
-    with torch.no_grad():
-        logits = Logits(model)(torch.from_numpy(images)).numpy()
-    if multi:
-        torch_score = mean_average_precision(labels, torch.sigmoid(torch.from_numpy(logits)).numpy())[0]
-    else:
-        torch_score = float((logits.argmax(1) == labels).mean())
-    int8_score = val_score(session, images, labels, multi)
-    what = "val mAP" if multi else "val accuracy"
-    allowed = float((info.extra.get("int8") or {}).get("max_drop", 1.0))
-    drop = 100 * (torch_score - int8_score)
-    row = CheckResult(len(images), f"int8 {what}", [len(images)], [len(images)], drop, allowed, int8_score)
-    if drop > allowed:
-        row.failures.append(f"{what} {torch_score:.4f} -> {int8_score:.4f}: -{drop:.2f} points > {allowed} allowed")
-    return [row], f"{len(images)} val images of the run ({cfg['data']}), INT8 criteria"

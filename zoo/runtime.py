@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from zoo.embed import OUTPUTS, is_embedded, raw_pixels
 from zoo.errors import ModelFileError
 from zoo.images import load_for_eval
 from zoo.onnx_io import ort_session
@@ -45,7 +46,10 @@ class Predictor:
         self.session = ort_session(path, threads, provider=provider)
         self.info = ModelMetadata.from_props(self.session.get_modelmeta().custom_metadata_map, str(path))
         self.input_name = self.session.get_inputs()[0].name
-        self._check_graph()
+        # exported with --embed-preprocessing: the graph takes decoded uint8 pixels and returns probabilities
+        self.embedded = is_embedded(self.session)
+        if not self.embedded:
+            self._check_graph()
 
     def _check_graph(self) -> None:
         """The metadata must describe this graph: its input size and its number of outputs."""
@@ -77,15 +81,32 @@ class Predictor:
             ) from None
 
     def load(self, path: str | Path) -> np.ndarray:
-        """An image file as this model's input, (C, H, W) float32."""
+        """An image file as this model's input: (C, H, W) float32, or for a model with its preprocessing inside,
+        the decoded (H, W, 3) uint8 pixels."""
+        if self.embedded:
+            return raw_pixels(path)
         return load_for_eval(path, self.info.preprocess, self.info.decode_size)
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """(N, classes) probabilities (softmax; multi-label: sigmoid) for a batch of `load`ed images of one shape."""
+        if not self.embedded:
+            return probabilities(self.logits(batch), self.info.multi_label)
+        try:
+            return self.session.run([OUTPUTS[0]], {self.input_name: batch.astype(np.uint8)})[0]
+        except Exception as exc:
+            raise ModelFileError(
+                f"{self.path}: onnxruntime cannot run it on {'x'.join(map(str, batch.shape))} pixels "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+            ) from None
 
     def predict(self, images: list[str | Path], top_k: int = 5, batch_size: int = 16) -> list[dict[str, Any]]:
         check_top_k(top_k)
         arrays = read_images(images, self.load)
-        multi = self.info.multi_label
-        probs = [
-            probabilities(self.logits(np.stack(arrays[i : i + batch_size])), multi)
-            for i in range(0, len(arrays), batch_size)
-        ]
-        return results(images, np.concatenate(probs), list(self.info.labels), top_k, self.info.thresholds)
+        probs = np.zeros((len(arrays), len(self.info.labels)), np.float32)
+        for start in range(0, len(arrays), batch_size):  # images of one shape run together (raw pixels vary)
+            shapes: dict[tuple, list[int]] = {}
+            for i in range(start, min(start + batch_size, len(arrays))):
+                shapes.setdefault(arrays[i].shape, []).append(i)
+            for rows in shapes.values():
+                probs[rows] = self.probabilities(np.stack([arrays[i] for i in rows]))
+        return results(images, probs, list(self.info.labels), top_k, self.info.thresholds)

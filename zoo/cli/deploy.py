@@ -89,29 +89,118 @@ def evaluate(
 @app.command()
 def predict(
     model: Annotated[str, typer.Argument(help="Run folder, checkpoint file, or an exported model.onnx.")],
-    images: Annotated[list[str], typer.Argument(help="Image files.")],
+    images: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files; with a model.onnx also folders (walked recursively) and quoted glob patterns "
+            "('photos/**/*.jpg')."
+        ),
+    ],
     top_k: Annotated[int, typer.Option(help="How many labels per image.")] = 3,
+    out: Annotated[
+        str | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="model.onnx: write one row per image to this .csv or .jsonl file, streaming in batches (an image "
+            "that cannot be read is a row with its error); written whole, or not at all if interrupted.",
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="model.onnx: images per batch.")] = 32,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the --out file if it exists.")] = False,
+    provider: Annotated[
+        str | None,
+        typer.Option(help="model.onnx: onnxruntime execution provider: cpu, cuda, tensorrt, ... [default: cpu]."),
+    ] = None,
     as_json: JsonFlag = False,
 ):
-    """Top-k labels for images, from a run, a checkpoint, or an exported model.onnx (which needs no torch)."""
-    if model.endswith(".onnx"):
-        from zoo.runtime import Predictor
+    """Top-k labels for images, from a run, a checkpoint, or an exported model.onnx (which needs no torch and
+    streams any number of images: folders, globs, --out)."""
+    import json
+    import sys
+    import time
+    from pathlib import Path
 
-        results = Predictor(model).predict(images, top_k)
-    else:
-        from zoo.evaluate import predict as run_predict
+    from zoo.cli import render
+    from zoo.errors import DataError, UsageError
 
-        results = run_predict(model, images, top_k)
-    if as_json:
-        print_json(results)
-        return
-    for r in results:
+    def show(r) -> None:
+        if "error" in r:
+            render.out(f"{r['image']}: error: {r['error']}")
+            return
         top = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])
         if "labels" in r:  # multi-label: the labels over their thresholds, then the top k for context
             chosen = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["labels"]) or "no label"
-            out(f"{r['image']}: ", (chosen, "bold"), f"  (top {len(r['top'])}: {top})")
+            render.out(f"{r['image']}: ", (chosen, "bold"), f"  (top {len(r['top'])}: {top})")
         else:
-            out(f"{r['image']}: {top}")
+            render.out(f"{r['image']}: {top}")
+
+    if not model.endswith(".onnx"):  # a run or checkpoint: torch, the image files named
+        hint = f"export the model first (zoo export {model} -o model.onnx) and predict with model.onnx"
+        if out is not None:
+            raise UsageError(f"--out {out}: needs an exported model; {hint}")
+        folder = next((i for i in images if Path(i).is_dir()), None)
+        if folder is not None:
+            raise UsageError(f"{folder}: is a folder; pass image files (e.g. {folder}/*.jpg), or {hint}")
+        from zoo.evaluate import predict as run_predict
+
+        results = run_predict(model, images, top_k)
+        if as_json:
+            print_json(results)
+        else:
+            for r in results:
+                show(r)
+        return
+
+    from zoo.batch_predict import predict_many
+
+    printed = 0
+
+    def print_rows(rows) -> None:  # without --out each batch is printed as it comes; --json: one JSON list
+        nonlocal printed
+        for r in rows:
+            if as_json:
+                item = "\n".join("  " + line for line in json.dumps(r, indent=2, default=str).splitlines())
+                sys.stdout.write(("[\n" if not printed else ",\n") + item)
+            else:
+                show(r)
+            printed += 1
+
+    progress = task = None
+    if out is not None and not as_json and render.err_console.is_terminal:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                            TimeRemainingColumn(), console=render.err_console, transient=True)  # fmt: skip
+        task = progress.add_task("predict", total=None, rate="")
+    started = time.perf_counter()
+
+    def on_progress(done: int, total: int | None) -> None:
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        progress.update(task, completed=done, total=total, rate=f"{rate:.1f} img/s" if done else "")
+
+    if progress is not None:
+        progress.start()
+    try:
+        summary = predict_many(
+            model, images, out=out, top_k=top_k, batch_size=batch_size, overwrite=overwrite,
+            on_rows=print_rows if out is None else None, on_progress=on_progress if progress else None,
+            total=progress is not None, provider=provider,
+        )  # fmt: skip
+    finally:
+        if progress is not None:
+            progress.stop()
+    if out is None and as_json:
+        sys.stdout.write("\n]\n" if printed else "[]\n")
+    elif as_json:
+        print_json(summary.to_dict())
+    if summary.errors == summary.images:
+        where = f"; each row of {summary.out} says why" if summary.out else ""
+        raise DataError(f"none of the {summary.images} image(s) could be read{where}")
+    note(
+        f"{summary.images} image(s), {summary.errors} error(s), {summary.images_per_second:.1f} img/s "
+        f"({summary.seconds:.1f} s)" + (f": {summary.out}" if summary.out else "")
+    )
 
 
 @app.command()
@@ -129,6 +218,42 @@ def export(
     num_classes: Annotated[int | None, typer.Option(help="Backbone export: a new head with N classes.")] = None,
     weights: Annotated[str, typer.Option(help="Backbone export: weights tag, 'none' or a file.")] = "default",
     mkdir: Annotated[bool, typer.Option("--mkdir", help="Create the output's folder if it does not exist.")] = False,
+    calibration: Annotated[
+        str, typer.Option(help="--int8: calibration method, percentile, entropy or minmax.")
+    ] = "percentile",
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="--int8: a node to keep in float (its ONNX name); repeatable.")
+    ] = None,
+    int8_retry: Annotated[
+        bool,
+        typer.Option(
+            help="--int8: when the --max-drop gate fails, retry keeping the first conv and the classifier "
+            "in float, then with the other calibration methods; every attempt is reported."
+        ),
+    ] = True,
+    provider: Annotated[
+        str | None,
+        typer.Option(
+            help="onnxruntime execution provider the check runs on: cpu, cuda, tensorrt, openvino, coreml, "
+            "... (those installed) [default: cpu]."
+        ),
+    ] = None,
+    fp16: Annotated[
+        bool,
+        typer.Option("--fp16", help="Also write NAME.fp16.onnx (float16, for GPU providers), checked against torch."),
+    ] = False,
+    embed_preprocessing: Annotated[
+        bool,
+        typer.Option(
+            "--embed-preprocessing",
+            help="Put resize, crop and normalisation in the graph: its input is "
+            "uint8 RGB images[N, H, W, 3], its outputs probabilities and the top k; checked on raw pixels.",
+        ),
+    ] = False,
+    top_k: Annotated[int, typer.Option(help="--embed-preprocessing: how many top labels the graph returns.")] = 5,
+    triton_repo: Annotated[
+        str | None, typer.Option(help="Also write a Triton Inference Server model repository into this folder.")
+    ] = None,
     as_json: JsonFlag = False,
 ):
     """Export to ONNX and prove it: onnxruntime against torch on real images; a mismatch is an error."""
@@ -138,13 +263,29 @@ def export(
         report = run_export(
             source, output, num_classes=num_classes, weights=weights, opset=opset, batch=batch,
             check_data=check_data, min_agreement=min_agreement, keep_on_mismatch=keep_on_mismatch, int8=int8,
-            calib_size=calib_size, max_drop=max_drop, mkdir=mkdir,
+            calib_size=calib_size, max_drop=max_drop, mkdir=mkdir, calibration=calibration, exclude=exclude or (),
+            int8_retry=int8_retry, provider=provider, fp16=fp16, embed_preprocessing=embed_preprocessing, top_k=top_k,
+            triton_repo=triton_repo,
         )  # fmt: skip
     if as_json:
         print_json(report.to_dict())
         return
     title = f"{report.path} ({report.exporter} exporter, opset {report.opset}): onnxruntime vs torch on {report.images}"
+    if report.provider != "cpu":
+        title += f", on {report.provider}"
     print_table(check_table(title, report.checks))
+    if report.embedded:
+        e = report.embedded
+        out(
+            f"preprocessing in the graph, on the raw pixels of {e['images']} images against zoo's: top-1 agreement "
+            f"{e['top1_agreement']:.3f} (>= {e['min_top1_agreement']}), probability difference median "
+            f"{e['median_prob_diff']:.4f} (<= {e['max_median_prob_diff']}), p95 {e['p95_prob_diff']:.4f}, max "
+            f"{e['max_prob_diff']:.4f}"
+        )
+    if report.fp16:
+        f = report.fp16
+        out(f"fp16: {f['path']}: max abs diff {f['max_abs_diff']:.3g} (<= {f['atol']:.3g}), top-1 agreement "
+            f"{f['top1_agreement']:.3f}")  # fmt: skip
     for line in report.notes:
         note(f"note: {line}")
     if report.int8:
@@ -154,6 +295,16 @@ def export(
             f"int8: {q['path']}: {metric_name(metric)} {q[f'fp32_{metric}']:.4f} -> {q[f'int8_{metric}']:.4f} "
             f"({-q['drop_points']:+.2f} points), {q['speedup']:.2f}x the fp32 speed"
         )
+        if len(q["attempts"]) > 1:
+            columns = [("calibration", "left"), ("kept in float", "left"), ("drop (points)", "right"),
+                       ("speed", "right"), ("gate", "left")]  # fmt: skip
+            attempts = table("int8 attempts", columns)
+            for a in q["attempts"]:
+                attempts.add_row(a["calibration"], ", ".join(a["excluded"]) or "-", f"{a['drop_points']:.2f}",
+                                 f"{a['speedup']:.2f}x", "passed" if a["passed"] else "failed")  # fmt: skip
+            print_table(attempts)
+    if report.triton:
+        out(f"triton: {report.triton} (config.pbtxt, labels.txt, 1/model.onnx)")
     out(("verified", "bold"), f": {report.path} (report: {report.report_path})")
 
 
@@ -163,13 +314,16 @@ def verify(
     source: Annotated[str, typer.Argument(help="The run folder or checkpoint it was exported from.")],
     check_data: Annotated[str | None, typer.Option(help="Images to verify with [default: the run's val set].")] = None,
     min_agreement: Annotated[float, typer.Option(help="Least top-1 agreement with torch, 0-1.")] = 1.0,
+    provider: Annotated[
+        str | None, typer.Option(help="onnxruntime execution provider: cpu, cuda, tensorrt, ... [default: cpu].")
+    ] = None,
     as_json: JsonFlag = False,
 ):
     """Check an ONNX file against its torch checkpoint again: a tampered or stale file fails."""
     from zoo.export import mismatch_error
-    from zoo.export import verify as run_verify
+    from zoo.verify import verify as run_verify
 
-    report = run_verify(model, source, check_data, min_agreement=min_agreement)
+    report = run_verify(model, source, check_data, min_agreement=min_agreement, provider=provider)
     if as_json:
         print_json(report.to_dict())
     elif not report.passed:
