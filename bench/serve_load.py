@@ -131,6 +131,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy so far, all cores together (Linux /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 async def load(url: str, bodies: list[bytes], concurrency: int, count: int, probe) -> dict:
     """`count` POST /predict requests with `concurrency` in flight, after one warm-up request per connection: wall
     time, latencies, statuses, and how much each number of `probe()` grew meanwhile."""
@@ -216,6 +223,11 @@ def main(argv: list[str]) -> int:
         procs = {name: servers.enter_context(running_server(model, *flags, *extra)) for name, flags in SERVERS.items()}
         bodies = [multipart(name, data) for name, data in images]
         runs = {(name, c): [] for name in SERVERS for c in LEVELS}
+
+        def ours() -> float:
+            return sum(cpu_seconds(s.proc.pid) for s in procs.values()) + time.process_time()
+
+        busy, mine, begun = busy_cpu_seconds(), ours(), time.perf_counter()
         for r in range(args.rounds):
             for c in LEVELS:
                 for name, served in procs.items():
@@ -224,6 +236,8 @@ def main(argv: list[str]) -> int:
                     run["server_cpu_s"], run["images"], run["calls"] = run.pop("grew")
                     runs[name, c].append(run)
                     print(f"round {r + 1}, c={c}, {name}: {counts[c] / run['wall_s']:.1f} req/s", file=sys.stderr)
+        # CPU time the machine spent on anything but this bench's client and servers, in cores
+        others = (busy_cpu_seconds() - busy - (ours() - mine)) / (time.perf_counter() - begun)
     rows = []
     for (name, c), done in runs.items():
         latencies = np.array([x for run in done for x in run["latencies"]]) * 1000
@@ -253,6 +267,7 @@ def main(argv: list[str]) -> int:
         "rows": rows,
         "goals": goals(rows),
         "wall_s": time.time() - started,
+        "other_processes_cores": others,
     }
     publish("serve_load", record, render(record), update_doc=not args.no_doc)
     return 0
@@ -284,7 +299,8 @@ def render(record: dict) -> str:
     cost = record["model_alone"]
     lines = [
         f"Measured {record['date']} on {record['cpus']} CPUs ({record['cpu']}), client and server on the same "
-        f"cores; {record['rounds']} rounds, servers and levels alternating; {record['requests_per_round']['32']} "
+        f"cores, other processes using {max(0.0, record['other_processes_cores']):.2f} cores meanwhile; "
+        f"{record['rounds']} rounds, servers and levels alternating; {record['requests_per_round']['32']} "
         "requests per round at concurrency 32. POST /predict with one ants/bees JPEG per request (decoded, resized "
         "and cropped by the server). Mean batch: images per onnxruntime call, from the server's /metrics.",
         "",
