@@ -236,18 +236,20 @@ def test_arrays_of_different_shapes_run_in_separate_groups_in_order():
 
     class Fake:
         info = type("Info", (), {"multi_label": False, "labels": ("a", "b"), "thresholds": None})()
+        fixed_batch = None
+        probabilities_of = Predictor.probabilities_of  # the runtime's own grouping
 
         def __init__(self):
             self.shapes: list[tuple[int, ...]] = []
 
-        def logits(self, batch):
+        def probabilities(self, batch):
             self.shapes.append(batch.shape)
-            return np.stack([[float(x.shape[-1]), 0.0] for x in batch])
+            return np.stack([[1.0, 0.0] for _ in batch])
 
     fake = Fake()
     small, big = np.zeros((3, 4, 4), np.float32), np.zeros((3, 8, 8), np.float32)
     loaded = [("1", small, None), ("2", big, None), ("3", None, "empty file"), ("4", small, None)]
-    rows = bp._run_batch(fake, loaded, 1, None)
+    rows = bp._run_batch(fake, loaded, 1)
     assert sorted(fake.shapes) == [(1, 3, 8, 8), (2, 3, 4, 4)]
     assert [r["image"] for r in rows] == ["1", "2", "3", "4"] and rows[2] == {"image": "3", "error": "empty file"}
 

@@ -31,7 +31,7 @@ from zoo import atomic
 from zoo.errors import Interrupted, OutputError, Terminated, UsageError
 from zoo.images import is_image_name
 from zoo.interrupts import restore_sigterm, sigterm_raises
-from zoo.predictions import check_top_k, probabilities, results
+from zoo.predictions import check_top_k, results
 from zoo.runtime import Predictor
 
 FORMATS = (".csv", ".jsonl")
@@ -153,45 +153,24 @@ def _load(predictor: Predictor, item: Item) -> tuple[str, np.ndarray | None, str
         return path, None, f"cannot read it as an image ({type(exc).__name__}{': ' + detail if detail else ''})"
 
 
-def _fixed_batch(predictor: Predictor) -> int | None:
-    first = predictor.session.get_inputs()[0].shape
-    return first[0] if first and isinstance(first[0], int) else None
-
-
-def _probabilities(predictor: Predictor, batch: np.ndarray) -> np.ndarray:
-    if hasattr(predictor, "probabilities"):  # the runtime's own: also a model with its preprocessing inside
-        return predictor.probabilities(batch)
-    return probabilities(predictor.logits(batch), predictor.info.multi_label)
-
-
-def _run_batch(predictor: Predictor, loaded: list[tuple[str, np.ndarray | None, str | None]], top_k: int,
-               fixed: int | None) -> list[Row]:  # fmt: skip
-    """Rows for one batch, in its order: arrays of equal shape run together (a model may take varying sizes)."""
-    rows: list[Row | None] = [None] * len(loaded)
-    groups: dict[tuple[tuple[int, ...], str], list[int]] = {}
-    for i, (path, array, error) in enumerate(loaded):
-        if error is not None:
-            rows[i] = {"image": path, "error": error}
-        else:
-            groups.setdefault((array.shape, str(array.dtype)), []).append(i)
-    info = predictor.info
-    for members in groups.values():
-        batch = np.stack([loaded[i][1] for i in members])
-        if fixed is not None and len(members) < fixed:  # a graph exported with --batch N takes exactly N
-            batch = np.concatenate([batch, np.zeros((fixed - len(members), *batch.shape[1:]), batch.dtype)])
-        probs = _probabilities(predictor, batch)[: len(members)]
-        paths = [loaded[i][0] for i in members]
-        for i, row in zip(members, results(paths, probs, list(info.labels), top_k, info.thresholds), strict=True):
+def _run_batch(predictor: Predictor, loaded: list[tuple[str, np.ndarray | None, str | None]], top_k: int) -> list[Row]:
+    """Rows for one batch, in its order: an unreadable image's row is its error."""
+    rows: list[Row] = [{"image": path, "error": error} for path, _, error in loaded]
+    good = [i for i, (_, array, _) in enumerate(loaded) if array is not None]
+    if good:
+        info = predictor.info
+        probs = predictor.probabilities_of([loaded[i][1] for i in good])
+        paths = [loaded[i][0] for i in good]
+        for i, row in zip(good, results(paths, probs, list(info.labels), top_k, info.thresholds), strict=True):
             rows[i] = row
-    return rows  # type: ignore[return-value]
+    return rows
 
 
 def stream(predictor: Predictor, items: Iterable[Item], top_k: int = 3, batch_size: int = 32,
            workers: int | None = None) -> Iterator[list[Row]]:  # fmt: skip
     """The rows of each batch, in input order. Images are decoded by `workers` threads, the next batch while the
     model runs on this one: at most two batches of images are in memory."""
-    fixed = _fixed_batch(predictor)
-    size = fixed or batch_size
+    size = predictor.fixed_batch or batch_size
     workers = workers or min(8, 2 * (os.cpu_count() or 1))  # decoding waits on files too: 2 per core (measured)
     it = iter(items)
 
@@ -208,7 +187,7 @@ def stream(predictor: Predictor, items: Iterable[Item], top_k: int = 3, batch_si
             while pending:
                 loaded = [f.result() for f in pending]
                 pending = submit(chunk())
-                yield _run_batch(predictor, loaded, top_k, fixed)
+                yield _run_batch(predictor, loaded, top_k)
         finally:
             for f in pending:
                 f.cancel()

@@ -99,14 +99,35 @@ class Predictor:
                 f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
             ) from None
 
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size a graph exported with `--batch N` takes (exactly N); None: any."""
+        first = self.session.get_inputs()[0].shape
+        return first[0] if first and isinstance(first[0], int) else None
+
+    def probabilities_of(self, arrays: list[np.ndarray]) -> np.ndarray:
+        """(len(arrays), classes) probabilities for `load`ed images in any order of shapes: those of one shape run
+        together (raw pixels vary in size), in batches of exactly N for a graph exported with `--batch N` (the
+        last one padded)."""
+        fixed = self.fixed_batch
+        probs = np.zeros((len(arrays), len(self.info.labels)), np.float32)
+        groups: dict[tuple, list[int]] = {}
+        for i, array in enumerate(arrays):
+            groups.setdefault((array.shape, array.dtype.str), []).append(i)
+        for members in groups.values():
+            step = fixed or len(members)
+            for start in range(0, len(members), step):
+                part = members[start : start + step]
+                batch = np.stack([arrays[i] for i in part])
+                if fixed is not None and len(part) < fixed:
+                    batch = np.concatenate([batch, np.zeros((fixed - len(part), *batch.shape[1:]), batch.dtype)])
+                probs[part] = self.probabilities(batch)[: len(part)]
+        return probs
+
     def predict(self, images: list[str | Path], top_k: int = 5, batch_size: int = 16) -> list[dict[str, Any]]:
         check_top_k(top_k)
         arrays = read_images(images, self.load)
-        probs = np.zeros((len(arrays), len(self.info.labels)), np.float32)
-        for start in range(0, len(arrays), batch_size):  # images of one shape run together (raw pixels vary)
-            shapes: dict[tuple, list[int]] = {}
-            for i in range(start, min(start + batch_size, len(arrays))):
-                shapes.setdefault(arrays[i].shape, []).append(i)
-            for rows in shapes.values():
-                probs[rows] = self.probabilities(np.stack([arrays[i] for i in rows]))
+        probs = np.concatenate(
+            [self.probabilities_of(arrays[i : i + batch_size]) for i in range(0, len(arrays), batch_size)]
+        )
         return results(images, probs, list(self.info.labels), top_k, self.info.thresholds)
