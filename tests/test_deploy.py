@@ -156,6 +156,7 @@ def test_export_writes_a_triton_repository_that_triton_schema_parses(run, tmp_pa
     assert out.exit_code == 0, out.output
     folder = tmp_path / "repo" / "ants"
     assert json.loads(out.stdout)["triton"] == str(folder)
+    assert json.loads((tmp_path / "ants.json").read_text())["triton"] == str(folder)  # the report says it too
     config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert config.backend == "onnxruntime" and config.max_batch_size > 0
     assert [i.name for i in config.input] == [INPUT] and list(config.input[0].dims) == [-1, -1, 3]

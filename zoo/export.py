@@ -358,9 +358,9 @@ def export(
     if int8 and ckpt is None:
         raise UsageError("--int8 needs a fine-tuned run or checkpoint: its data gives the calibration and val images")
     thresholds = ckpt.get("thresholds") if ckpt and ckpt.get("task") == "multi-label" else None
+    check_dir = Path(check_data) if check_data else None
     report = export_model(
-        model, spec, pre, labels, Path(output), opset=opset, batch=batch,
-        check_data=Path(check_data) if check_data else None, data_fallback=run_data,
+        model, spec, pre, labels, Path(output), opset=opset, batch=batch, check_data=check_dir, data_fallback=run_data,
         min_agreement=min_agreement, keep_on_mismatch=keep_on_mismatch, extra_metadata=extra, mkdir=mkdir,
         thresholds=thresholds, provider=provider,
     )  # fmt: skip
@@ -375,8 +375,7 @@ def export(
     if fp16:
         from zoo.fp16 import write_fp16
 
-        info = ModelMetadata.from_props(read_props(out), str(out))
-        images, where = load_sample_inputs(info.preprocess, 8, Path(check_data) if check_data else None, run_data)
+        images, where = load_sample_inputs(pre, 8, check_dir, run_data)
         with torch.no_grad():
             reference = Logits(model)(torch.from_numpy(images)).numpy()
         report.fp16 = write_fp16(out, sidecars(out)["fp16"], images, reference, where, min_agreement, thresholds,
@@ -385,7 +384,7 @@ def export(
         from zoo.check_images import check_files
         from zoo.embed import embed_in_place
 
-        files, _ = check_files(Path(check_data) if check_data else None, run_data)
+        files, _ = check_files(check_dir, run_data)
         report.embedded = embed_in_place(out, pre, top_k, thresholds is not None, files)
         if not report.embedded["passed"]:
             out.unlink()
@@ -398,12 +397,12 @@ def export(
                 f"{e.get('median_prob_diff', float('nan')):.4f}); needed >= {e['min_top1_agreement']} and <= "
                 f"{e['max_median_prob_diff']}; no model file written; report: {report.report_path}"
             )
-    if int8 or fp16 or embed_preprocessing:
-        atomic.write_json(Path(report.report_path), report.to_dict())
     if triton_repo is not None:
         from zoo.triton import write_repository
 
         report.triton = str(write_repository(out, Path(triton_repo)))
+    if int8 or fp16 or embed_preprocessing or triton_repo is not None:  # the report says what was added
+        atomic.write_json(Path(report.report_path), report.to_dict())
     if ckpt is not None:  # a fine-tuned run's model, verified: plugins hear of it (tracking, registries)
         from zoo import events
 
