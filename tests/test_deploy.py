@@ -171,3 +171,9 @@ def test_serve_refuses_a_model_with_its_preprocessing_inside_in_one_line(exporte
     _, embedded = exported
     with pytest.raises(UsageError, match="--embed-preprocessing"):
         create_app(Predictor(embedded))
+
+
+def test_zoo_serve_refuses_a_model_with_its_preprocessing_inside_before_running_it(exported):
+    _, embedded = exported
+    out = runner.invoke(app, ["serve", str(embedded), "--port", "0"])
+    assert out.exit_code == 2 and "--embed-preprocessing" in out.output and "cannot run" not in out.output

@@ -174,9 +174,17 @@ def raw_pixels(path: Path | str) -> np.ndarray:
     return np.asarray(open_rgb(path))
 
 
+# the gate on raw pixels, measured (docs/deploy.md, bench/deploy.py): the graph and zoo's Python
+# path differ only by their resize arithmetic (ONNX's float filters, Pillow's fixed-point ones) and by JPEG
+# decoding at reduced scale, which only the Python path does on large photos
+MIN_AGREEMENT = 0.95
+MAX_MEDIAN_DIFF = 0.02
+
+
 def check_raw(embedded_session, reference, files: list[Path], pre: Preprocess, short_side: int) -> dict[str, Any]:
     """The embedded graph on raw pixels against zoo's Python preprocessing + the model (`reference(batch)` ->
-    probabilities), image by image: top-1 agreement and probability differences."""
+    probabilities), image by image: top-1 agreement and probability differences, the gate's bounds, and whether
+    they are met (`passed`)."""
     from zoo.images import load_for_eval
 
     diffs, agree, used = [], 0, 0
@@ -190,23 +198,20 @@ def check_raw(embedded_session, reference, files: list[Path], pre: Preprocess, s
         diffs.append(float(np.abs(got - ref).max()))
         agree += int(got.argmax() == ref.argmax())
         used += 1
+    gate = {"min_top1_agreement": MIN_AGREEMENT, "max_median_prob_diff": MAX_MEDIAN_DIFF}
     if not used:
-        return {"images": 0}
+        return {"images": 0, **gate, "passed": False}
     d = np.asarray(diffs)
-    return {
+    result = {
         "images": used,
         "top1_agreement": agree / used,
         "max_prob_diff": float(d.max()),
         "median_prob_diff": float(np.median(d)),
         "p95_prob_diff": float(np.percentile(d, 95)),
+        **gate,
     }
-
-
-# the gate on raw pixels, measured (docs/deploy.md, bench/embed_preprocessing.py): the graph and zoo's Python
-# path differ only by their resize arithmetic (ONNX's float filters, Pillow's fixed-point ones) and by JPEG
-# decoding at reduced scale, which only the Python path does on large photos
-MIN_AGREEMENT = 0.95
-MAX_MEDIAN_DIFF = 0.02
+    result["passed"] = result["top1_agreement"] >= MIN_AGREEMENT and result["median_prob_diff"] <= MAX_MEDIAN_DIFF
+    return result
 
 
 def embed_file(src: Path, dst: Path, pre: Preprocess, decode: int, top_k: int, multi_label: bool, files: list[Path],
@@ -231,10 +236,6 @@ def embed_file(src: Path, dst: Path, pre: Preprocess, decode: int, top_k: int, m
     name = reference.get_inputs()[0].name
     result = check_raw(
         ort_session(dst), lambda x: probabilities(reference.run(None, {name: x})[0], multi_label), files, pre, decode
-    )
-    result.update(min_top1_agreement=MIN_AGREEMENT, max_median_prob_diff=MAX_MEDIAN_DIFF)
-    result["passed"] = bool(
-        result["images"] and result["top1_agreement"] >= MIN_AGREEMENT and result["median_prob_diff"] <= MAX_MEDIAN_DIFF
     )
     meta = ModelMetadata.from_props(read_props(src), str(src))
     extra = {**meta.extra, "preprocessing": "in the graph: uint8 RGB images[N, H, W, 3]", "raw_check": result}

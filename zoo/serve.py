@@ -336,7 +336,8 @@ def open_server(model: str | Path, options: ServeOptions) -> Server:
     """Check the options, load and warm up the model, bind the port: every mistake is raised before serving."""
     options.check()
     predictor = Predictor(model, options.onnxruntime_threads, provider=options.provider)
+    app = create_app(predictor, options)  # refuses a model it cannot serve before any work
     pre = predictor.info.preprocess
     # the first call allocates: slow for a client, so the server makes it
     predictor.logits(np.zeros((1, pre.channels, *pre.input_size), np.float32))
-    return Server(create_app(predictor, options), Path(model), options)
+    return Server(app, Path(model), options)

@@ -86,7 +86,7 @@ def _verify_embedded(model, session, ckpt: dict, pre: Preprocess, check_data, mu
     n = r["images"]
     row = CheckResult(n, "probabilities on raw pixels", [n], [n], r.get("median_prob_diff", float("inf")),
                       MAX_MEDIAN_DIFF, r.get("top1_agreement", 0.0))  # fmt: skip
-    if not n or r["top1_agreement"] < MIN_AGREEMENT or r["median_prob_diff"] > MAX_MEDIAN_DIFF:
+    if not r["passed"]:
         row.failures.append(f"raw pixels: {r} (needs top-1 agreement >= {MIN_AGREEMENT}, median <= {MAX_MEDIAN_DIFF})")
     return [row], f"the raw pixels of {n} images of {where or 'no data folder'} (median probability difference)"
 
