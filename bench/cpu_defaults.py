@@ -23,13 +23,14 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from report import publish
+from report import publish, zoo
+
+from zoo.device import cpu_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hymenoptera"
@@ -41,37 +42,22 @@ SETTINGS = {
 }
 
 
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return set(line.split(":", 1)[-1].split())
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args(argv)
-    zoo = str(Path(sys.executable).with_name("zoo"))
     runs: dict[str, list[dict]] = {name: [] for name in SETTINGS}
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "ZOO_HOME": str(Path(tmp) / "home")}
         for r in range(args.rounds):
             order = list(SETTINGS) if r % 2 == 0 else list(reversed(SETTINGS))
             for name in order:
-                cmd = [zoo, "finetune", "efficientnet_lite0", str(args.data), "--policy", "finetune", "--epochs",
-                       str(args.epochs), "--out", str(Path(tmp) / "runs"), "--name", f"r{r}-{len(runs[name])}-"
-                       f"{abs(hash(name))}", "--json", *SETTINGS[name]]  # fmt: skip
-                start = time.perf_counter()
-                done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                wall = time.perf_counter() - start
-                if done.returncode:
-                    sys.exit(f"failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
-                s = json.loads(done.stdout)
+                done = zoo("finetune", "efficientnet_lite0", str(args.data), "--policy", "finetune", "--epochs",
+                           str(args.epochs), "--out", str(Path(tmp) / "runs"), "--name",
+                           f"r{r}-{len(runs[name])}-{abs(hash(name))}", *SETTINGS[name], env=env)  # fmt: skip
+                wall, s = done["seconds"], done["out"]
                 history = json.loads((Path(s["run_dir"]) / "summary.json").read_text())
                 rows = [h for h in _history(Path(s["run_dir"]))]
                 img_s = sum(h["train_img_s"] * h["train_seconds"] for h in rows) / sum(h["train_seconds"] for h in rows)

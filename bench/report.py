@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,3 +26,15 @@ def publish(name: str, record: dict, table: str, update_doc: bool = True) -> Non
         head, _, rest = text.partition(begin)
         _, _, tail = rest.partition(end)
         doc.write_text(f"{head}{begin}\n{table}\n{end}{tail}", encoding="utf-8")
+
+
+def zoo(*args: str, env: dict) -> dict:
+    """Run one zoo command with --json; a failure stops the script with the command's stderr."""
+    cmd = [str(Path(sys.executable).with_name("zoo")), *args, "--json"]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        sys.exit(f"failed ({done.returncode}): zoo {' '.join(args)}\n{done.stderr[-3000:]}")
+    out = json.loads(done.stdout)
+    return {"seconds": seconds, "out": out}

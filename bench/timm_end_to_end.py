@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from report import publish
+from report import publish, zoo
 from timm_lite0 import convert
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,18 +49,6 @@ rows = p.predict(sys.argv[2:], top_k=1)
 assert "torch" not in sys.modules, "the runtime imported torch"
 print(json.dumps({"n": len(rows), "torch_imported": "torch" in sys.modules}))
 """
-
-
-def zoo(*args: str, env: dict) -> dict:
-    """Run one zoo command with --json; a failure stops the script with the command's stderr."""
-    cmd = [str(Path(sys.executable).with_name("zoo")), *args, "--json"]
-    start = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    seconds = time.perf_counter() - start
-    if done.returncode:
-        sys.exit(f"failed ({done.returncode}): zoo {' '.join(args)}\n{done.stderr[-3000:]}")
-    out = json.loads(done.stdout)
-    return {"seconds": seconds, "out": out}
 
 
 def main(argv: list[str]) -> int:

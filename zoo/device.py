@@ -58,15 +58,19 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (x86 AVX512-BF16 or AMX-BF16; read from /proc/cpuinfo)."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             flags = next((line for line in f if line.startswith("flags")), "")
     except OSError:
-        return False
-    found = set(flags.split(":", 1)[-1].split())
-    return bool(found & {"avx512_bf16", "amx_bf16"})
+        return set()
+    return set(flags.split(":", 1)[-1].split())
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (x86 AVX512-BF16 or AMX-BF16)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
