@@ -64,6 +64,7 @@ def test_defaults_are_the_dataclass_defaults(calls):
         (["--label-smoothing", "0"], {"label_smoothing": 0.0}),
         (["--patience", "2"], {"patience": 2}),
         (["--augment", "strong"], {"augment": "strong"}),
+        (["--train-size", "176"], {"train_size": 176}),
         (["--cache", "off", "--cache-engine", "torch"], {"cache": "off", "cache_engine": "torch"}),
         (["--cache-augmented", "3"], {"cache_augmented": 3}),
         (["--train-bn"], {"train_bn": True}),
@@ -121,6 +122,7 @@ def test_resume_with_backbone_is_refused(calls):
         (["--lr", "nan"], "--lr nan: must be a finite number > 0"),
         (["--optimizer", "adam"], "--optimizer adam: choose one of adamw, sgd"),
         (["--nproc-per-node", "0"], "--nproc-per-node 0: must be >= 1"),
+        (["--train-size", "8"], "--train-size 8: must be >= 16"),
     ],
 )
 def test_bad_values_stop_before_anything_is_built(tmp_path, args, message):

@@ -150,3 +150,25 @@ def test_transforms_follow_the_preprocessing():
         assert build_transform(pre, augment)(img).shape == (3, 48, 48)
     with pytest.raises(UsageError, match="--augment heavy"):
         build_transform(pre, "heavy")
+
+
+def test_training_crops_are_smaller_only_where_every_group_trains():
+    from zoo import Preprocess
+    from zoo.loaders import build_transform, train_size
+
+    pre = Preprocess(input_size=(224, 224))
+    assert train_size(pre, 32, True, "light") == (160, 160)  # 0.72 x 224, to a multiple of 16
+    assert train_size(Preprocess(input_size=(240, 320)), 32, True, "light") == (176, 224)
+    assert train_size(pre, 32, False, "light") == (224, 224)  # a frozen prefix keeps the input size
+    assert train_size(pre, 224, True, "light") == (224, 224)  # a model that takes one size only
+    assert train_size(pre, 200, True, "light") == (200, 200)  # as small as it takes
+    assert train_size(Preprocess(input_size=(96, 96)), 64, True, "light") == (64, 64)  # never below its minimum
+    assert train_size(pre, 32, True, "none") == (224, 224)  # unaugmented: the evaluation crops
+    assert train_size(pre, 32, False, "strong", asked=192) == (192, 192)
+    with pytest.raises(UsageError, match="--train-size 100: this model takes inputs of at least 224"):
+        train_size(pre, 224, True, "light", asked=100)
+    with pytest.raises(UsageError, match="--train-size 160: with --augment none"):
+        train_size(pre, 32, True, "none", asked=160)
+    img = Image.new("RGB", (300, 260))
+    assert build_transform(pre, "light", (160, 160))(img).shape == (3, 160, 160)
+    assert build_transform(pre, "none", (160, 160))(img).shape == (3, 224, 224)  # evaluation: the input size

@@ -433,3 +433,35 @@ def test_cpu_defaults_load_in_process_and_autocast_bf16_where_native(tmp_path, t
     assert off.summary["amp"] == "off"
     # val figures are float32 either way: what `zoo evaluate` and the exported model compute
     assert evaluate(result.run_dir)["accuracy"] == pytest.approx(result.best_val_acc)
+
+
+@pytest.mark.parametrize(
+    "policy, asked, expected",
+    [("finetune", None, (48, 48)), ("finetune", 32, (32, 32)), ("freeze:1", None, (64, 64))],
+)
+def test_training_crops_have_the_train_size_and_evaluation_the_input_size(
+    tmp_path, use_registry, images, monkeypatch, policy, asked, expected
+):
+    """Full fine-tuning trains on crops 0.72x the input by default (--train-size sets them; a frozen prefix keeps
+    the input size); evaluation, the checkpoint and so the export keep the input size."""
+    from conftest import plugin_module, tiny_spec
+    from zoo import Preprocess, loaders
+
+    spec = tiny_spec(preprocess=Preprocess(input_size=(64, 64), crop_pct=1.0), min_input_size=16)
+    use_registry(("tinyplugin", plugin_module("tinyplugin", spec)))
+    seen: dict[str, set] = {"train": set(), "eval": set()}
+    original = loaders.ImageDataset.__getitem__
+
+    def spy(self, index):
+        x, y = original(self, index)
+        seen["eval" if isinstance(self.transform, loaders.EvalTransform) else "train"].add(tuple(x.shape[1:]))
+        return x, y
+
+    monkeypatch.setattr(loaders.ImageDataset, "__getitem__", spy)
+    options = _options(tmp_path, epochs=1, augment="light", train_size=asked)
+    result = finetune("tiny", images, policy=policy, **options)
+    assert seen == {"train": {expected}, "eval": {(64, 64)}}
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["train_size"] == list(expected) and summary["input_size"] == [64, 64]
+    ckpt = read_checkpoint(result.run_dir / "best.pt")
+    assert tuple(ckpt["preprocess"]["input_size"]) == (64, 64)

@@ -26,6 +26,9 @@ AUGMENTS = ("none", "light", "strong")
 CACHE_MODES = ("auto", "off")
 CACHE_ENGINES = ("auto", "torch", "onnxruntime")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+# full fine-tuning trains on crops this much smaller than the eval input (torchvision's 176-for-224 recipe, FixRes):
+# measured on ants/bees, 160 reached the tutorial's best in 3 of 3 seeds at 2.0x the img/s of 224 (docs/benchmarks.md)
+TRAIN_SIZE_RATIO = 0.72
 CPU_BATCH = 16  # measured fastest per image on the CPU here (docs/benchmarks.md)
 GPU_BATCH = 64
 MAX_WORKERS = 4
@@ -123,6 +126,13 @@ class TrainConfig:
         f"Train augmentation: auto, {', '.join(AUGMENTS)} "
         "[auto: none when a fixed frozen prefix can be cached, else light].",
     )
+    train_size: int | None = option(
+        None,
+        f"Side of the training crops, in pixels (evaluation, checks and export keep the model's input size) "
+        f"[default: for policies that train every group from the start, {TRAIN_SIZE_RATIO:g} x the input size, to a "
+        "multiple of 16 and at least the model's smallest input (160 for 224), as torchvision's and timm's recipes "
+        "train below the test size; else the input size].",
+    )
     cache: str = option("auto", "Frozen-prefix activation cache: auto or off.")
     cache_augmented: int = option(0, "Cache K augmented copies of the train set (with --augment light/strong).")
     cache_engine: str = option("auto", f"Engine for the frozen prefix: {', '.join(CACHE_ENGINES)}.", on_resume=APPLY)
@@ -181,6 +191,7 @@ class TrainConfig:
             ("workers", self.workers, 0),
             ("accum-steps", self.accum_steps, 1),
             ("lr-find-steps", self.lr_find_steps, 3),
+            ("train-size", self.train_size, 16),
         ):
             if value is not None and value < low:
                 raise UsageError(f"--{flag} {value}: must be >= {low}")

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from zoo.backbone import Preprocess
-from zoo.config import AUGMENTS, MAX_WORKERS
+from zoo.config import AUGMENTS, MAX_WORKERS, TRAIN_SIZE_RATIO
 from zoo.data import Sample
 from zoo.errors import UsageError
 from zoo.images import open_rgb, preprocess_image, shrink
@@ -41,8 +41,27 @@ def default_workers(device_type: str) -> int:
     return min(MAX_WORKERS, max(0, (os.cpu_count() or 1) - 1))
 
 
-def build_transform(pre: Preprocess, augment: str = "none"):
-    """The evaluation transform (`none`), or torchvision v2 train augmentation, from a backbone's preprocessing."""
+def train_size(pre: Preprocess, min_input_size: int, every_group_trains: bool, augment: str, asked: int | None = None):
+    """(height, width) of the training crops: `--train-size`, or the default rule (config.TRAIN_SIZE_RATIO of the
+    input size, to a multiple of 16, when every group trains from the start; a model that takes one size only,
+    a policy with a frozen prefix, or training on unaugmented images keeps the input size)."""
+    if augment == "none":
+        if asked is not None:
+            raise UsageError(f"--train-size {asked}: with --augment none the training images are the evaluation "
+                             "crops; use --augment light or strong")  # fmt: skip
+        return tuple(pre.input_size)
+    if asked is not None:
+        if asked < min_input_size:
+            raise UsageError(f"--train-size {asked}: this model takes inputs of at least {min_input_size} pixels")
+        return (asked, asked)
+    if not every_group_trains or min_input_size >= min(pre.input_size):
+        return tuple(pre.input_size)
+    return tuple(max(min_input_size, 16 * round(side * TRAIN_SIZE_RATIO / 16)) for side in pre.input_size)
+
+
+def build_transform(pre: Preprocess, augment: str = "none", size: tuple[int, int] | None = None):
+    """The evaluation transform (`none`), or torchvision v2 train augmentation on crops of `size` (default: the
+    input size), from a backbone's preprocessing."""
     if augment not in AUGMENTS:
         raise UsageError(f"--augment {augment}: choose one of {', '.join(AUGMENTS)}")
     if augment == "none":
@@ -53,7 +72,7 @@ def build_transform(pre: Preprocess, augment: str = "none"):
     scale = (0.35, 1.0) if augment == "light" else (0.08, 1.0)
     steps = [
         v2.PILToTensor(),
-        v2.RandomResizedCrop(list(pre.input_size), scale=scale, interpolation=interpolation, antialias=True),
+        v2.RandomResizedCrop(list(size or pre.input_size), scale=scale, interpolation=interpolation, antialias=True),
         v2.RandomHorizontalFlip(),
     ]
     if augment == "strong":
@@ -141,6 +160,7 @@ class Loaders:
     rank: int = 0
     seed: int = 0
     target_fn: object = None  # label -> target (multi-label: `zoo.tasks.MultiHot`)
+    train_size: tuple[int, int] | None = None  # of augmented crops (default: the input size)
 
     def loader(
         self,
@@ -154,8 +174,8 @@ class Loaders:
         """Batches of `samples`. With `weights` (and `epoch`): a class-balanced draw (`BalancedSampler`). With
         `epoch` in a distributed run: this rank's DistributedSampler shard, padded so every rank takes the same
         number of steps; otherwise the samples as given."""
-        dataset = ImageDataset(samples, build_transform(self.pre, augment), self.decoded, self.short_side,
-                               self.target_fn)  # fmt: skip
+        transform = build_transform(self.pre, augment, self.train_size)
+        dataset = ImageDataset(samples, transform, self.decoded, self.short_side, self.target_fn)
         sampler = None
         if weights is not None:
             sampler = BalancedSampler(weights, self.world, self.rank, self.seed, epoch or 0)

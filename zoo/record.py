@@ -174,6 +174,8 @@ def started(trainer: Any) -> dict[str, Any]:
         "select_by": trainer.select_by,
         "manifest": manifest,
         "augment": trainer.augment,
+        "train_size": list(trainer.loaders.train_size),
+        "input_size": list(trainer.pre.input_size),
         "device": str(trainer.device),
         "epochs": trainer.cfg.epochs,
         "start_epoch": trainer.start_epoch,
@@ -220,6 +222,8 @@ def summary(trainer: Any, status: str, wall_seconds: float, reason: str | None =
         "test": trainer.test_report if status in ("completed", "early-stopped") else None,
         "final_val_acc": trainer.history[-1]["val_acc"] if trainer.history else None,
         "augment": trainer.augment,
+        "train_size": list(trainer.loaders.train_size),  # of the training crops
+        "input_size": list(trainer.pre.input_size),  # of evaluation and export
         "cache": trainer.cache.info,
         "device": str(trainer.device),
         "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "off",

@@ -117,6 +117,12 @@ def check_table(title: str, checks) -> Table:
     return t
 
 
+def _train_size(started: dict[str, Any]) -> str:
+    """', training crops HxW' when they are not the model's input size."""
+    size = started.get("train_size")
+    return f" on {size[0]}x{size[1]} crops" if size and size != started.get("input_size") else ""
+
+
 class RunRenderer:
     """A fine-tuning run's events as the CLI shows them: the plan table, progress bars, one line per epoch."""
 
@@ -167,7 +173,7 @@ class RunRenderer:
         note(
             f"data: {d['train_images']} train / {d['val_images']} val{test} images, {d['classes']} classes "
             f"({d['layout']}, {d.get('task', 'single-label')}); smallest class {d['smallest_class']}; {skipped}; "
-            f"augment {d['augment']}; device {d['device']}; batch {d['batch_size']}"
+            f"augment {d['augment']}{_train_size(d)}; device {d['device']}; batch {d['batch_size']}"
             + (
                 f" x {d['accum_steps']} accumulated steps = {d['batch_size'] * d['accum_steps']} images per optimizer "
                 "step"
