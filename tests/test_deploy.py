@@ -165,6 +165,22 @@ def test_export_writes_a_triton_repository_that_triton_schema_parses(run, tmp_pa
     assert (folder / "1" / "model.onnx").read_bytes() == (tmp_path / "ants.onnx").read_bytes()
 
 
+@pytest.mark.parametrize("where", ["a-file", "missing/repo", "taken"])
+def test_a_triton_repository_that_cannot_be_written_stops_the_export_before_it_starts(run, tmp_path, where,
+                                                                                      monkeypatch):  # fmt: skip
+    from zoo import export as export_module
+
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "taken" / "ants").mkdir(parents=True)  # a model folder zoo did not write
+    monkeypatch.setattr(export_module, "export_model", lambda *a, **k: pytest.fail("exported before the check"))
+    result, _, _ = run
+    out = runner.invoke(app, ["export", str(result.run_dir), "-o", str(tmp_path / "ants.onnx"),
+                              "--triton-repo", str(tmp_path / where)])  # fmt: skip
+    assert out.exit_code != 0 and "Triton repository" in out.stderr and "Traceback" not in out.output
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "ants.onnx").exists() and not (tmp_path / "missing").exists()
+
+
 def test_serve_refuses_a_model_with_its_preprocessing_inside_in_one_line(exported):
     from zoo.serve import create_app
 

@@ -350,6 +350,10 @@ def export(
         raise UsageError(f"--top-k {top_k}: must be >= 1")
     if provider is not None:
         resolve_providers(provider)
+    if triton_repo is not None:  # before the export: a bad repository path costs nothing
+        from zoo.triton import check_repository
+
+        check_repository(Path(triton_repo), Path(output).name.removesuffix(".onnx"))
     model, spec, pre, labels, run_data, extra, ckpt = model_source(source, num_classes, weights)
     if embed_preprocessing:
         from zoo.embed import check_embeddable

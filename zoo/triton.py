@@ -180,14 +180,18 @@ def is_ours(folder: Path) -> bool:
         return False
 
 
-def check_options(name: str, max_batch_size: int, max_queue_delay_us: int, instances: int, kind: str,
-                  preferred_batch_sizes: tuple[int, ...]) -> str:  # fmt: skip
-    """UsageError for a value Triton would refuse; returns the instance kind as Triton spells it."""
+def check_name(name: str) -> None:
     if not _NAME.fullmatch(name):
         raise UsageError(
             f"Triton model name {name!r}: use letters, digits, '_', '.' and '-' (up to 128, starting with a letter "
             "or digit)"
         )
+
+
+def check_options(name: str, max_batch_size: int, max_queue_delay_us: int, instances: int, kind: str,
+                  preferred_batch_sizes: tuple[int, ...]) -> str:  # fmt: skip
+    """UsageError for a value Triton would refuse; returns the instance kind as Triton spells it."""
+    check_name(name)
     if max_batch_size < 0:
         raise UsageError(f"max batch size {max_batch_size}: must be >= 0 (0: Triton does not batch)")
     if max_queue_delay_us < 0:
@@ -201,6 +205,28 @@ def check_options(name: str, max_batch_size: int, max_queue_delay_us: int, insta
     if full not in KINDS:
         raise UsageError(f"instance kind {kind!r}: choose one of cpu, gpu, auto")
     return full
+
+
+def check_repository(repo: Path | str, name: str) -> None:
+    """OutputError when `repo/NAME` cannot be written (checked before an export, so a bad path costs nothing);
+    writes nothing."""
+    repo = Path(repo)
+    check_name(name)
+    target = repo / name
+    if repo.exists() and not repo.is_dir():
+        raise OutputError(f"Triton repository {repo}: is a file, not a folder")
+    if not repo.exists():
+        if not repo.parent.is_dir():
+            raise OutputError(f"Triton repository {repo}: the folder {repo.parent} does not exist; create it")
+        if not atomic.can_write_in(repo.parent):
+            raise OutputError(f"Triton repository {repo}: cannot create it, {repo.parent} is not writable")
+    elif not atomic.can_write_in(repo):
+        raise OutputError(f"Triton repository {repo}: not a writable folder")
+    if target.exists() and not (target.is_dir() and is_ours(target)):
+        raise OutputError(
+            f"Triton repository {repo}: {target} exists and zoo did not write it (no '{MARK}' line at the top of "
+            "its config.pbtxt); choose another model name, or move it away"
+        )
 
 
 def write_repository(
@@ -242,23 +268,13 @@ def write_repository(
         if not f.is_file():
             raise ModelFileError(f"{model}: its external data file {f} is missing")
 
+    check_repository(repo, name)
     target = repo / name
-    if repo.exists() and not repo.is_dir():
-        raise OutputError(f"Triton repository {repo}: is a file, not a folder")
     if not repo.exists():
-        if not repo.parent.is_dir():
-            raise OutputError(f"Triton repository {repo}: the folder {repo.parent} does not exist; create it")
         try:
             repo.mkdir()
         except OSError as exc:
             raise OutputError(f"Triton repository {repo}: cannot create it ({exc.strerror or exc})") from None
-    if not atomic.can_write_in(repo):
-        raise OutputError(f"Triton repository {repo}: not a writable folder")
-    if target.exists() and not (target.is_dir() and is_ours(target)):
-        raise OutputError(
-            f"Triton repository {repo}: {target} exists and zoo did not write it (no '{MARK}' line at the top of "
-            "its config.pbtxt); choose another model name, or move it away"
-        )
 
     config = render_config(
         name, info, inputs, outputs, source=model.name, max_batch_size=max_batch_size,
