@@ -187,6 +187,25 @@ def test_int8_reports_accuracy_and_refuses_a_big_drop(run, tmp_path, monkeypatch
     assert not (tmp_path / "x.int8.onnx").exists()
 
 
+@pytest.mark.slow
+def test_int8_retry_rescues_a_real_model_that_fails_the_gate(tmp_path):
+    """Real photos, real weights, no monkeypatch: lite0 fine-tuned on ants/bees, calibrated with minmax, loses a
+    val image at the first attempt; keeping the first conv and the classifier in float (attempt 2) loses none."""
+    from pathlib import Path
+
+    from zoo.train import finetune
+
+    data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hymenoptera"
+    if not data.is_dir():
+        pytest.skip(f"{data}: the shared ants/bees photos are not here")
+    run = finetune("efficientnet_lite0", data, policy="feature-extract", epochs=5, out=str(tmp_path / "runs"))
+    q = export(run.run_dir, tmp_path / "m.onnx", int8=True, max_drop=0.0, calibration="minmax").int8
+    tries = q["attempts"]
+    assert [t["passed"] for t in tries] == [False, True] and tries[0]["drop_points"] > 0
+    assert tries[1]["drop_points"] == 0 and len(tries[1]["excluded"]) == 2
+    assert (tmp_path / "m.int8.onnx").exists()
+
+
 def test_int8_calibrates_on_any_number_of_images(run, tmp_path):
     """onnxruntime's histogram calibration stacks the batches: a smaller last batch must never reach it."""
     from zoo.check_images import generated_inputs
