@@ -107,3 +107,23 @@ def test_auto_scans_the_data_and_builds_the_model_once(tmp_path, use_registry, m
     result = finetune("tiny", data, policy="auto", epochs=1, workers=0, out=str(tmp_path / "runs"))
     assert result.summary["auto"]["policy"] == result.summary["policy"]["name"]
     assert counts == {"load": 1, "create_model": 1}
+
+
+def test_a_run_started_before_train_size_resumes_on_its_own_crops(tmp_path, use_registry):
+    """A checkpoint whose config has no train_size (an older zoo trained full policies on crops of the input size)
+    goes on with crops of the input size, not the smaller default."""
+    import torch
+
+    from zoo import Preprocess
+
+    spec = tiny_spec(preprocess=Preprocess(input_size=(64, 64), crop_pct=1.0), min_input_size=16)
+    use_registry(("tinyplugin", plugin_module("tinyplugin", spec)))
+    data = make_images(tmp_path / "data", per_class=8)
+    first = finetune("tiny", data, policy="finetune", epochs=1, weights="none", workers=0, out=str(tmp_path / "runs"))
+    assert first.summary["train_size"] == [48, 48]
+    last = first.run_dir / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    del ckpt["config"]["train_size"]
+    torch.save(ckpt, last)
+    resumed = resume_run(first.run_dir, epochs=2)
+    assert resumed.summary["train_size"] == [64, 64]

@@ -59,6 +59,11 @@ def train_size(pre: Preprocess, min_input_size: int, every_group_trains: bool, a
     return tuple(max(min_input_size, 16 * round(side * TRAIN_SIZE_RATIO / 16)) for side in pre.input_size)
 
 
+def predates_train_size(resume: dict | None) -> bool:
+    """A resumed run that an older zoo started, which trained on crops of the input size: it goes on with them."""
+    return resume is not None and "train_size" not in resume.get("config", {})
+
+
 def build_transform(pre: Preprocess, augment: str = "none", size: tuple[int, int] | None = None):
     """The evaluation transform (`none`), or torchvision v2 train augmentation on crops of `size` (default: the
     input size), from a backbone's preprocessing."""

@@ -35,7 +35,7 @@ from zoo.errors import CheckpointError, Interrupted, ResumeError, Terminated, Tr
 from zoo.freeze import apply_trainable
 from zoo.images import decode_size
 from zoo.interrupts import deferred_signals, restore_sigterm, sigterm_raises
-from zoo.loaders import Loaders, default_workers, train_size
+from zoo.loaders import Loaders, default_workers, predates_train_size, train_size
 from zoo.mixing import make_mixer
 from zoo.models import GroupMap, create_model, resolve_weights, split_outputs
 from zoo.optim import Optimizer, Schedule, base_lr, step_groups, weight_decay
@@ -147,7 +147,8 @@ class Trainer:
         self.loaders = Loaders(
             self.pre, self.decoded, decode_size(self.pre), self.rank_batch, workers,
             self.device.type == "cuda", self.dist.world, self.dist.rank, cfg.seed, self.task.target_fn(),
-            train_size(self.pre, self.spec.min_input_size, self.plan.frozen == 0, self.augment, cfg.train_size),
+            train_size(self.pre, self.spec.min_input_size, self.plan.frozen == 0 and not predates_train_size(resume),
+                       self.augment, cfg.train_size),
         )  # fmt: skip
         # --lr auto: the range test runs in run(), before the first epoch; a resumed run keeps what it found
         self.lr_found: dict[str, Any] | None = resume.get("lr_find") if resume else None
