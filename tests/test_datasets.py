@@ -118,6 +118,11 @@ def test_multi_label_evaluate_predict_export_and_runtime(tmp_path, tiny_registry
     for t in onnx_row["top"]:
         assert t["probability"] == pytest.approx(probs[t["label"]], abs=1e-4)
     assert verify(model, result.run_dir).passed
+    # preprocessing in the graph: its raw-pixel check compares label sets at the thresholds, as the export check
+    embedded = export(result.run_dir, tmp_path / "raw.onnx", embed_preprocessing=True).embedded
+    assert embedded["passed"] and embedded["agreement"] == "label-set"
+    raw = verify(tmp_path / "raw.onnx", result.run_dir)
+    assert raw.passed and raw.checks[0].output == "probabilities on raw pixels"
     cli = runner.invoke(app, ["predict", str(model), str(image), "--json"])
     assert cli.exit_code == 0 and "labels" in json.loads(cli.stdout)[0]
     cli = runner.invoke(app, ["evaluate", str(result.run_dir), str(tags)])

@@ -193,3 +193,33 @@ def test_zoo_serve_refuses_a_model_with_its_preprocessing_inside_before_running_
     _, embedded = exported
     out = runner.invoke(app, ["serve", str(embedded), "--port", "0"])
     assert out.exit_code == 2 and "--embed-preprocessing" in out.output and "cannot run" not in out.output
+
+
+def test_the_raw_pixel_check_compares_label_sets_for_a_multi_label_model(tmp_path):
+    """Top-1 differs but the labels at the thresholds agree: a pass for multi-label, a miss for single-label."""
+    import numpy as np
+    from PIL import Image
+
+    from zoo import Preprocess
+    from zoo.embed import check_raw
+
+    files = []
+    for i in range(4):
+        files.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (40, 30), (10 * i, 100, 200)).save(files[-1])
+    graph = np.array([[0.51, 0.50, 0.10]], dtype=np.float32)  # what the embedded graph says
+    python = np.array([[0.50, 0.51, 0.10]], dtype=np.float32)  # what zoo's preprocessing + the model say
+
+    class Session:
+        def run(self, names, feeds):
+            assert feeds["images"].dtype == np.uint8 and feeds["images"].shape[-1] == 3
+            return [graph]
+
+    pre = Preprocess(input_size=(16, 16), crop_pct=1.0)
+    single = check_raw(Session(), lambda x: python, files, pre, 16)
+    assert single["agreement"] == "top-1" and single["top1_agreement"] == 0.0 and not single["passed"]
+    multi = check_raw(Session(), lambda x: python, files, pre, 16, thresholds=[0.5, 0.5, 0.5])
+    assert multi["agreement"] == "label-set" and multi["top1_agreement"] == 1.0 and multi["passed"]
+    assert multi["median_prob_diff"] == pytest.approx(0.01)
+    strict = check_raw(Session(), lambda x: python, files, pre, 16, thresholds=[0.5, 0.505, 0.5])
+    assert strict["top1_agreement"] == 0.0 and not strict["passed"]  # 0.50 < 0.505 <= 0.51: the label sets differ

@@ -181,10 +181,11 @@ MIN_AGREEMENT = 0.95
 MAX_MEDIAN_DIFF = 0.02
 
 
-def check_raw(embedded_session, reference, files: list[Path], pre: Preprocess, short_side: int) -> dict[str, Any]:
+def check_raw(embedded_session, reference, files: list[Path], pre: Preprocess, short_side: int,
+              thresholds=None) -> dict[str, Any]:  # fmt: skip
     """The embedded graph on raw pixels against zoo's Python preprocessing + the model (`reference(batch)` ->
-    probabilities), image by image: top-1 agreement and probability differences, the gate's bounds, and whether
-    they are met (`passed`)."""
+    probabilities), image by image: agreement (top-1; multi-label, with `thresholds`: the label set, as the export
+    check compares) and probability differences, the gate's bounds, and whether they are met (`passed`)."""
     from zoo.images import load_for_eval
 
     diffs, agree, used = [], 0, 0
@@ -196,9 +197,13 @@ def check_raw(embedded_session, reference, files: list[Path], pre: Preprocess, s
             continue
         got = embedded_session.run([OUTPUTS[0]], {INPUT: raw[None]})[0][0]
         diffs.append(float(np.abs(got - ref).max()))
-        agree += int(got.argmax() == ref.argmax())
+        if thresholds is None:
+            agree += int(got.argmax() == ref.argmax())
+        else:
+            agree += int(np.array_equal(got >= np.asarray(thresholds), ref >= np.asarray(thresholds)))
         used += 1
-    gate = {"min_top1_agreement": MIN_AGREEMENT, "max_median_prob_diff": MAX_MEDIAN_DIFF}
+    gate = {"min_top1_agreement": MIN_AGREEMENT, "max_median_prob_diff": MAX_MEDIAN_DIFF,
+            "agreement": "top-1" if thresholds is None else "label-set"}  # fmt: skip
     if not used:
         return {"images": 0, **gate, "passed": False}
     d = np.asarray(diffs)
@@ -234,10 +239,11 @@ def embed_file(src: Path, dst: Path, pre: Preprocess, decode: int, top_k: int, m
         files = generated_files(work, 8)
     reference = ort_session(src)
     name = reference.get_inputs()[0].name
-    result = check_raw(
-        ort_session(dst), lambda x: probabilities(reference.run(None, {name: x})[0], multi_label), files, pre, decode
-    )
     meta = ModelMetadata.from_props(read_props(src), str(src))
+    result = check_raw(
+        ort_session(dst), lambda x: probabilities(reference.run(None, {name: x})[0], multi_label), files, pre, decode,
+        meta.thresholds if multi_label else None,
+    )  # fmt: skip
     extra = {**meta.extra, "preprocessing": "in the graph: uint8 RGB images[N, H, W, 3]", "raw_check": result}
     write_props(dst, dataclasses.replace(meta, extra=extra).to_props())
     return result

@@ -82,12 +82,13 @@ def _verify_embedded(model, session, ckpt: dict, pre: Preprocess, check_data, mu
         with torch.no_grad():
             return probabilities(Logits(model)(torch.from_numpy(x)).numpy(), multi)
 
-    r = check_raw(session, reference, files, pre, decode_size(pre))
+    r = check_raw(session, reference, files, pre, decode_size(pre), ckpt.get("thresholds") if multi else None)
     n = r["images"]
     row = CheckResult(n, "probabilities on raw pixels", [n], [n], r.get("median_prob_diff", float("inf")),
-                      MAX_MEDIAN_DIFF, r.get("top1_agreement", 0.0))  # fmt: skip
+                      MAX_MEDIAN_DIFF, r.get("top1_agreement", 0.0), agreement=r["agreement"])  # fmt: skip
     if not r["passed"]:
-        row.failures.append(f"raw pixels: {r} (needs top-1 agreement >= {MIN_AGREEMENT}, median <= {MAX_MEDIAN_DIFF})")
+        row.failures.append(f"raw pixels: {r} (needs {r['agreement']} agreement >= {MIN_AGREEMENT}, median <= "
+                            f"{MAX_MEDIAN_DIFF})")  # fmt: skip
     return [row], f"the raw pixels of {n} images of {where or 'no data folder'} (median probability difference)"
 
 

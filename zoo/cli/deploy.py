@@ -277,7 +277,8 @@ def export(
     if report.embedded:
         e = report.embedded
         out(
-            f"preprocessing in the graph, on the raw pixels of {e['images']} images against zoo's: top-1 agreement "
+            f"preprocessing in the graph, on the raw pixels of {e['images']} images against zoo's: "
+            f"{e.get('agreement', 'top-1')} agreement "
             f"{e['top1_agreement']:.3f} (>= {e['min_top1_agreement']}), probability difference median "
             f"{e['median_prob_diff']:.4f} (<= {e['max_median_prob_diff']}), p95 {e['p95_prob_diff']:.4f}, max "
             f"{e['max_prob_diff']:.4f}"
