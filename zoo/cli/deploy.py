@@ -116,24 +116,10 @@ def predict(
 ):
     """Top-k labels for images, from a run, a checkpoint, or an exported model.onnx (which needs no torch and
     streams any number of images: folders, globs, --out)."""
-    import json
-    import sys
-    import time
     from pathlib import Path
 
     from zoo.cli import render
     from zoo.errors import DataError, UsageError
-
-    def show(r) -> None:
-        if "error" in r:
-            render.out(f"{r['image']}: error: {r['error']}")
-            return
-        top = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])
-        if "labels" in r:  # multi-label: the labels over their thresholds, then the top k for context
-            chosen = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["labels"]) or "no label"
-            render.out(f"{r['image']}: ", (chosen, "bold"), f"  (top {len(r['top'])}: {top})")
-        else:
-            render.out(f"{r['image']}: {top}")
 
     if not model.endswith(".onnx"):  # a run or checkpoint: torch, the image files named
         hint = f"export the model first (zoo export {model} -o model.onnx) and predict with model.onnx"
@@ -149,49 +135,21 @@ def predict(
             print_json(results)
         else:
             for r in results:
-                show(r)
+                render.show_prediction(r)
         return
 
     from zoo.batch_predict import predict_many
 
-    printed = 0
-
-    def print_rows(rows) -> None:  # without --out each batch is printed as it comes; --json: one JSON list
-        nonlocal printed
-        for r in rows:
-            if as_json:
-                item = "\n".join("  " + line for line in json.dumps(r, indent=2, default=str).splitlines())
-                sys.stdout.write(("[\n" if not printed else ",\n") + item)
-            else:
-                show(r)
-            printed += 1
-
-    progress = task = None
-    if out is not None and not as_json and render.err_console.is_terminal:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        progress = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                            TimeRemainingColumn(), console=render.err_console, transient=True)  # fmt: skip
-        task = progress.add_task("predict", total=None, rate="")
-    started = time.perf_counter()
-
-    def on_progress(done: int, total: int | None) -> None:
-        rate = done / max(time.perf_counter() - started, 1e-9)
-        progress.update(task, completed=done, total=total, rate=f"{rate:.1f} img/s" if done else "")
-
-    if progress is not None:
-        progress.start()
-    try:
+    # without --out each batch is printed as it comes (--json: one JSON list); with --out, a progress bar
+    printed = render.JsonList() if as_json else None
+    with render.progress_bar("predict", enabled=out is not None and not as_json) as on_progress:
         summary = predict_many(
             model, images, out=out, top_k=top_k, batch_size=batch_size, overwrite=overwrite,
-            on_rows=print_rows if out is None else None, on_progress=on_progress if progress else None,
-            total=progress is not None, provider=provider,
+            on_rows=(printed.write if printed else render.show_predictions) if out is None else None,
+            on_progress=on_progress, total=on_progress is not None, provider=provider,
         )  # fmt: skip
-    finally:
-        if progress is not None:
-            progress.stop()
-    if out is None and as_json:
-        sys.stdout.write("\n]\n" if printed else "[]\n")
+    if out is None and printed:
+        printed.close()
     elif as_json:
         print_json(summary.to_dict())
     if summary.errors == summary.images:

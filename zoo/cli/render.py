@@ -7,8 +7,10 @@ no emoji codes. When stdout is not a terminal, lines are not wrapped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -115,6 +117,65 @@ def check_table(title: str, checks) -> Table:
             "ok" if not c.failures else "; ".join(c.failures),
         )
     return t
+
+
+def show_prediction(r: dict[str, Any]) -> None:
+    """One image's prediction on one line: its top k; multi-label: the labels over their thresholds first."""
+    if "error" in r:
+        out(f"{r['image']}: error: {r['error']}")
+        return
+    top = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])
+    if "labels" in r:
+        chosen = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["labels"]) or "no label"
+        out(f"{r['image']}: ", (chosen, "bold"), f"  (top {len(r['top'])}: {top})")
+    else:
+        out(f"{r['image']}: {top}")
+
+
+def show_predictions(rows) -> None:
+    for r in rows:
+        show_prediction(r)
+
+
+class JsonList:
+    """A JSON list on stdout, written item by item as rows arrive (so a long stream shows as it goes)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def write(self, rows) -> None:
+        for r in rows:
+            item = "\n".join("  " + line for line in json.dumps(r, indent=2, default=str).splitlines())
+            sys.stdout.write(("[\n" if not self.count else ",\n") + item)
+            self.count += 1
+
+    def close(self) -> None:
+        sys.stdout.write("\n]\n" if self.count else "[]\n")
+
+
+@contextlib.contextmanager
+def progress_bar(label: str, enabled: bool = True):
+    """A transient progress bar on stderr, when it is a terminal: yields `update(done, total)` (with the img/s
+    so far), or None when there is no bar to draw."""
+    if not (enabled and err_console.is_terminal):
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                        TimeRemainingColumn(), console=err_console, transient=True)  # fmt: skip
+    task = progress.add_task(label, total=None, rate="")
+    started = time.perf_counter()
+
+    def update(done: int, total: int | None) -> None:
+        rate = done / max(time.perf_counter() - started, 1e-9)
+        progress.update(task, completed=done, total=total, rate=f"{rate:.1f} img/s" if done else "")
+
+    progress.start()
+    try:
+        yield update
+    finally:
+        progress.stop()
 
 
 def _train_size(started: dict[str, Any]) -> str:
