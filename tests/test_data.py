@@ -165,8 +165,13 @@ def test_training_crops_are_smaller_only_where_every_group_trains():
     assert train_size(Preprocess(input_size=(96, 96)), 64, True, "light") == (64, 64)  # never below its minimum
     assert train_size(pre, 32, True, "none") == (224, 224)  # unaugmented: the evaluation crops
     assert train_size(pre, 32, False, "strong", asked=192) == (192, 192)
-    with pytest.raises(UsageError, match="--train-size 100: this model takes inputs of at least 224"):
+    with pytest.raises(UsageError, match="--train-size 100: this model takes 224x224 inputs only"):
         train_size(pre, 224, True, "light", asked=100)
+    with pytest.raises(UsageError, match="--train-size 256: this model takes 224x224 inputs only"):
+        train_size(pre, 224, True, "light", asked=256)
+    assert train_size(pre, 224, True, "light", asked=224) == (224, 224)
+    with pytest.raises(UsageError, match="--train-size 100: this model takes inputs of at least 128"):
+        train_size(pre, 128, True, "light", asked=100)
     with pytest.raises(UsageError, match="--train-size 160: with --augment none"):
         train_size(pre, 32, True, "none", asked=160)
     img = Image.new("RGB", (300, 260))

@@ -50,11 +50,15 @@ def train_size(pre: Preprocess, min_input_size: int, every_group_trains: bool, a
             raise UsageError(f"--train-size {asked}: with --augment none the training images are the evaluation "
                              "crops; use --augment light or strong")  # fmt: skip
         return tuple(pre.input_size)
+    fixed = min_input_size >= min(pre.input_size)  # a model that takes its input size only (ViTs, ONNX imports)
     if asked is not None:
+        if fixed and (asked, asked) != tuple(pre.input_size):
+            h, w = pre.input_size
+            raise UsageError(f"--train-size {asked}: this model takes {h}x{w} inputs only")
         if asked < min_input_size:
             raise UsageError(f"--train-size {asked}: this model takes inputs of at least {min_input_size} pixels")
         return (asked, asked)
-    if not every_group_trains or min_input_size >= min(pre.input_size):
+    if not every_group_trains or fixed:
         return tuple(pre.input_size)
     return tuple(max(min_input_size, 16 * round(side * TRAIN_SIZE_RATIO / 16)) for side in pre.input_size)
 
