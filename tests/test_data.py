@@ -165,9 +165,9 @@ def test_training_crops_are_smaller_only_where_every_group_trains():
     assert train_size(Preprocess(input_size=(96, 96)), 64, True, "light") == (64, 64)  # never below its minimum
     assert train_size(pre, 32, True, "none") == (224, 224)  # unaugmented: the evaluation crops
     assert train_size(pre, 32, False, "strong", asked=192) == (192, 192)
-    with pytest.raises(UsageError, match="--train-size 100: this model takes 224x224 inputs only"):
+    with pytest.raises(UsageError, match="--train-size 100: zoo trains this model at its input size only"):
         train_size(pre, 224, True, "light", asked=100)
-    with pytest.raises(UsageError, match="--train-size 256: this model takes 224x224 inputs only"):
+    with pytest.raises(UsageError, match="--train-size 256: zoo trains this model at its input size only"):
         train_size(pre, 224, True, "light", asked=256)
     assert train_size(pre, 224, True, "light", asked=224) == (224, 224)
     with pytest.raises(UsageError, match="--train-size 100: this model takes inputs of at least 128"):

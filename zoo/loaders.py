@@ -54,7 +54,9 @@ def train_size(pre: Preprocess, min_input_size: int, every_group_trains: bool, a
     if asked is not None:
         if fixed and (asked, asked) != tuple(pre.input_size):
             h, w = pre.input_size
-            raise UsageError(f"--train-size {asked}: this model takes {h}x{w} inputs only")
+            raise UsageError(
+                f"--train-size {asked}: zoo trains this model at its input size only ({h}x{w}, its smallest)"
+            )
         if asked < min_input_size:
             raise UsageError(f"--train-size {asked}: this model takes inputs of at least {min_input_size} pixels")
         return (asked, asked)
