@@ -51,6 +51,7 @@ def compare_outputs(
     With `thresholds` (a multi-label model's logits), agreement is of label sets: sigmoid >= threshold.
     """
     torch_out, onnx_out = (reference, got) if reference_is == "torch" else (got, reference)
+    kind = "label-set" if thresholds is not None else "top-1"
     failures = []
     batch = len(reference) if batch is None else batch
     if list(got.shape) != list(reference.shape):
@@ -58,20 +59,29 @@ def compare_outputs(
         diff, agree, allowed = float("inf"), 0.0, atol
     else:
         diff = float(np.abs(got.astype(np.float64) - reference.astype(np.float64)).max()) if got.size else 0.0
-        if thresholds is not None and got.ndim == 2 and got.size:
-            logit_t = np.log(np.clip(thresholds, 1e-12, 1 - 1e-12) / (1 - np.clip(thresholds, 1e-12, 1 - 1e-12)))
-            agree = float(((got >= logit_t) == (reference >= logit_t)).all(1).mean())
+        if got.ndim == 2 and got.size:
+            cutoffs = None
+            if thresholds is not None:  # the thresholds as logits
+                cutoffs = np.log(np.clip(thresholds, 1e-12, 1 - 1e-12) / (1 - np.clip(thresholds, 1e-12, 1 - 1e-12)))
+            agree = float(agreeing_rows(got, reference, cutoffs).mean())
         else:
-            agree = float((got.argmax(-1) == reference.argmax(-1)).mean()) if got.ndim == 2 and got.size else 1.0
+            agree = 1.0
         allowed = atol * max(1.0, float(np.abs(reference).max()) if reference.size else 1.0)
         if not np.isfinite(diff) or diff > allowed:
             failures.append(f"max abs diff {diff:.3g} > tolerance {allowed:.3g}")
         if min_agreement is not None and agree < min_agreement:
-            kind = "label-set" if thresholds is not None else "top-1"
             failures.append(f"{kind} agreement {agree:.1%} < {min_agreement:.1%}")
-    kind = "label-set" if thresholds is not None else "top-1"
     return CheckResult(batch, output, list(torch_out.shape), list(onnx_out.shape), diff, allowed, agree, failures,
                        kind)  # fmt: skip
+
+
+def agreeing_rows(got: np.ndarray, reference: np.ndarray, cutoffs=None) -> np.ndarray:
+    """Per row of two (N, C) score arrays, whether they agree: the same argmax, or with `cutoffs` (one per
+    column, in the scores' own units) the same set of columns at or above them (multi-label)."""
+    if cutoffs is None:
+        return got.argmax(-1) == reference.argmax(-1)
+    cutoffs = np.asarray(cutoffs)
+    return ((got >= cutoffs) == (reference >= cutoffs)).all(-1)
 
 
 def all_close(references: list[np.ndarray], gots: list[np.ndarray], atol: float) -> bool:

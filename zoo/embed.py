@@ -186,6 +186,7 @@ def check_raw(embedded_session, reference, files: list[Path], pre: Preprocess, s
     """The embedded graph on raw pixels against zoo's Python preprocessing + the model (`reference(batch)` ->
     probabilities), image by image: agreement (top-1; multi-label, with `thresholds`: the label set, as the export
     check compares) and probability differences, the gate's bounds, and whether they are met (`passed`)."""
+    from zoo.check import agreeing_rows
     from zoo.images import load_for_eval
 
     diffs, agree, used = [], 0, 0
@@ -197,10 +198,7 @@ def check_raw(embedded_session, reference, files: list[Path], pre: Preprocess, s
             continue
         got = embedded_session.run([OUTPUTS[0]], {INPUT: raw[None]})[0][0]
         diffs.append(float(np.abs(got - ref).max()))
-        if thresholds is None:
-            agree += int(got.argmax() == ref.argmax())
-        else:
-            agree += int(np.array_equal(got >= np.asarray(thresholds), ref >= np.asarray(thresholds)))
+        agree += int(agreeing_rows(got[None], ref[None], thresholds)[0])
         used += 1
     gate = {"min_top1_agreement": MIN_AGREEMENT, "max_median_prob_diff": MAX_MEDIAN_DIFF,
             "agreement": "top-1" if thresholds is None else "label-set"}  # fmt: skip
