@@ -153,6 +153,15 @@ class JsonList:
         sys.stdout.write("\n]\n" if self.count else "[]\n")
 
 
+def _new_progress():
+    """A transient rich progress bar on stderr: the phase, the bar, done/total, the img/s, the time left."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+               TimeRemainingColumn())  # fmt: skip
+    return Progress(*columns, console=err_console, transient=True)
+
+
 @contextlib.contextmanager
 def progress_bar(label: str, enabled: bool = True):
     """A transient progress bar on stderr, when it is a terminal: yields `update(done, total)` (with the img/s
@@ -160,10 +169,7 @@ def progress_bar(label: str, enabled: bool = True):
     if not (enabled and err_console.is_terminal):
         yield None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                        TimeRemainingColumn(), console=err_console, transient=True)  # fmt: skip
+    progress = _new_progress()
     task = progress.add_task(label, total=None, rate="")
     started = time.perf_counter()
 
@@ -258,22 +264,11 @@ class RunRenderer:
             note(f"balance {b['mode']}: {b['reason']}; best epoch by val {d.get('select_by', 'acc')}")
 
     def _progress(self, phase: str, done: int, total: int, rate: float | None) -> None:
-        stream = err_console
-        if not stream.is_terminal:
+        if not err_console.is_terminal:
             return
         if self.progress is None or self.phase != phase:
             self._stop_progress()
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(),
-                console=stream,
-                transient=True,
-            )
+            self.progress = _new_progress()
             self.progress.start()
             self.task = self.progress.add_task(phase, total=total, rate="")
             self.phase = phase
