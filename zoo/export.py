@@ -351,9 +351,9 @@ def export(
     if provider is not None:
         resolve_providers(provider)
     if triton_repo is not None:  # before the export: a bad repository path costs nothing
-        from zoo.triton import check_repository
+        from zoo.triton import check_repository, model_name
 
-        check_repository(Path(triton_repo), Path(output).name.removesuffix(".onnx"))
+        check_repository(Path(triton_repo), model_name(Path(output)))
     model, spec, pre, labels, run_data, extra, ckpt = model_source(source, num_classes, weights)
     if embed_preprocessing:
         from zoo.embed import check_embeddable

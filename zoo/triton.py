@@ -180,6 +180,11 @@ def is_ours(folder: Path) -> bool:
         return False
 
 
+def model_name(model: Path) -> str:
+    """The model's name in a repository when none is given: its file name without `.onnx`."""
+    return model.name.removesuffix(".onnx")
+
+
 def check_name(name: str) -> None:
     if not _NAME.fullmatch(name):
         raise UsageError(
@@ -248,7 +253,7 @@ def write_repository(
     gpu, auto). A graph whose batch dim is fixed (`zoo export --batch 8`) gets max_batch_size 0 and full dims.
     """
     model, repo = Path(model), Path(repo)
-    name = name if name is not None else model.name.removesuffix(".onnx")
+    name = name if name is not None else model_name(model)
     kind = check_options(name, max_batch_size, max_queue_delay_us, instances, kind, tuple(preferred_batch_sizes))
     if not model.is_file():
         raise ModelFileError(f"{model}: no such model file")
