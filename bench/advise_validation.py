@@ -27,7 +27,7 @@ from PIL import Image
 from report import publish
 
 import zoo
-from zoo.advise import advise
+from zoo.training.advise import advise
 
 ROOT = Path(__file__).resolve().parents[1]
 HYMENOPTERA = ROOT.parent / "shared" / "data" / "hymenoptera"

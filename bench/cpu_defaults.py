@@ -30,7 +30,7 @@ from pathlib import Path
 
 from report import publish, zoo
 
-from zoo.device import cpu_flags
+from zoo.training.device import cpu_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hymenoptera"

@@ -28,15 +28,15 @@ from pathlib import Path
 import numpy as np
 from report import publish
 
-from zoo.embed import INPUT, OUTPUTS, raw_pixels
-from zoo.errors import QuantizationRefused
-from zoo.export import export
-from zoo.images import open_rgb, preprocess_image
-from zoo.onnx_io import ort_session
-from zoo.onnx_meta import ModelMetadata, read_props
-from zoo.predictions import probabilities
-from zoo.runtime import Predictor
-from zoo.train import finetune
+from zoo.core.errors import QuantizationRefused
+from zoo.data.images import open_rgb, preprocess_image
+from zoo.export.embed import INPUT, OUTPUTS, raw_pixels
+from zoo.export.exporter import export
+from zoo.runtime.onnx_io import ort_session
+from zoo.runtime.onnx_meta import ModelMetadata, read_props
+from zoo.runtime.predictions import probabilities
+from zoo.runtime.predictor import Predictor
+from zoo.training.train import finetune
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hymenoptera"

@@ -24,11 +24,11 @@ import torch
 from report import publish
 
 import zoo
-from zoo.data import scan
-from zoo.export import export, export_model
-from zoo.images import decode_size, load_for_eval
-from zoo.models import create_model
-from zoo.quantize import quantize_int8
+from zoo.data.images import decode_size, load_for_eval
+from zoo.data.split import scan
+from zoo.export.exporter import export, export_model
+from zoo.export.quantize import quantize_int8
+from zoo.model.build import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hymenoptera"

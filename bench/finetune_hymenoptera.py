@@ -32,7 +32,7 @@ from torch import nn
 from torchvision import datasets, transforms
 
 import zoo
-from zoo.models import create_model
+from zoo.model.build import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hymenoptera"

@@ -176,8 +176,8 @@ def model_alone(model: Path, images: list[tuple[str, bytes]]) -> dict:
     the server does it) and onnxruntime at batch 1 and at batch 8."""
     import io
 
-    from zoo.images import load_for_eval
-    from zoo.runtime import Predictor
+    from zoo.data.images import load_for_eval
+    from zoo.runtime.predictor import Predictor
 
     predictor = Predictor(model, THREADS)
     info = predictor.info

@@ -10,10 +10,10 @@ random init, at its smallest input size (64 at least; fixed-size models at their
 - build: `create_model(spec, num_classes=3, weights="none")`: timm builds it, zoo replaces every classifier;
 - groups: zoo's GroupMap: every parameter in exactly one group, the head group last, no empty group;
 - forward: logits of shape (2, 3), finite, after BatchNorm statistics are calibrated (as in check_backbone);
-- cut: `zoo.cut.cut_at` at every group boundary, the two halves together equal the model (what the
+- cut: `zoo.model.cut.cut_at` at every group boundary, the two halves together equal the model (what the
   frozen-prefix cache and `cut:GROUP` do); an architecture torch.fx cannot trace is counted as "falls back"
   (zoo trains it uncached, and `zoo info` says so);
-- export: `zoo.export.export_model` (TorchScript exporter first for speed, dynamo where it fails or does not
+- export: `zoo.export.exporter.export_model` (TorchScript exporter first for speed, dynamo where it fails or does not
   match), verified against onnxruntime at batch 1 and 2.
 
 An architecture whose parameters need more than a sixth of this machine's memory in float32 (the model, its
@@ -50,11 +50,11 @@ def check_one(name: str) -> dict:
 
     import torch
 
-    from zoo.check_images import generated_inputs
-    from zoo.cut import cut_at
-    from zoo.export import export_model
-    from zoo.models import GroupMap, create_model, split_outputs
-    from zoo.registry import get_registry
+    from zoo.catalogue.registry import get_registry
+    from zoo.data.check_images import generated_inputs
+    from zoo.export.exporter import export_model
+    from zoo.model.build import GroupMap, create_model, split_outputs
+    from zoo.model.cut import cut_at
     from zoo.testing import calibrate_batchnorm
 
     torch.set_num_threads(int(os.environ.get("CHECK_THREADS", "1")))
@@ -137,7 +137,7 @@ def memory_bytes() -> int:
 
 
 def run_all(patterns: list[str], again: bool, timeout: int) -> dict:
-    from zoo.registry import get_registry
+    from zoo.catalogue.registry import get_registry
 
     doc = json.loads((ROOT / "plugins" / "zoo-timm" / "zoo_timm" / "models.json").read_text())
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}

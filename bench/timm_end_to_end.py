@@ -43,7 +43,7 @@ MODELS = {  # name: (kind, K for freeze:K)
 }
 NO_TORCH = """
 import json, sys
-from zoo.runtime import Predictor
+from zoo.runtime.predictor import Predictor
 p = Predictor(sys.argv[1])
 rows = p.predict(sys.argv[2:], top_k=1)
 assert "torch" not in sys.modules, "the runtime imported torch"
@@ -106,7 +106,8 @@ def main(argv: list[str]) -> int:
         f"Measured {time.strftime('%Y-%m-%d')} with timm {timm.__version__} by `python bench/timm_end_to_end.py` "
         f"on ../shared/data/hymenoptera ({len(val)} val images), every step a `zoo` command. Export: `zoo export`'s "
         "own check on images of the run's data (the lowest top-1 agreement with torch over its checks, the "
-        "largest output difference). Predict: `zoo.runtime` on 16 val images in a process that never imported "
+        "largest output difference). Predict: `zoo.runtime.predictor` on 16 val images in a process that never "
+        "imported "
         "torch.",
         "",
         "| model | kind | weights | policy | epochs | best val acc | frozen prefix cached to | finetune (s) "

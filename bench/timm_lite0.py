@@ -21,7 +21,7 @@ def convert(out: Path) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from zoo.models import create_model
+    from zoo.model.build import create_model
 
     lite = create_model("efficientnet_lite0", weights="default").eval()
     target = timm.create_model("tf_efficientnet_lite0").eval()

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-import zoo.registry
+import zoo.catalogue.registry
 from zoo import Backbone, Group, Preprocess, hookimpl
 
 # one model of each family the transfer-learning tutorials use
@@ -28,7 +28,7 @@ def build_tiny(spec, weights=None, num_classes=10, **kwargs):
     import torch
     from torch import nn
 
-    from zoo.weights import fetch
+    from zoo.catalogue.weights import fetch
 
     def block(cin, cout):
         return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
@@ -86,16 +86,16 @@ def plugin_module(name: str, *specs: Backbone, policies=()) -> types.SimpleNames
 @pytest.fixture
 def use_registry():
     """Install a registry built with extra in-test plugins; the real one comes back afterwards."""
-    saved = zoo.registry._REGISTRY
+    saved = zoo.catalogue.registry._REGISTRY
 
     def install(*plugins: tuple[str, object]):
-        zoo.registry._REGISTRY = zoo.registry.build_registry(extra_plugins=plugins)
-        return zoo.registry._REGISTRY
+        zoo.catalogue.registry._REGISTRY = zoo.catalogue.registry.build_registry(extra_plugins=plugins)
+        return zoo.catalogue.registry._REGISTRY
 
     try:
         yield install
     finally:
-        zoo.registry._REGISTRY = saved
+        zoo.catalogue.registry._REGISTRY = saved
 
 
 @pytest.fixture
@@ -219,13 +219,15 @@ def make_tagged(root, n=36, size=32, seed=0, splits=None, sep=" ", name="tags.cs
 def tiny_run(root, **options):
     """(FinetuneResult, data folder, root): the tiny backbone fine-tuned for 3 epochs on generated train/val images,
     through an in-test plugin that stays registered while the context is open."""
-    from zoo.train import finetune
+    from zoo.training.train import finetune
 
-    saved = zoo.registry._REGISTRY
-    zoo.registry._REGISTRY = zoo.registry.build_registry([("tinyplugin", plugin_module("tinyplugin", tiny_spec()))])
+    saved = zoo.catalogue.registry._REGISTRY
+    zoo.catalogue.registry._REGISTRY = zoo.catalogue.registry.build_registry(
+        [("tinyplugin", plugin_module("tinyplugin", tiny_spec()))]
+    )
     try:
         data = make_images(root / "data", per_class=16, layout="train/val")
         settings = dict(policy="finetune", epochs=3, weights="none", workers=0, lr=0.01, out=str(root / "runs"))
         yield finetune("tiny", data, **{**settings, **options}), data, root
     finally:
-        zoo.registry._REGISTRY = saved
+        zoo.catalogue.registry._REGISTRY = saved

@@ -9,9 +9,9 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import make_images
-from zoo.advise import LARGE_PER_CLASS, boundary_features, decide, probe_accuracy
 from zoo.cli import app
-from zoo.errors import ZooError
+from zoo.core.errors import ZooError
+from zoo.training.advise import LARGE_PER_CLASS, boundary_features, decide, probe_accuracy
 
 runner = CliRunner()
 GROUPS = ("stem", "stage1", "stage2", "stage3", "head")
@@ -83,9 +83,9 @@ def test_probe_accuracy_separates_what_is_separable():
 
 
 def test_boundary_features_for_every_group_but_the_head(tiny_registry, tmp_path):
-    from zoo.data import scan
-    from zoo.loaders import ImageDataset, build_transform
-    from zoo.models import create_model
+    from zoo.data.split import scan
+    from zoo.model.build import create_model
+    from zoo.training.loaders import ImageDataset, build_transform
 
     spec = tiny_registry.get("tiny")
     split = scan(make_images(tmp_path, per_class=4))
@@ -118,7 +118,7 @@ def test_degenerate_data_gets_an_answer_not_a_crash(tmp_path):
 
 
 def test_advise_needs_pretrained_weights(tmp_path):
-    from zoo.advise import advise
+    from zoo.training.advise import advise
 
     with pytest.raises(ZooError, match="need pretrained weights"):
         advise("efficientnet_lite0", make_images(tmp_path), weights="none")
@@ -126,8 +126,8 @@ def test_advise_needs_pretrained_weights(tmp_path):
 
 @pytest.mark.slow
 def test_finetune_auto_records_its_choice(tmp_path):
-    from zoo.checkpoint import read_checkpoint
-    from zoo.train import finetune, resume_run
+    from zoo.model.checkpoint import read_checkpoint
+    from zoo.training.train import finetune, resume_run
 
     data = make_images(tmp_path / "data", per_class=6, size=48)
     result = finetune("efficientnet_lite0", data, policy="auto", epochs=1, out=str(tmp_path / "runs"), workers=0)

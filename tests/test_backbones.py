@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoo.models import GroupMap, check_groups, create_model, on_meta_device, replace_head
-from zoo.registry import get_registry
+from zoo.catalogue.registry import get_registry
+from zoo.model.build import GroupMap, check_groups, create_model, on_meta_device, replace_head
 
 # the built-in plugins' backbones. ONNX registry entries need their file (a download): tests/test_onnx_import.py
 # covers them; timm's 1364 are the zoo-timm plugin's own tests (a representative set) and bench/timm_check_all.py
@@ -60,7 +60,7 @@ def test_group_check_names_plugin_and_parameter(tiny_registry):
     import dataclasses
 
     from zoo import Group
-    from zoo.errors import InvalidBackbone
+    from zoo.core.errors import InvalidBackbone
 
     spec = tiny_registry.get("tiny")
     model = create_model(spec, weights="none")

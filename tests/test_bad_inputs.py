@@ -13,7 +13,7 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
-import zoo.registry
+import zoo.catalogue.registry
 from conftest import make_images, plugin_module, tiny_spec
 from zoo.cli import app
 
@@ -25,13 +25,13 @@ USAGE, INPUT, VERIFY, ENVIRONMENT = 2, 3, 4, 5
 def world(tmp_path_factory):
     """A trained tiny run, its exported model, and files of every wrong kind."""
     root = tmp_path_factory.mktemp("world")
-    saved = zoo.registry._REGISTRY
-    zoo.registry._REGISTRY = zoo.registry.build_registry(
+    saved = zoo.catalogue.registry._REGISTRY
+    zoo.catalogue.registry._REGISTRY = zoo.catalogue.registry.build_registry(
         extra_plugins=[("tinyplugin", plugin_module("tinyplugin", tiny_spec()))]
     )
     data = make_images(root / "data", per_class=8)
-    from zoo.export import export
-    from zoo.train import finetune
+    from zoo.export.exporter import export
+    from zoo.training.train import finetune
 
     run = finetune("tiny", data, epochs=1, weights="none", workers=0, out=str(root / "runs"), name="run").run_dir
     model = root / "model.onnx"
@@ -72,7 +72,7 @@ def world(tmp_path_factory):
     try:
         yield paths
     finally:
-        zoo.registry._REGISTRY = saved
+        zoo.catalogue.registry._REGISTRY = saved
 
 
 CASES = [
@@ -269,9 +269,9 @@ def test_export_rewrites_its_own_report_and_names_a_failed_one(world, tmp_path, 
     out = tmp_path / "m.onnx"
     for _ in range(2):  # the second export overwrites what the first wrote: its own files
         assert runner.invoke(app, ["export", str(world["RUN"]), "-o", str(out)]).exit_code == 0
-    import zoo.export
+    import zoo.export.exporter
 
-    monkeypatch.setattr(zoo.export, "compare", _wrong_compare(zoo.export.compare))
+    monkeypatch.setattr(zoo.export.exporter, "compare", _wrong_compare(zoo.export.exporter.compare))
     failed = runner.invoke(app, ["export", str(world["RUN"]), "-o", str(tmp_path / "f.onnx")])
     assert failed.exit_code == VERIFY
     assert f"report: {tmp_path / 'f.FAILED.json'}" in failed.stderr

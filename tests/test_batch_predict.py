@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import zoo.batch_predict as bp
+import zoo.runtime.batch_predict as bp
 from conftest import make_images, tiny_spec
 from zoo.cli import app
-from zoo.errors import Interrupted
-from zoo.runtime import Predictor
+from zoo.core.errors import Interrupted
+from zoo.runtime.predictor import Predictor
 
 runner = CliRunner()
 
@@ -24,8 +24,8 @@ runner = CliRunner()
 def _export(path: Path, batch: str = "dynamic", thresholds=None) -> Path:
     import torch
 
-    from zoo.export import export_model
-    from zoo.models import create_model
+    from zoo.export.exporter import export_model
+    from zoo.model.build import create_model
 
     spec = tiny_spec()
     torch.manual_seed(0)  # the same weights in every export: models that differ in batch predict the same

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 import zoo.cli.training
 from zoo.cli import app
-from zoo.config import LaunchConfig, TrainConfig
-from zoo.train import FinetuneResult
+from zoo.training.config import LaunchConfig, TrainConfig
+from zoo.training.train import FinetuneResult
 
 runner = CliRunner()
 

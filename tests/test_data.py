@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from conftest import make_images
-from zoo import images
-from zoo.data import scan
-from zoo.errors import DataError, UsageError
-from zoo.images import open_rgb
+from zoo.core.errors import DataError, UsageError
+from zoo.data import images
+from zoo.data.images import open_rgb
+from zoo.data.split import scan
 
 
 def test_train_val_layout(tmp_path):
@@ -140,7 +140,7 @@ def test_transforms_follow_the_preprocessing():
     import torch
 
     from zoo import Preprocess
-    from zoo.loaders import build_transform
+    from zoo.training.loaders import build_transform
 
     pre = Preprocess(input_size=(48, 48), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=0.75)
     img = Image.new("RGB", (100, 80), (255, 255, 255))
@@ -154,7 +154,7 @@ def test_transforms_follow_the_preprocessing():
 
 def test_training_crops_are_smaller_only_where_every_group_trains():
     from zoo import Preprocess
-    from zoo.loaders import build_transform, train_size
+    from zoo.training.loaders import build_transform, train_size
 
     pre = Preprocess(input_size=(224, 224))
     assert train_size(pre, 32, True, "light") == (160, 160)  # 0.72 x 224, to a multiple of 16

@@ -12,16 +12,16 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import make_images, make_tagged, plugin_module, tiny_spec
-from zoo.checkpoint import read_checkpoint
 from zoo.cli import app
-from zoo.errors import Interrupted
-from zoo.evaluate import evaluate, predict
-from zoo.export import export
-from zoo.loaders import BalancedSampler
-from zoo.onnx_meta import ModelMetadata, read_props
-from zoo.runtime import Predictor
-from zoo.train import Trainer, finetune, resume_run
-from zoo.verify import verify
+from zoo.core.errors import Interrupted
+from zoo.export.exporter import export
+from zoo.export.verify import verify
+from zoo.model.checkpoint import read_checkpoint
+from zoo.runtime.onnx_meta import ModelMetadata, read_props
+from zoo.runtime.predictor import Predictor
+from zoo.training.evaluate import evaluate, predict
+from zoo.training.loaders import BalancedSampler
+from zoo.training.train import Trainer, finetune, resume_run
 
 runner = CliRunner()
 METRIC_KEYS = {"acc", "balanced_acc", "macro_f1", "micro_f1", "map"}
@@ -147,8 +147,8 @@ def test_a_run_keeps_its_data_absolute_so_evaluate_and_resume_work_from_anywhere
 
 
 def test_edited_thresholds_metadata_is_refused(tmp_path, tiny_registry, tags):
-    from zoo.errors import ModelFileError
-    from zoo.onnx_meta import write_props
+    from zoo.core.errors import ModelFileError
+    from zoo.runtime.onnx_meta import write_props
 
     result = finetune("tiny", tags, policy="finetune", **_options(tmp_path, epochs=1))
     model = tmp_path / "m.onnx"
@@ -193,9 +193,9 @@ def test_multi_label_int8_is_judged_on_map(tmp_path, tiny_registry, tags):
 
 def test_multi_label_advise_probes_with_map(tmp_path, use_registry, tags):
     from conftest import build_tiny
-    from zoo.advise import advise
-    from zoo.models import Weights
-    from zoo.weights import sha256_of
+    from zoo.catalogue.weights import sha256_of
+    from zoo.model.build import Weights
+    from zoo.training.advise import advise
 
     path = tmp_path / "w.pt"
     torch.manual_seed(0)
@@ -230,7 +230,7 @@ def test_every_balance_mode_keeps_the_cache(tmp_path, tiny_registry, skewed, bal
 
 
 def test_loss_weights_and_sampler_draws(tmp_path, tiny_registry, skewed):
-    from zoo.config import TrainConfig
+    from zoo.training.config import TrainConfig
 
     cfg = TrainConfig(backbone="tiny", data=str(skewed), balance="loss", **_options(tmp_path))
     trainer = Trainer(cfg)
@@ -248,7 +248,7 @@ def test_loss_weights_and_sampler_draws(tmp_path, tiny_registry, skewed):
 
 
 def test_sampler_draws_on_cached_activations_are_balanced():
-    from zoo.cache import FeatureCache
+    from zoo.training.cache import FeatureCache
 
     labels = torch.tensor([0] * 90 + [1] * 10)
     cache = FeatureCache([torch.arange(100.0)[:, None]], labels)

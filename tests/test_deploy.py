@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 
 from conftest import tiny_run
 from zoo.cli import app
-from zoo.embed import INPUT, OUTPUTS, check_embeddable, embed
-from zoo.errors import UsageError
-from zoo.images import open_rgb, preprocess_image
-from zoo.onnx_io import ort_session, resolve_providers
-from zoo.onnx_meta import ModelMetadata, read_props
-from zoo.runtime import Predictor
+from zoo.core.errors import UsageError
+from zoo.data.images import open_rgb, preprocess_image
+from zoo.export.embed import INPUT, OUTPUTS, check_embeddable, embed
+from zoo.runtime.onnx_io import ort_session, resolve_providers
+from zoo.runtime.onnx_meta import ModelMetadata, read_props
+from zoo.runtime.predictor import Predictor
 
 runner = CliRunner()
 
@@ -105,7 +105,7 @@ def test_embedding_refuses_what_it_cannot_do_in_one_line(run, tmp_path):
     out = runner.invoke(app, ["export", str(result.run_dir), "-o", str(tmp_path / "m.onnx"), "--embed-preprocessing",
                               "--int8"])  # fmt: skip
     assert out.exit_code == 2 and "in another export" in out.output
-    from zoo.backbone import Preprocess
+    from zoo.catalogue.backbone import Preprocess
 
     with pytest.raises(UsageError, match="grayscale"):
         check_embeddable(Preprocess(mean=(0.5,), std=(0.5,)), 18)
@@ -168,7 +168,7 @@ def test_export_writes_a_triton_repository_that_triton_schema_parses(run, tmp_pa
 @pytest.mark.parametrize("where", ["a-file", "missing/repo", "taken"])
 def test_a_triton_repository_that_cannot_be_written_stops_the_export_before_it_starts(run, tmp_path, where,
                                                                                       monkeypatch):  # fmt: skip
-    from zoo import export as export_module
+    from zoo.export import exporter as export_module
 
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "taken" / "ants").mkdir(parents=True)  # a model folder zoo did not write
@@ -182,7 +182,7 @@ def test_a_triton_repository_that_cannot_be_written_stops_the_export_before_it_s
 
 
 def test_serve_refuses_a_model_with_its_preprocessing_inside_in_one_line(exported):
-    from zoo.serve import create_app
+    from zoo.serve.app import create_app
 
     _, embedded = exported
     with pytest.raises(UsageError, match="--embed-preprocessing"):
@@ -201,7 +201,7 @@ def test_the_raw_pixel_check_compares_label_sets_for_a_multi_label_model(tmp_pat
     from PIL import Image
 
     from zoo import Preprocess
-    from zoo.embed import check_raw
+    from zoo.export.embed import check_raw
 
     files = []
     for i in range(4):

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from conftest import install_tiny_plugin, make_images, make_tagged
 from zoo.cli import app
-from zoo.config import LaunchConfig as Launch
-from zoo.dist import Dist, shard, unshard
-from zoo.launch import failure_message
+from zoo.training.config import LaunchConfig as Launch
+from zoo.training.dist import Dist, shard, unshard
+from zoo.training.launch import failure_message
 
 pytestmark = pytest.mark.slow  # subprocesses and whole-model checks: minutes
 
@@ -205,7 +205,7 @@ def test_killed_worker_stops_the_job_naming_its_rank_and_resume_completes(tmp_pa
     text = " ".join(stderr.split())
     assert "worker rank 1" in text and "SIGKILL" in text, text[-2000:]
     assert f"--resume {run}" in text and "Traceback" not in text.split("error:")[-1]
-    from zoo.checkpoint import read_checkpoint
+    from zoo.model.checkpoint import read_checkpoint
 
     before = read_checkpoint(run / "last.pt")  # loads as a complete checkpoint (weights_only)
     done = before["epoch"]
@@ -249,7 +249,7 @@ def test_failure_message_names_rank_signal_and_resume():
     failure = ProcessFailure(local_rank=1, pid=4242, exitcode=-9, error_file="/nonexistent")
     other = ProcessFailure(local_rank=0, pid=4241, exitcode=1, error_file="/nonexistent")
     other.timestamp = failure.timestamp + 5
-    exc = ChildFailedError("zoo.launch", {1: failure, 0: other})
+    exc = ChildFailedError("zoo.training.launch", {1: failure, 0: other})
     text = failure_message(exc, Path("runs/x"), Launch(nproc_per_node=2))
     assert text.startswith("worker rank 1 (pid 4242) was killed by SIGKILL; the job stopped (1 other worker(s)")
     assert "zoo finetune --resume runs/x --nproc-per-node 2" in text

@@ -14,14 +14,14 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import TUTORIAL_MODELS, tiny_run
+from zoo.catalogue.registry import get_registry
 from zoo.cli import app
-from zoo.errors import QuantizationRefused
-from zoo.export import export, export_model
-from zoo.models import create_model
-from zoo.onnx_meta import ModelMetadata
-from zoo.registry import get_registry
-from zoo.runtime import Predictor
-from zoo.verify import verify
+from zoo.core.errors import QuantizationRefused
+from zoo.export.exporter import export, export_model
+from zoo.export.verify import verify
+from zoo.model.build import create_model
+from zoo.runtime.onnx_meta import ModelMetadata
+from zoo.runtime.predictor import Predictor
 
 runner = CliRunner()
 
@@ -69,7 +69,7 @@ def test_export_run_writes_verified_model_metadata_and_report(run, tmp_path):
 
 @pytest.mark.slow
 def test_runtime_predictions_equal_torch(run, tmp_path):
-    from zoo.evaluate import predict
+    from zoo.training.evaluate import predict
 
     result, data, _ = run
     export(result.run_dir, tmp_path / "model.onnx")
@@ -158,10 +158,10 @@ def test_int8_reports_accuracy_and_refuses_a_big_drop(run, tmp_path, monkeypatch
     assert {"fp32_val_acc", "int8_val_acc", "speedup", "drop_points"} <= set(q)
     meta = ModelMetadata.from_props({p.key: p.value for p in onnx.load(str(tmp_path / "m.int8.onnx")).metadata_props})
     assert meta.labels and meta.precision == "int8" and meta.extra["int8"]["max_drop"] == 100.0
-    import zoo.quantize
+    import zoo.export.quantize
 
     accuracies = iter([0.9, 0.5])  # fp32, then int8 without retries: a 40-point drop
-    monkeypatch.setattr(zoo.quantize, "accuracy", lambda *a, **k: next(accuracies))
+    monkeypatch.setattr(zoo.export.quantize, "accuracy", lambda *a, **k: next(accuracies))
     with pytest.raises(QuantizationRefused, match=r"more than --max-drop 1\.0 in every attempt"):
         export(result.run_dir, tmp_path / "n.onnx", int8=True, max_drop=1.0, calib_size=16, int8_retry=False)
     assert not (tmp_path / "n.int8.onnx").exists()
@@ -179,7 +179,7 @@ def test_int8_reports_accuracy_and_refuses_a_big_drop(run, tmp_path, monkeypatch
     assert meta.extra["int8"]["excluded"] == tries[1]["excluded"]
     # every attempt fails: refused, each attempt named in the one-line error
     scores = iter([0.9] + [0.5] * 10)
-    monkeypatch.setattr(zoo.quantize, "accuracy", lambda *a, **k: next(scores))
+    monkeypatch.setattr(zoo.export.quantize, "accuracy", lambda *a, **k: next(scores))
     with pytest.raises(QuantizationRefused) as refused:
         export(result.run_dir, tmp_path / "x.onnx", int8=True, max_drop=1.0, calib_size=16)
     message = str(refused.value)
@@ -193,7 +193,7 @@ def test_int8_retry_rescues_a_real_model_that_fails_the_gate(tmp_path):
     val image at the first attempt; keeping the first conv and the classifier in float (attempt 2) loses none."""
     from pathlib import Path
 
-    from zoo.train import finetune
+    from zoo.training.train import finetune
 
     data = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hymenoptera"
     if not data.is_dir():
@@ -208,8 +208,8 @@ def test_int8_retry_rescues_a_real_model_that_fails_the_gate(tmp_path):
 
 def test_int8_calibrates_on_any_number_of_images(run, tmp_path):
     """onnxruntime's histogram calibration stacks the batches: a smaller last batch must never reach it."""
-    from zoo.check_images import generated_inputs
-    from zoo.quantize import quantize_int8
+    from zoo.data.check_images import generated_inputs
+    from zoo.export.quantize import quantize_int8
 
     result, _, _ = run
     export(result.run_dir, tmp_path / "m.onnx")
@@ -249,7 +249,7 @@ def test_a_shape_mismatch_on_the_first_batch_is_a_failed_check_not_a_crash():
     """onnxruntime giving another shape than torch: reported as a failure row (this used to raise NameError)."""
     import numpy as np
 
-    from zoo.export import compare
+    from zoo.export.exporter import compare
 
     class WrongSession:
         def get_inputs(self):
@@ -266,13 +266,13 @@ def test_a_shape_mismatch_on_the_first_batch_is_a_failed_check_not_a_crash():
 
 def test_a_model_over_2_gb_keeps_its_weights_beside_the_file(run, tmp_path, monkeypatch):
     """ONNX files hold at most 2 GB: larger weights go to NAME.onnx.data (the limit is lowered to test it)."""
-    import zoo.onnx_io
+    import zoo.runtime.onnx_io
 
-    monkeypatch.setattr(zoo.onnx_io, "EXTERNAL_DATA_BYTES", 1000)
+    monkeypatch.setattr(zoo.runtime.onnx_io, "EXTERNAL_DATA_BYTES", 1000)
     result, data, _ = run
     report = export(result.run_dir, tmp_path / "big.onnx")
     assert report.passed and (tmp_path / "big.onnx.data").is_file()
-    assert [p.name for p in zoo.onnx_io.external_data_files(tmp_path / "big.onnx")] == ["big.onnx.data"]
+    assert [p.name for p in zoo.runtime.onnx_io.external_data_files(tmp_path / "big.onnx")] == ["big.onnx.data"]
     image = next((data / "val" / "cats").iterdir())
     assert Predictor(tmp_path / "big.onnx").predict([image])[0]["top"][0]["label"] in ("cats", "dogs")
     assert export(result.run_dir, tmp_path / "big.onnx").passed  # its own files: overwritten, not refused

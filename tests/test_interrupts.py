@@ -13,11 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import install_tiny_plugin, make_images
-from zoo.checkpoint import read_checkpoint
 from zoo.cli import app
-from zoo.errors import Interrupted, RunLocked
-from zoo.runs import RunLock
-from zoo.train import Trainer, finetune, resume_run
+from zoo.core.errors import Interrupted, RunLocked
+from zoo.model.checkpoint import read_checkpoint
+from zoo.training.runs import RunLock
+from zoo.training.train import Trainer, finetune, resume_run
 
 runner = CliRunner()
 
@@ -63,16 +63,16 @@ def test_ctrl_c_before_the_first_epoch_leaves_no_run_folder(tmp_path, tiny_regis
 
 
 def test_a_signal_while_the_last_files_are_written_waits_for_them(tmp_path, tiny_registry, monkeypatch):
-    import zoo.plots
+    import zoo.training.plots
 
     images = make_images(tmp_path / "data", per_class=6)
-    original = zoo.plots.write_all
+    original = zoo.training.plots.write_all
 
     def interrupted_plots(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the pictures are drawn
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(zoo.plots, "write_all", interrupted_plots)
+    monkeypatch.setattr(zoo.training.plots, "write_all", interrupted_plots)
     with pytest.raises(Interrupted, match="they were completed first") as err:
         finetune("tiny", images, name="late", **_options(tmp_path, epochs=1))
     assert err.value.exit_code == 130

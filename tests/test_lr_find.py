@@ -10,11 +10,11 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import make_images
-from zoo.checkpoint import read_checkpoint
 from zoo.cli import app
-from zoo.config import TrainConfig
-from zoo.lr_find import range_test, suggest
-from zoo.train import Trainer, finetune, resume_run
+from zoo.model.checkpoint import read_checkpoint
+from zoo.training.config import TrainConfig
+from zoo.training.lr_find import range_test, suggest
+from zoo.training.train import Trainer, finetune, resume_run
 
 runner = CliRunner()
 

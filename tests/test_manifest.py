@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from conftest import make_tagged
-from zoo import manifest
-from zoo.data import load
-from zoo.errors import DataError, UsageError
-from zoo.manifest import ManifestOptions
+from zoo.core.errors import DataError, UsageError
+from zoo.data import manifest
+from zoo.data.manifest import ManifestOptions
+from zoo.data.split import load
 
 
 def _images(root, names, colour=(200, 40, 40)):

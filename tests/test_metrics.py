@@ -1,4 +1,4 @@
-"""zoo.metrics against scikit-learn's definitions, and the label-threshold rule."""
+"""zoo.core.metrics against scikit-learn's definitions, and the label-threshold rule."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
-from zoo import metrics  # noqa: E402
-from zoo.balance import choose, select_metric  # noqa: E402
+from zoo.core import metrics  # noqa: E402
+from zoo.data.balance import choose, select_metric  # noqa: E402
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -17,8 +17,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 from conftest import make_images
+from zoo.catalogue.registry import get_registry, reset_registry, zoo_home
 from zoo.cli import app
-from zoo.registry import get_registry, reset_registry, zoo_home
 from zoo.testing import check_backbone
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -134,8 +134,8 @@ def test_mnist8_round_trip_import_finetune_export_predict(tmp_path, monkeypatch)
 
     # the pretrained weights really are MNIST's: most drawn digits are recognised
     data = digits_folder(tmp_path / "digits", digits="0123456789", per_class=3)
-    from zoo.images import load_for_eval
-    from zoo.models import create_model
+    from zoo.data.images import load_for_eval
+    from zoo.model.build import create_model
 
     model = create_model("digits").eval()
     p = spec.preprocess
@@ -185,14 +185,14 @@ def test_exported_cnns_import_and_pass_the_plugin_kit(tmp_path, kind):
     names = [g["name"] for g in report["groups"]]
     assert names[-1] == "head" and len(names) >= 3, names
     spec = get_registry().get("cnn")
-    head = __import__("zoo.models", fromlist=["x"]).create_model(spec).get_submodule(spec.head)
+    head = __import__("zoo.model.build", fromlist=["x"]).create_model(spec).get_submodule(spec.head)
     assert isinstance(head, nn.Conv2d if kind.get("conv_head") else nn.Linear)
     check_backbone(spec, num_classes=3)
 
 
 @pytest.mark.slow
 def test_feature_extract_and_freeze_on_an_exported_cnn_then_export(tmp_path, monkeypatch):
-    from zoo.models import create_model
+    from zoo.model.build import create_model
 
     monkeypatch.chdir(tmp_path)
     # Reshape(1, -1) sends the export to the TorchScript exporter, where ReduceMean needs zoo's torch compat shim
@@ -247,7 +247,7 @@ def test_sha256_mismatch_is_refused_and_nothing_is_cached(served):
     text = one_line_error(zoo("import", "bad"), "sha256", "does not match")
     assert "bad" in text
     assert not (home / "onnx" / "bad").exists()
-    from zoo.weights import cache_dir
+    from zoo.catalogue.weights import cache_dir
 
     assert not (cache_dir() / "mnist-8.onnx").exists()
 
@@ -255,7 +255,7 @@ def test_sha256_mismatch_is_refused_and_nothing_is_cached(served):
 def test_packaged_mnist8_entry_refuses_a_file_that_is_not_the_model_zoos(monkeypatch):
     """registry.toml carries the sha256 of the Model Zoo's mnist-8.onnx (its Git LFS pointer). shared/'s copy is
     another revision of it (26463 bytes, not 26454), so, put in the cache in its place, it is refused."""
-    from zoo.weights import cache_dir
+    from zoo.catalogue.weights import cache_dir
 
     entry = get_registry().data["onnx"]["mnist-8"]
     assert entry["sha256"] == "2f06e72de813a8635c9bc0397ac447a601bdbfa7df4bebc278723b958831c9bf"
@@ -436,7 +436,7 @@ def test_imported_slice_and_reshape_trace_with_torch_export(tmp_path):
     path = tmp_path / "sliced.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
     assert zoo("import", path, "--name", "sliced").exit_code == 0
-    from zoo.models import create_model
+    from zoo.model.build import create_model
 
     model = create_model("sliced", num_classes=3).eval()
     x = torch.randn(2, 3, 16, 16)
@@ -455,7 +455,7 @@ def test_offline_registry_entry_says_where_to_put_the_file(tmp_path):
     (home / "registry.toml").write_text(
         f'[onnx.far]\nurl = "http://127.0.0.1:{port}/far.onnx"\nsha256 = "{MNIST_SHA256}"\n'
     )
-    from zoo.weights import cache_dir
+    from zoo.catalogue.weights import cache_dir
 
     text = one_line_error(zoo("finetune", "far", tmp_path), "[onnx.far]: cannot download", "copy the file to")
     assert str(cache_dir() / "far.onnx") in text and "--weights" not in text

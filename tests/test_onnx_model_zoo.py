@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from zoo.catalogue.registry import get_registry, load_registry_data, zoo_home
 from zoo.cli import app
-from zoo.registry import get_registry, load_registry_data, zoo_home
 
 runner = CliRunner()
 MODEL_ZOO = "https://github.com/onnx/models/raw/main/validated/vision/classification/"

@@ -87,7 +87,7 @@ def test_plugin_that_fails_to_import_is_named_and_skipped(tmp_path):
 
 
 def test_register_policies_adds_a_named_policy(use_registry):
-    from zoo.policies import Policy, resolve_policy
+    from zoo.catalogue.policies import Policy, resolve_policy
 
     class PolicyPlugin:
         @hookimpl
@@ -100,7 +100,7 @@ def test_register_policies_adds_a_named_policy(use_registry):
     assert resolve_policy("top:2", registry).frozen == 2
     import pytest
 
-    from zoo.errors import PolicyError
+    from zoo.core.errors import PolicyError
 
     with pytest.raises(PolicyError, match="plugin 'policyplugin': policy 'broken' returned str"):
         resolve_policy("broken", registry)
@@ -145,7 +145,7 @@ def test_register_commands_adds_a_command_and_a_failing_plugin_is_named(tmp_path
 
 def test_on_run_event_reaches_plugins_and_a_failing_one_does_not_stop_the_run(use_registry, tmp_path):
     from conftest import make_images
-    from zoo.train import finetune
+    from zoo.training.train import finetune
 
     seen = []
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from conftest import make_images, plugin_module
-from zoo.checkpoint import read_checkpoint
-from zoo.errors import PolicyError
-from zoo.policies import Policy, resolve_policy
-from zoo.train import finetune
+from zoo.catalogue.policies import Policy, resolve_policy
+from zoo.core.errors import PolicyError
+from zoo.model.checkpoint import read_checkpoint
+from zoo.training.train import finetune
 
 GROUPS = ("stem", "stage1", "stage2", "head")
 
@@ -107,7 +107,7 @@ def _state(run_dir):
 
 def _initial(tmp_path):
     torch.manual_seed(0)
-    from zoo.models import create_model
+    from zoo.model.build import create_model
 
     return create_model("tiny", num_classes=2, weights="none").state_dict()
 
@@ -160,7 +160,7 @@ def test_scratch_ignores_pretrained_weights(tmp_path, use_registry):
     """With default pretrained weights registered, freeze:1 keeps them in the stem; scratch starts from random."""
     from conftest import build_tiny, tiny_spec
     from zoo import Weights
-    from zoo.weights import sha256_of
+    from zoo.catalogue.weights import sha256_of
 
     pretrained = build_tiny(None).state_dict()
     pretrained["stem.0.weight"].fill_(0.5)
@@ -183,7 +183,7 @@ def test_cut_puts_a_new_head_on_an_inner_group(tmp_path, tiny_registry):
     state = _state(result.run_dir)
     assert state["fc.weight"].shape == (2, 16)  # stage1 has 16 channels
     assert not any(k.startswith("stage2") for k in state)
-    from zoo.checkpoint import load_model
+    from zoo.model.checkpoint import load_model
 
     model, _ = load_model(result.run_dir)
     assert model(torch.zeros(3, 3, 32, 32)).shape == (3, 2)
@@ -193,9 +193,9 @@ def test_cut_puts_a_new_head_on_an_inner_group(tmp_path, tiny_registry):
 
 @pytest.mark.slow
 def test_cut_works_on_real_architectures():
-    from zoo.cut import cut_model
-    from zoo.models import create_model
-    from zoo.registry import get_registry
+    from zoo.catalogue.registry import get_registry
+    from zoo.model.build import create_model
+    from zoo.model.cut import cut_model
 
     for name, group, channels in [
         ("resnet18", "layer2", 128),
@@ -218,9 +218,9 @@ def test_every_boundary_cuts_into_per_image_tensors(name):
 
     efficientnet_lite0's forward takes `inputs.size(0)` at the top and uses it at the end.
     """
-    from zoo.cut import cut_at
-    from zoo.models import create_model
-    from zoo.registry import get_registry
+    from zoo.catalogue.registry import get_registry
+    from zoo.model.build import create_model
+    from zoo.model.cut import cut_at
 
     spec = get_registry().get(name)
     model = create_model(spec, num_classes=3, weights="none").eval()

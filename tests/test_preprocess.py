@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from zoo import Preprocess
-from zoo.images import preprocess_image
+from zoo.data.images import preprocess_image
 
 
 def _photo(w: int = 300, h: int = 200) -> Image.Image:
@@ -54,10 +54,10 @@ def test_the_same_pixels_as_timms_eval_transform(mode, crop_pct):
 def test_bgr_squash_model_predicts_the_same_with_and_without_torch(tmp_path, use_registry):
     """A BGR, squash-resized backbone: training, the exported file's metadata and the torch-free runtime agree."""
     from conftest import make_images, plugin_module, tiny_spec
-    from zoo.evaluate import predict
-    from zoo.export import export
-    from zoo.runtime import Predictor
-    from zoo.train import finetune
+    from zoo.export.exporter import export
+    from zoo.runtime.predictor import Predictor
+    from zoo.training.evaluate import predict
+    from zoo.training.train import finetune
 
     pre = Preprocess(input_size=(32, 32), mean=(0.3, 0.4, 0.5), std=(0.2, 0.2, 0.2), crop_pct=1.0,
                      crop_mode="squash", channel_order="BGR")  # fmt: skip

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import TUTORIAL_MODELS, plugin_module, tiny_spec
-from zoo import registry as reg
-from zoo.errors import RegistryError, UnknownBackbone
+from zoo.catalogue import registry as reg
+from zoo.core.errors import RegistryError, UnknownBackbone
 
 
 def test_every_torchvision_classifier_and_lite0_are_listed():

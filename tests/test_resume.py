@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_images, plugin_module, tiny_spec
-from zoo.checkpoint import read_checkpoint
 from zoo.cli import app
-from zoo.errors import ResumeError
-from zoo.train import finetune, resume_run
+from zoo.core.errors import ResumeError
+from zoo.model.checkpoint import read_checkpoint
+from zoo.training.train import finetune, resume_run
 
 runner = CliRunner()
 
@@ -63,7 +63,7 @@ def test_resume_of_something_else_says_what_it_is(tmp_path, target, message):
 
 
 def test_the_stored_policy_is_used_and_a_changed_registry_entry_reported(tmp_path, use_registry, caplog, monkeypatch):
-    from zoo.registry import zoo_home
+    from zoo.catalogue.registry import zoo_home
 
     home = zoo_home()
     home.mkdir(parents=True, exist_ok=True)
@@ -83,10 +83,10 @@ def test_the_stored_policy_is_used_and_a_changed_registry_entry_reported(tmp_pat
 
 @pytest.mark.slow
 def test_auto_scans_the_data_and_builds_the_model_once(tmp_path, use_registry, monkeypatch):
-    import zoo.train
+    import zoo.training.train
     from conftest import build_tiny
     from zoo import Weights
-    from zoo.weights import sha256_of
+    from zoo.catalogue.weights import sha256_of
 
     path = tmp_path / "w.pt"
     import torch
@@ -96,13 +96,13 @@ def test_auto_scans_the_data_and_builds_the_model_once(tmp_path, use_registry, m
     use_registry(("p", plugin_module("p", spec)))
     counts = {"load": 0, "create_model": 0}
     for name in counts:
-        original = getattr(zoo.train, name)
+        original = getattr(zoo.training.train, name)
 
         def spy(*args, _original=original, _name=name, **kwargs):
             counts[_name] += 1
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(zoo.train, name, spy)
+        monkeypatch.setattr(zoo.training.train, name, spy)
     data = make_images(tmp_path / "data", per_class=8)
     result = finetune("tiny", data, policy="auto", epochs=1, workers=0, out=str(tmp_path / "runs"))
     assert result.summary["auto"]["policy"] == result.summary["policy"]["name"]

@@ -25,11 +25,11 @@ from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from conftest import build_tiny, make_images, tiny_spec
-from zoo.batcher import Batcher, BatcherStopped
 from zoo.cli import app as cli
-from zoo.runtime import Predictor
-from zoo.serve import create_app
-from zoo.serve_options import ServeOptions
+from zoo.runtime.predictor import Predictor
+from zoo.serve.app import create_app
+from zoo.serve.batcher import Batcher, BatcherStopped
+from zoo.serve.options import ServeOptions
 
 runner = CliRunner()
 
@@ -39,7 +39,7 @@ def model(tmp_path_factory):
     """The tiny backbone with two labels, exported and verified by zoo's exporter."""
     import torch
 
-    from zoo.export import export_model
+    from zoo.export.exporter import export_model
 
     root = tmp_path_factory.mktemp("serve")
     spec = tiny_spec()
@@ -241,7 +241,7 @@ def test_the_batcher_batches_groups_by_shape_and_isolates_failures():
 
 
 def test_cli_builds_the_server_from_its_flags_and_refuses_bad_ones(model, tmp_path, monkeypatch):
-    import zoo.serve
+    import zoo.serve.app
 
     seen = {}
 
@@ -249,7 +249,7 @@ def test_cli_builds_the_server_from_its_flags_and_refuses_bad_ones(model, tmp_pa
         seen.update(state=self.app.state, url=self.url)
         self.socket.close()
 
-    monkeypatch.setattr(zoo.serve.Server, "run", run)
+    monkeypatch.setattr(zoo.serve.app.Server, "run", run)
     args = ["serve", str(model), "--port", "0", "--max-batch-size", "3", "--max-queue-delay-ms", "7", "--name", "m"]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output

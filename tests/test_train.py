@@ -16,11 +16,11 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import install_tiny_plugin, make_images
-from zoo.checkpoint import read_checkpoint
 from zoo.cli import app
-from zoo.errors import Interrupted
-from zoo.evaluate import evaluate, predict
-from zoo.train import Trainer, finetune, resume_run
+from zoo.core.errors import Interrupted
+from zoo.model.checkpoint import read_checkpoint
+from zoo.training.evaluate import evaluate, predict
+from zoo.training.train import Trainer, finetune, resume_run
 
 runner = CliRunner()
 
@@ -131,9 +131,9 @@ def test_cache_augmented_copies(tmp_path, tiny_registry, images):
 
 
 def test_large_cache_goes_to_disk_and_is_cleaned_up(tmp_path, tiny_registry, images, monkeypatch):
-    import zoo.cache
+    import zoo.training.cache
 
-    monkeypatch.setattr(zoo.cache, "MEMORY_LIMIT", 1000)
+    monkeypatch.setattr(zoo.training.cache, "MEMORY_LIMIT", 1000)
     opts = _options(tmp_path, batch_size=64)
     disk = finetune("tiny", images, policy="freeze:1", name="disk", **opts)
     memory_limit_default = finetune("tiny", images, policy="freeze:1", name="mem", cache="off", **opts)
@@ -332,9 +332,9 @@ def test_accum_steps_and_clip_grad_flags(tmp_path, tiny_registry, images):
 def test_evaluate_with_tta_reports_ten_views_beside_the_plain_figures(tmp_path, tiny_registry, images, monkeypatch):
     import numpy as np
 
-    import zoo.evaluate
-    from zoo.checkpoint import load_model, preprocess_of
-    from zoo.images import load_for_eval, tta_views
+    import zoo.training.evaluate
+    from zoo.data.images import load_for_eval, tta_views
+    from zoo.model.checkpoint import load_model, preprocess_of
 
     result = finetune("tiny", images, policy="finetune", **_options(tmp_path, epochs=2))
     plain, both = evaluate(result.run_dir), evaluate(result.run_dir, tta=True)
@@ -351,14 +351,14 @@ def test_evaluate_with_tta_reports_ten_views_beside_the_plain_figures(tmp_path, 
     assert cli.exit_code == 0, cli.stderr
     assert "with --tta" in cli.stdout and "ten crops" in cli.stdout
     # ten copies of the plain view average back to exactly the plain figures, image by image
-    monkeypatch.setattr(zoo.evaluate, "tta_views", lambda path, pre: np.stack([load_for_eval(path, pre)] * 10))
+    monkeypatch.setattr(zoo.training.evaluate, "tta_views", lambda path, pre: np.stack([load_for_eval(path, pre)] * 10))
     same = evaluate(result.run_dir, tta=True, batch_size=25)["tta"]
     assert same["accuracy"] == plain["accuracy"] and same["map"] == pytest.approx(plain["map"], abs=1e-6)
 
 
 def test_mixup_and_cutmix_give_soft_targets_that_sum_to_one():
-    from zoo.errors import UsageError
-    from zoo.mixing import make_mixer
+    from zoo.core.errors import UsageError
+    from zoo.training.mixing import make_mixer
 
     torch.manual_seed(0)
     images, labels = torch.rand(8, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
@@ -423,9 +423,9 @@ def test_ema_with_no_memory_is_the_trained_model(tmp_path, tiny_registry, images
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_cpu_defaults_load_in_process_and_autocast_bf16_where_native(tmp_path, tiny_registry, images, monkeypatch,
                                                                       native_bf16):  # fmt: skip
-    import zoo.device
+    import zoo.training.device
 
-    monkeypatch.setattr(zoo.device, "cpu_has_bf16", lambda: native_bf16)
+    monkeypatch.setattr(zoo.training.device, "cpu_has_bf16", lambda: native_bf16)
     result = finetune("tiny", images, name=f"d{native_bf16}", **{**_options(tmp_path, epochs=1), "workers": None})
     assert result.summary["workers"] == 0
     assert result.summary["amp"] == ("bfloat16" if native_bf16 else "off")
@@ -445,7 +445,8 @@ def test_training_crops_have_the_train_size_and_evaluation_the_input_size(
     """Full fine-tuning trains on crops 0.72x the input by default (--train-size sets them; a frozen prefix keeps
     the input size); evaluation, the checkpoint and so the export keep the input size."""
     from conftest import plugin_module, tiny_spec
-    from zoo import Preprocess, loaders
+    from zoo import Preprocess
+    from zoo.training import loaders
 
     spec = tiny_spec(preprocess=Preprocess(input_size=(64, 64), crop_pct=1.0), min_input_size=16)
     use_registry(("tinyplugin", plugin_module("tinyplugin", spec)))

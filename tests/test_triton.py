@@ -11,11 +11,11 @@ from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 
 from conftest import tiny_spec
-from zoo.backbone import Preprocess
-from zoo.errors import ModelFileError, OutputError, UsageError
-from zoo.onnx_io import ort_session
-from zoo.onnx_meta import ModelMetadata, write_props
-from zoo.triton import write_repository
+from zoo.catalogue.backbone import Preprocess
+from zoo.core.errors import ModelFileError, OutputError, UsageError
+from zoo.export.triton import write_repository
+from zoo.runtime.onnx_io import ort_session
+from zoo.runtime.onnx_meta import ModelMetadata, write_props
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
@@ -26,8 +26,8 @@ ORT_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(uint8)": "TYPE_UINT8", "tenso
 def _export(path, batch: str = "dynamic"):
     import torch
 
-    from zoo.export import export_model
-    from zoo.models import create_model
+    from zoo.export.exporter import export_model
+    from zoo.model.build import create_model
 
     spec = tiny_spec()
     torch.manual_seed(0)

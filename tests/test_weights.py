@@ -12,10 +12,10 @@ import torch
 
 from conftest import build_tiny, tiny_spec
 from zoo import Weights
-from zoo.errors import UsageError, WeightsError
-from zoo.models import create_model, resolve_weights
-from zoo.registry import get_registry
-from zoo.weights import cache_dir, fetch
+from zoo.catalogue.registry import get_registry
+from zoo.catalogue.weights import cache_dir, fetch
+from zoo.core.errors import UsageError, WeightsError
+from zoo.model.build import create_model, resolve_weights
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

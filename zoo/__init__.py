@@ -5,17 +5,11 @@ Importing `zoo` imports no torch; the parts that need it load on first use.
 
 from __future__ import annotations
 
-from importlib import metadata
-
-from zoo.backbone import Backbone, Group, Preprocess, Weights
-from zoo.errors import ZooError
-from zoo.hookspecs import hookimpl
-from zoo.registry import get_backbone, get_registry
-
-try:
-    __version__ = metadata.version("zoo-finetune")
-except metadata.PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
+from zoo.catalogue.backbone import Backbone, Group, Preprocess, Weights
+from zoo.catalogue.hookspecs import hookimpl
+from zoo.catalogue.registry import get_backbone, get_registry
+from zoo.core.errors import ZooError
+from zoo.core.version import __version__
 
 __all__ = [
     "Backbone",
@@ -37,12 +31,12 @@ __all__ = [
 
 # These import torch, so they load on first use: `import zoo` stays fast for `zoo list`.
 _LAZY = {
-    "create_model": "zoo.models",
-    "finetune": "zoo.train",
-    "resume_run": "zoo.train",
-    "FinetuneResult": "zoo.train",
-    "evaluate": "zoo.evaluate",
-    "predict": "zoo.evaluate",
+    "create_model": "zoo.model.build",
+    "finetune": "zoo.training.train",
+    "resume_run": "zoo.training.train",
+    "FinetuneResult": "zoo.training.train",
+    "evaluate": "zoo.training.evaluate",
+    "predict": "zoo.training.evaluate",
 }
 
 

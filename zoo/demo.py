@@ -14,9 +14,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from zoo import events
-from zoo.errors import UsageError
-from zoo.registry import get_registry
+from zoo.catalogue import events
+from zoo.catalogue.registry import get_registry
+from zoo.core.errors import UsageError
 
 OFFLINE_TAG = "offline-weights"
 
@@ -61,10 +61,10 @@ def run_demo(
     on_step: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> DemoResult:
     """Fine-tune, evaluate, export and predict; `on_step(name, details)` hears of each step as it starts."""
-    from zoo.evaluate import evaluate
-    from zoo.export import export
-    from zoo.runtime import Predictor
-    from zoo.train import finetune
+    from zoo.export.exporter import export
+    from zoo.runtime.predictor import Predictor
+    from zoo.training.evaluate import evaluate
+    from zoo.training.train import finetune
 
     def step(name: str, **details: Any) -> None:
         if on_step:

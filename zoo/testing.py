@@ -19,7 +19,7 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
-from zoo.backbone import Backbone, check_spec
+from zoo.catalogue.backbone import Backbone, check_spec
 
 
 def check_backbone(
@@ -36,7 +36,7 @@ def check_backbone(
     """
     import torch
 
-    from zoo.models import GroupMap, create_model, split_outputs
+    from zoo.model.build import GroupMap, create_model, split_outputs
 
     spec = spec if spec.source else dataclasses.replace(spec, source="(under test)")
     check_spec(spec)
@@ -46,7 +46,7 @@ def check_backbone(
     groups = GroupMap(model, spec)
     counts = groups.counts()
     assert all(counts.values()), f"{where}: empty group(s) {[g for g, n in counts.items() if not n]}"
-    from zoo.check_images import generated_inputs
+    from zoo.data.check_images import generated_inputs
 
     hw = (input_size, input_size) if input_size else tuple(spec.preprocess.input_size)
     pre = dataclasses.replace(spec.preprocess, input_size=hw, crop_pct=1.0)
@@ -61,7 +61,7 @@ def check_backbone(
     )
     assert torch.isfinite(out).all(), f"{where}: the forward pass gives non-finite logits"
     if cut:
-        from zoo.cut import cut_at
+        from zoo.model.cut import cut_at
 
         for k in range(1, len(spec.groups)):
             prefix, suffix = cut_at(model, spec, k, groups)
@@ -72,7 +72,7 @@ def check_backbone(
                 f"{where}: cut after group '{spec.groups[k - 1].name}' changes the output by {diff:.3g}"
             )
     if export:
-        from zoo.export import export_model
+        from zoo.export.exporter import export_model
 
         with tempfile.TemporaryDirectory() as tmp:
             report = export_model(

@@ -16,9 +16,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from zoo.backbone import Backbone, Group, Preprocess, Weights
-from zoo.hookspecs import hookimpl
-from zoo.registry import load_registry_data, zoo_home
+from zoo.catalogue.backbone import Backbone, Group, Preprocess, Weights
+from zoo.catalogue.hookspecs import hookimpl
+from zoo.catalogue.registry import load_registry_data, zoo_home
 
 LAYOUT_VERSION = 1
 _SETTINGS = ("url", "sha256", "input_size", "layout", "mean", "std", "channel_order", "head", "groups")

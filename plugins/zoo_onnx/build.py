@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from zoo.backbone import Backbone, Weights
-from zoo.weights import fetch
+from zoo.catalogue.backbone import Backbone, Weights
+from zoo.catalogue.weights import fetch
 from zoo_onnx.convert import reinitialise, to_torch
 from zoo_onnx.graph import load, prepare
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from zoo.cli.render import check_table, count, note, out, print_json, print_table
-from zoo.errors import ConversionMismatch, UsageError
+from zoo.core.errors import ConversionMismatch, UsageError
 
 
 def import_(

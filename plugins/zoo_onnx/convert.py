@@ -15,8 +15,8 @@ import onnx
 import torch
 from torch import fx, nn
 
-from zoo.check import CheckResult, compare_outputs
-from zoo.errors import ConversionError
+from zoo.core.check import CheckResult, compare_outputs
+from zoo.core.errors import ConversionError
 from zoo_onnx import converters
 from zoo_onnx.graph import Prepared
 

@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from zoo.errors import ConversionError
+from zoo.core.errors import ConversionError
 
 TARGET_OPSET = 13
 BATCH = "N"

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from zoo import __version__
-from zoo.atomic import write_json, write_text
-from zoo.backbone import NAME, Backbone, Group, Weights
-from zoo.check import CheckResult
-from zoo.errors import (
+from zoo.catalogue.backbone import NAME, Backbone, Group, Weights
+from zoo.catalogue.registry import get_registry, load_registry_data, read_registry_file, reset_registry, zoo_home
+from zoo.core.atomic import write_json, write_text
+from zoo.core.check import CheckResult
+from zoo.core.errors import (
     ConversionError,
     ConversionMismatch,
     DataError,
@@ -37,7 +38,6 @@ from zoo.errors import (
     UsageError,
     WeightsError,
 )
-from zoo.registry import get_registry, load_registry_data, read_registry_file, reset_registry, zoo_home
 from zoo_onnx import LAYOUT_VERSION, labels_of, model_dir, preprocess_of, settings_digest, spec_from_entry
 from zoo_onnx.graph import Prepared, external_files, find_head, load, prepare, stages
 
@@ -152,7 +152,7 @@ def import_file(
         files = [path, *external_files(path)]
         for f in files:
             shutil.copy2(f, staged / f.name)
-        from zoo.weights import sha256_of
+        from zoo.catalogue.weights import sha256_of
 
         target = model_dir(name)
         entry["url"] = (target / path.name).as_uri()
@@ -170,7 +170,7 @@ def import_file(
 
 def import_entry(name: str, check_data: str | Path | None = None, force: bool = False) -> ImportReport:
     """Import an `[onnx.NAME]` registry entry: download (sha256-checked), derive, verify, keep the layout."""
-    from zoo.weights import fetch
+    from zoo.catalogue.weights import fetch
 
     data, _ = load_registry_data()
     entry = data.get("onnx", {}).get(name)
@@ -239,8 +239,8 @@ def derive(
     """Head, groups and the conversion check; raises ConversionMismatch (unless `force`)."""
     import onnxruntime as ort
 
-    from zoo.check_images import load_sample_inputs
-    from zoo.models import check_groups, new_head
+    from zoo.data.check_images import load_sample_inputs
+    from zoo.model.build import check_groups, new_head
     from zoo_onnx.convert import compare, first_divergence, parametric_nodes, to_torch
 
     pre = preprocess_of({"input_size": list(prepared.input_size), **entry, "channels": prepared.channels})

@@ -11,8 +11,8 @@ import json
 from functools import cache
 from pathlib import Path
 
-from zoo.backbone import Backbone, Group, Preprocess, Weights
-from zoo.hookspecs import hookimpl
+from zoo.catalogue.backbone import Backbone, Group, Preprocess, Weights
+from zoo.catalogue.hookspecs import hookimpl
 
 DATA = Path(__file__).with_name("models.json")
 

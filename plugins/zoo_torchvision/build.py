@@ -6,8 +6,8 @@ import warnings
 
 from torchvision.models import get_model
 
-from zoo.backbone import Backbone, Weights
-from zoo.weights import fetch
+from zoo.catalogue.backbone import Backbone, Weights
+from zoo.catalogue.weights import fetch
 
 
 def build(spec: Backbone, weights: Weights | None = None, **kwargs):

@@ -18,7 +18,7 @@ from pathlib import Path
 import torchvision
 from torchvision.models import get_model, get_model_weights, list_models
 
-from zoo.models import on_meta_device
+from zoo.model.build import on_meta_device
 from zoo_torchvision.families import family_of, layout_for
 
 DATA = Path(__file__).with_name("models.json")

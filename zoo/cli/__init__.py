@@ -14,7 +14,7 @@ from zoo.cli.app import app
 
 def add_plugin_commands() -> None:
     """Let every plugin add its commands, one plugin at a time (a failing plugin is named and skipped)."""
-    from zoo.plugins import get_plugins
+    from zoo.catalogue.plugins import get_plugins
 
     plugins = get_plugins()
     for impl in plugins.pm.hook.register_commands.get_hookimpls():

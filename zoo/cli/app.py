@@ -1,7 +1,7 @@
 """The `zoo` Typer app, and the one place where errors become a line on stderr and an exit code.
 
 A `ZooError` prints its message as one line with the exit code of its kind
-(`zoo.errors`); a command-line mistake that Typer finds itself (an unknown flag, a
+(`zoo.core.errors`); a command-line mistake that Typer finds itself (an unknown flag, a
 value that is not a number) is one line with exit code 2; a file system error on
 a path the user gave is one line with exit code 5. Anything else is a bug and
 keeps its traceback.
@@ -19,7 +19,7 @@ from typer import _click
 from typer.core import TyperGroup
 
 from zoo.cli.render import err_console, print_error
-from zoo.errors import EXIT_ENVIRONMENT, EXIT_SIGINT, EXIT_USAGE, ZooError
+from zoo.core.errors import EXIT_ENVIRONMENT, EXIT_SIGINT, EXIT_USAGE, ZooError
 
 
 class ZooGroup(TyperGroup):

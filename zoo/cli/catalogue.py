@@ -20,7 +20,7 @@ def list_(
     as_json: JsonFlag = False,
 ):
     """List every backbone the installed plugins provide."""
-    from zoo.registry import get_registry
+    from zoo.catalogue.registry import get_registry
 
     specs = get_registry().list(pattern, tag=tag, source=source)
     if as_json:
@@ -60,7 +60,7 @@ def info(
     as_json: JsonFlag = False,
 ):
     """Show a backbone's full spec: head, layer groups with parameter counts, preprocessing, weights."""
-    from zoo.info import describe
+    from zoo.model.info import describe
 
     data = describe(name)
     if as_json:
@@ -104,7 +104,7 @@ def plugins(as_json: JsonFlag = False):
     """List the loaded plugins, their versions, what each registered, and load errors."""
     from dataclasses import asdict
 
-    from zoo.registry import get_registry
+    from zoo.catalogue.registry import get_registry
 
     infos = list(get_registry().plugins.values())
     if as_json:
@@ -122,7 +122,7 @@ def plugins(as_json: JsonFlag = False):
 @app.command()
 def policies(as_json: JsonFlag = False):
     """List the freeze policies: built-in, from registry.toml, and from plugins."""
-    from zoo.policies import available_policies
+    from zoo.catalogue.policies import available_policies
 
     rows = available_policies()
     if as_json:
@@ -144,7 +144,7 @@ def plugin_new(
     directory: Annotated[str, typer.Option("--dir", help="Where to create zoo-NAME/.")] = ".",
 ):
     """Create a plugin package: entry point, one Backbone, its builder and a check_backbone test."""
-    from zoo.scaffold import new_plugin
+    from zoo.catalogue.scaffold import new_plugin
 
     root = new_plugin(name, directory)
     out(("created", "bold"), f" {root}")

@@ -6,12 +6,12 @@ from typing import Annotated
 
 import typer
 
+from zoo.catalogue.events import metric_name
 from zoo.cli.app import JsonFlag, app
 from zoo.cli.options import with_options
 from zoo.cli.render import check_table, note, out, print_json, print_table, table
-from zoo.config import MANIFEST_OPTIONS, TrainConfig
-from zoo.events import metric_name
-from zoo.onnx_io import DEFAULT_OPSET, quiet_stdout
+from zoo.runtime.onnx_io import DEFAULT_OPSET, quiet_stdout
+from zoo.training.config import MANIFEST_OPTIONS, TrainConfig
 
 
 @app.command()
@@ -45,7 +45,7 @@ def evaluate(
 ):
     """Accuracy, balanced accuracy, macro-F1, mAP and per-class figures of a fine-tuned model (single-label: with
     the confusion matrix; multi-label: at the run's thresholds)."""
-    from zoo.evaluate import evaluate as run_evaluate
+    from zoo.training.evaluate import evaluate as run_evaluate
 
     columns = {k: v for k, v in options.items() if k != "labels" and v is not None}
     report = run_evaluate(run, data, labels=options["labels"], split=split, columns=columns, tta=tta)
@@ -119,7 +119,7 @@ def predict(
     from pathlib import Path
 
     from zoo.cli import render
-    from zoo.errors import DataError, UsageError
+    from zoo.core.errors import DataError, UsageError
 
     if not model.endswith(".onnx"):  # a run or checkpoint: torch, the image files named
         hint = f"export the model first (zoo export {model} -o model.onnx) and predict with model.onnx"
@@ -128,7 +128,7 @@ def predict(
         folder = next((i for i in images if Path(i).is_dir()), None)
         if folder is not None:
             raise UsageError(f"{folder}: is a folder; pass image files (e.g. {folder}/*.jpg), or {hint}")
-        from zoo.evaluate import predict as run_predict
+        from zoo.training.evaluate import predict as run_predict
 
         results = run_predict(model, images, top_k)
         if as_json:
@@ -138,7 +138,7 @@ def predict(
                 render.show_prediction(r)
         return
 
-    from zoo.batch_predict import predict_many
+    from zoo.runtime.batch_predict import predict_many
 
     # without --out each batch is printed as it comes (--json: one JSON list); with --out, a progress bar
     printed = render.JsonList() if as_json else None
@@ -215,7 +215,7 @@ def export(
     as_json: JsonFlag = False,
 ):
     """Export to ONNX and prove it: onnxruntime against torch on real images; a mismatch is an error."""
-    from zoo.export import export as run_export
+    from zoo.export.exporter import export as run_export
 
     with quiet_stdout():  # libraries that print (the exporters, INT8 calibration) never reach stdout
         report = run_export(
@@ -279,8 +279,8 @@ def verify(
     as_json: JsonFlag = False,
 ):
     """Check an ONNX file against its torch checkpoint again: a tampered or stale file fails."""
-    from zoo.export import mismatch_error
-    from zoo.verify import verify as run_verify
+    from zoo.export.exporter import mismatch_error
+    from zoo.export.verify import verify as run_verify
 
     report = run_verify(model, source, check_data, min_agreement=min_agreement, provider=provider)
     if as_json:

@@ -1,4 +1,4 @@
-"""Typer options built from dataclass fields, so each option is declared once (`zoo.options.option`).
+"""Typer options built from dataclass fields, so each option is declared once (`zoo.core.options.option`).
 
     @app.command()
     @with_options(TrainConfig, LaunchConfig)
@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 from typer import _click
 
-from zoo.options import cli_fields
+from zoo.core.options import cli_fields
 
 
 def _option(field: dataclasses.Field, kind: Any) -> Any:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from zoo import events
+from zoo.catalogue import events
 
 
 def _console(stderr: bool) -> Console:

@@ -9,7 +9,7 @@ import typer
 from zoo.cli.app import app
 from zoo.cli.options import with_options
 from zoo.cli.render import note, out
-from zoo.serve_options import ServeOptions
+from zoo.serve.options import ServeOptions
 
 
 @app.command()
@@ -18,7 +18,7 @@ def serve(model: Annotated[str, typer.Argument(help="An exported model.onnx.")],
     """Serve an exported model over HTTP, with dynamic batching: Open Inference Protocol (KServe v2) REST endpoints,
     POST /predict for image files, health, readiness and Prometheus metrics. SIGTERM or Ctrl-C: the requests in
     flight finish first."""
-    from zoo.serve import open_server
+    from zoo.serve.app import open_server
 
     server = open_server(model, ServeOptions(**options))
     out(("serving", "bold"), f" {server.model} as '{server.name}' on {server.url}")

@@ -6,17 +6,17 @@ from typing import Annotated
 
 import typer
 
+from zoo.catalogue.events import metric_name
 from zoo.cli.app import JsonFlag, app
 from zoo.cli.options import given, options_for, with_options
 from zoo.cli.render import RunRenderer, check_table, note, out, print_json, print_table, table, test_line
-from zoo.config import MANIFEST_OPTIONS, LaunchConfig, TrainConfig
-from zoo.errors import UsageError
-from zoo.events import metric_name
+from zoo.core.errors import UsageError
+from zoo.training.config import MANIFEST_OPTIONS, LaunchConfig, TrainConfig
 
 
 def run_finetune(*args, **kwargs):
     """The library call behind `zoo finetune` (patched by the CLI tests, which assert what it receives)."""
-    from zoo.launch import run_finetune as run
+    from zoo.training.launch import run_finetune as run
 
     return run(*args, **kwargs)
 
@@ -81,7 +81,7 @@ def lr_find(
 ):
     """The LR range test on the trainable groups of a policy: the loss as the LR grows from 1e-7 to 1, a plot
     and a suggested LR (the rule is printed); nothing is trained. `zoo finetune --lr auto` runs it first."""
-    from zoo.launch import find_lr
+    from zoo.training.launch import find_lr
 
     options = options_for(TrainConfig, options)
     renderer = RunRenderer(quiet=True)
@@ -111,8 +111,8 @@ def advise(
     **options,
 ):
     """Measure the data's size and its similarity to the pretraining data; recommend a freeze policy."""
-    from zoo.advise import advise as run_advise
-    from zoo.data import manifest_options
+    from zoo.data.split import manifest_options
+    from zoo.training.advise import advise as run_advise
 
     advice = run_advise(backbone, data, weights=weights, large_per_class=large_per_class, labels=options["labels"],
                         options=manifest_options(options))  # fmt: skip

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from zoo.registry import get_registry
+from zoo.catalogue.registry import get_registry
 from zoo.testing import check_backbone
 
 

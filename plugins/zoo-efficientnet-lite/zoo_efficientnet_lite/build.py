@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from efficientnet_lite_pytorch import EfficientNet
 
-from zoo.backbone import Backbone, Weights
-from zoo.weights import fetch
+from zoo.catalogue.backbone import Backbone, Weights
+from zoo.catalogue.weights import fetch
 
 
 def build(spec: Backbone, weights: Weights | None = None, **kwargs):

@@ -44,8 +44,8 @@ def test_a_run_and_its_export_land_in_mlflow(tmp_path, data, store):
     from mlflow.tracking import MlflowClient
 
     import zoo
-    from zoo.export import export
-    from zoo.train import resume_run
+    from zoo.export.exporter import export
+    from zoo.training.train import resume_run
 
     result = zoo.finetune("efficientnet_lite0", data, policy="feature-extract", epochs=2, out=str(tmp_path / "runs"),
                           name="run", workers=0)  # fmt: skip

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import zoo_timm
-from zoo.registry import get_registry
+from zoo.catalogue.registry import get_registry
 from zoo.testing import check_backbone
 
 # the smallest variant of each major family: CNNs, hybrids, ViT/DeiT/EVA, Swin, MaxViT, MobileNetV3/V4,
@@ -146,7 +146,7 @@ def test_weights_come_from_the_hugging_face_cache_offline(tmp_path, monkeypatch)
     import timm
     import torch
 
-    from zoo.models import create_model
+    from zoo.model.build import create_model
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -188,7 +188,7 @@ def test_a_local_safetensors_checkpoint_loads_safely(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from zoo.models import create_model
+    from zoo.model.build import create_model
 
     state = timm.create_model("resnet18", num_classes=7).state_dict()
     state["layer1.0.conv1.weight"].fill_(0.5)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo import hookimpl
-from zoo.backbone import Backbone, Group, Preprocess, Weights
+from zoo.catalogue.backbone import Backbone, Group, Preprocess, Weights
 
 DATA = Path(__file__).with_name("models.json")
 PREFIX = "timm/"

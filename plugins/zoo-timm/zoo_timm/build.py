@@ -12,8 +12,8 @@ import os
 import socket
 from pathlib import Path
 
-from zoo.backbone import Backbone, Weights
-from zoo.errors import DownloadError, WeightsError
+from zoo.catalogue.backbone import Backbone, Weights
+from zoo.core.errors import DownloadError, WeightsError
 
 HUB = "hf-hub:"
 FILES = ("model.safetensors", "pytorch_model.bin")  # what timm loads from a hub repo, in its order

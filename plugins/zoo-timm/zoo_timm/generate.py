@@ -19,7 +19,7 @@ Model data comes from the architecture built on the meta device (no memory, no i
   `feature_info` stages. Members are the shortest module paths covering exactly a group.
 - layout: the tensors that cross each group boundary in zoo's own traced graph, shapes propagated
   on the meta device (NCHW, NHWC or NLC tokens).
-- tracing: zoo's own cut (`zoo.cut.staged_graph`); where it fails, again with timm's tracing hints
+- tracing: zoo's own cut (`zoo.model.cut.staged_graph`); where it fails, again with timm's tracing hints
   (its notrace modules and functions), recorded as `trace_hints`; where both fail, a note.
 
 Every record passes zoo's `check_spec` and `GroupMap` (each parameter in exactly one group, the head
@@ -50,8 +50,8 @@ from torch import nn
 from torch.fx.passes.shape_prop import TensorMetadata
 from torch.overrides import TorchFunctionMode
 
-from zoo.backbone import check_spec
-from zoo.models import check_groups
+from zoo.catalogue.backbone import check_spec
+from zoo.model.build import check_groups
 from zoo_timm import spec_of
 
 HERE = Path(__file__).resolve().parent
@@ -334,8 +334,8 @@ HINTS = "zoo_timm.build:trace_hints"
 
 def _trace(model, spec, groups, size, device, warn: list[str]) -> dict | None:
     """What zoo's cut sees: tensors crossing each boundary and their layout; None (and a warning) if it cannot."""
-    from zoo.cut import activations_crossing, staged_graph
-    from zoo.errors import CutError
+    from zoo.core.errors import CutError
+    from zoo.model.cut import activations_crossing, staged_graph
 
     try:
         gm, stage = staged_graph(model, spec)

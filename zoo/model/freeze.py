@@ -1,0 +1,24 @@
+"""Freezing: which parameters get gradients and which BatchNorm layers update their statistics, for one epoch.
+
+A frozen group has `requires_grad=False` and keeps its BatchNorm layers in eval
+mode (unless `train_bn`), so its running statistics stay the pretrained ones.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from zoo.model.build import GroupMap
+
+
+def apply_trainable(model: nn.Module, groups: GroupMap, trainable: dict[str, bool], train_bn: bool = False) -> None:
+    """Set requires_grad per group; BatchNorm in frozen groups to eval mode. Call after `model.train()`."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(trainable[groups.of_param(name)])
+    if train_bn:
+        return
+    for path, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            owner = groups.of_module(path)
+            if owner is not None and not trainable[owner]:
+                module.eval()

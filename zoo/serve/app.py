@@ -1,0 +1,343 @@
+"""`zoo serve MODEL.onnx`: an exported model over HTTP, on uvicorn and starlette.
+
+Endpoints: the Open Inference Protocol (KServe v2) REST API for the model (`/v2`, health,
+readiness, model metadata, `POST /v2/models/NAME/infer`), `POST /predict` for image files
+(the rows of `zoo predict --json`), and Prometheus metrics at `/metrics`. Every image,
+whichever endpoint brought it, goes through one `Batcher` into one onnxruntime session.
+
+Limits (`ServeOptions`): the request body (413), an image's pixels, read from its header
+before it is decoded (413), and the requests admitted at once (503 with Retry-After
+beyond). Every error is JSON, `{"error": "..."}`; nothing a client sends stops the
+server. On SIGTERM uvicorn stops accepting, the requests in flight finish, then the
+batcher drains and stops.
+"""
+
+from __future__ import annotations
+
+try:
+    import prometheus_client as prom
+    import python_multipart  # noqa: F401  (starlette parses multipart forms with it)
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
+    from starlette.requests import ClientDisconnect, Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+except ModuleNotFoundError as exc:
+    from zoo.core.errors import EnvironmentProblem
+
+    raise EnvironmentProblem(
+        f"zoo serve needs {exc.name}, which is not installed: pip install 'zoo-finetune[serve]'"
+    ) from None
+
+import asyncio
+import contextlib
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from zoo.core.errors import EnvironmentProblem, UsageError, ZooError
+from zoo.core.version import __version__
+from zoo.runtime.predictions import probabilities, results
+from zoo.runtime.predictor import Predictor
+from zoo.serve.batcher import Batcher, BatcherStopped
+from zoo.serve.inputs import MAX_IMAGES, Tensor, decode_image, infer_request
+from zoo.serve.options import ServeOptions
+
+RETRY_AFTER_S = 1  # what a refused client is told to wait: the queue turns over in well under a second
+SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # histogram buckets
+
+
+class Metrics:
+    """The server's Prometheus metrics, in a registry of its own (a process may build many apps)."""
+
+    def __init__(self, batcher: Batcher, in_flight) -> None:
+        self.registry = prom.CollectorRegistry()
+        r = self.registry
+        self.requests = prom.Counter("zoo_serve_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
+        self.latency = prom.Histogram(
+            "zoo_serve_request_duration_seconds", "Time to answer a request", ["endpoint"], buckets=SECONDS, registry=r
+        )
+        self.batch_size = prom.Histogram(
+            "zoo_serve_batch_size", "Images per model call", buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r
+        )
+        self.inference = prom.Histogram(
+            "zoo_serve_inference_duration_seconds", "Time of one model call", buckets=SECONDS, registry=r
+        )
+        prom.Gauge("zoo_serve_queue_depth", "Images waiting for a model call", registry=r).set_function(
+            lambda: batcher.depth
+        )
+        prom.Gauge("zoo_serve_requests_in_flight", "Requests admitted and not yet answered", registry=r).set_function(
+            in_flight
+        )
+
+    def batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.inference.observe(seconds)
+
+
+class _Count:
+    """ASGI middleware: every request counted by endpoint (its route's path) and status, and timed."""
+
+    def __init__(self, app, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), 500  # 500: an exception escaped before a response began
+
+        async def send_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            endpoint = route.path if route is not None else "other"
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
+class _LimitBody:
+    """ASGI middleware: a request body over `max_bytes` (declared or as it arrives) is a 413 before it is read."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        received = 0
+        too_large = HTTPException(
+            413, f"the request body is over this server's limit of {self.max_bytes / 2**20:g} MB (--max-request-mb)"
+        )
+
+        async def limited() -> dict:
+            nonlocal received
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                raise too_large
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise too_large
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    message = exc.detail
+    if exc.status_code == 404 and "route" not in request.scope:
+        message = f"no such endpoint: {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}"
+    return _error(exc.status_code, message, exc.headers)
+
+
+async def _zoo_error(request: Request, exc: ZooError) -> Response:
+    return _error(400 if isinstance(exc, UsageError) else 500, str(exc))
+
+
+async def _client_left(request: Request, exc: ClientDisconnect) -> Response:
+    return Response(status_code=499)  # nginx's "client closed request": nobody reads it, the metrics count it
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    return _error(500, f"internal error: {type(exc).__name__}: {str(exc)[:200]}")
+
+
+def create_app(predictor: Predictor, options: ServeOptions | None = None) -> Starlette:
+    """The ASGI app serving `predictor` as `options.name` (default: its file's stem); its lifespan runs the batcher."""
+    options = options or ServeOptions()
+    if predictor.embedded:
+        raise UsageError(
+            f"{predictor.path}: exported with --embed-preprocessing (raw pixels in); zoo serve preprocesses uploads "
+            "itself: serve a model exported without it"
+        )
+    name = options.name or predictor.path.stem
+    info = predictor.info
+    model_input = Tensor.of(predictor.session.get_inputs()[0])
+    model_output = Tensor.of(predictor.session.get_outputs()[0])
+    image_shape = (info.preprocess.channels, *info.preprocess.input_size)
+    labels, multi = list(info.labels), info.multi_label
+    state = {"in_flight": 0, "ready": False}
+    batcher = Batcher(predictor.logits, options.max_batch_size, options.max_queue_delay_ms / 1000)
+    metrics = Metrics(batcher, lambda: state["in_flight"])
+    batcher.on_batch = metrics.batch
+    decoder = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="zoo-decode")
+
+    @contextlib.contextmanager
+    def admitted():
+        if state["in_flight"] >= options.max_queue:
+            raise HTTPException(
+                503, f"busy: {options.max_queue} requests in flight (--max-queue); retry later",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )  # fmt: skip
+        state["in_flight"] += 1
+        try:
+            yield
+        finally:
+            state["in_flight"] -= 1
+
+    async def in_thread(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(decoder, fn, *args)
+
+    async def run_model(arrays) -> np.ndarray:
+        try:
+            return await batcher.submit(arrays)
+        except BatcherStopped as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+
+    def check_model(request: Request) -> None:
+        asked = request.path_params["model"]
+        if asked != name:
+            raise HTTPException(404, f"unknown model {asked!r}; this server has {name!r}")
+
+    async def server_metadata(request: Request) -> Response:
+        return JSONResponse({"name": "zoo", "version": __version__, "extensions": []})
+
+    async def live(request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(request: Request) -> Response:
+        return JSONResponse({"ready": state["ready"]}, status_code=200 if state["ready"] else 503)
+
+    async def model_metadata(request: Request) -> Response:
+        check_model(request)
+        return JSONResponse({
+            "name": name, "versions": ["1"], "platform": "onnxruntime_onnx",
+            "inputs": [model_input.to_dict()], "outputs": [model_output.to_dict()],
+        })  # fmt: skip
+
+    async def model_ready(request: Request) -> Response:
+        check_model(request)
+        return JSONResponse({"name": name, "ready": state["ready"]}, status_code=200 if state["ready"] else 503)
+
+    async def infer(request: Request) -> Response:
+        check_model(request)
+        if "inference-header-content-length" in request.headers:
+            raise HTTPException(400, "the binary tensor extension is not supported: send the tensor as JSON data")
+        with admitted():
+            body = await request.body()
+            request_id, batch = await in_thread(infer_request, body, model_input, model_output, image_shape)
+            logits = await run_model(list(batch))
+        answer = {"model_name": name, "model_version": "1"}
+        if request_id is not None:
+            answer["id"] = request_id
+        output = {"name": model_output.name, "datatype": "FP32", "shape": list(logits.shape)}
+        return JSONResponse({**answer, "outputs": [{**output, "data": logits.ravel().tolist()}]})
+
+    async def predict(request: Request) -> Response:
+        """Multipart image files (field `file` or `files`), `?top_k=` (default 3, as `zoo predict`)."""
+        top_k = request.query_params.get("top_k", "3")
+        if not top_k.isdigit() or int(top_k) < 1:
+            raise HTTPException(400, f"top_k {top_k!r}: a whole number >= 1")
+        with admitted():
+            async with request.form(max_files=MAX_IMAGES, max_fields=MAX_IMAGES) as form:
+                uploads = [(key, value) for key, value in form.multi_items() if key in ("file", "files")]
+                if not uploads:
+                    raise HTTPException(
+                        400, "no image: send multipart/form-data with one or more files in the field 'file' or 'files'"
+                    )
+                for key, value in uploads:
+                    if isinstance(value, str):
+                        raise HTTPException(400, f"field {key!r}: a file upload, not a text value")
+                names = [upload.filename or f"{key}{i}" for i, (key, upload) in enumerate(uploads)]
+                datas = [await upload.read() for _, upload in uploads]
+            arrays = await asyncio.gather(
+                *(
+                    in_thread(decode_image, d, n, info, options.max_image_pixels)
+                    for d, n in zip(datas, names, strict=True)
+                )
+            )
+            logits = await run_model(arrays)
+        return JSONResponse(results(names, probabilities(logits, multi), labels, int(top_k), info.thresholds))
+
+    async def metrics_page(request: Request) -> Response:
+        return Response(prom.generate_latest(metrics.registry), media_type=prom.CONTENT_TYPE_LATEST)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        state["ready"] = True
+        try:
+            yield
+        finally:
+            state["ready"] = False
+            await batcher.stop()  # uvicorn let the requests in flight finish first; whatever is queued runs
+            decoder.shutdown(wait=True)
+
+    routes = [
+        Route("/v2", server_metadata),
+        Route("/v2/health/live", live),
+        Route("/v2/health/ready", ready),
+        Route("/v2/models/{model}", model_metadata),
+        Route("/v2/models/{model}/ready", model_ready),
+        Route("/v2/models/{model}/infer", infer, methods=["POST"]),
+        Route("/predict", predict, methods=["POST"]),
+        Route("/metrics", metrics_page),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(_Count, metrics=metrics), Middleware(_LimitBody, max_bytes=options.max_request_bytes)],
+        exception_handlers={
+            HTTPException: _http_error,
+            ZooError: _zoo_error,
+            ClientDisconnect: _client_left,
+            Exception: _internal_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.batcher, app.state.metrics, app.state.model_name = batcher, metrics, name
+    return app
+
+
+class Server:
+    """A bound socket and uvicorn over the app: `url` is known before `run()` blocks until SIGTERM or Ctrl-C."""
+
+    def __init__(self, app: Starlette, model: Path, options: ServeOptions) -> None:
+        self.app, self.model, self.name = app, model, app.state.model_name
+        family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on such sockets; without it every answer waits
+        # 40 ms for the client's delayed ACK (Nagle)
+        self.socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.socket.bind((options.host, options.port))
+        except OSError as exc:
+            self.socket.close()
+            raise EnvironmentProblem(f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}") from None
+        host, port = self.socket.getsockname()[:2]
+        self.url = f"http://{f'[{host}]' if family == socket.AF_INET6 else host}:{port}"
+        config = uvicorn.Config(
+            app, log_config=None, access_log=False, lifespan="on",
+            timeout_graceful_shutdown=options.shutdown_timeout,
+        )  # fmt: skip
+        self.uvicorn = uvicorn.Server(config)
+
+    def run(self) -> None:
+        self.uvicorn.run(sockets=[self.socket])
+
+
+def open_server(model: str | Path, options: ServeOptions) -> Server:
+    """Check the options, load and warm up the model, bind the port: every mistake is raised before serving."""
+    options.check()
+    predictor = Predictor(model, options.onnxruntime_threads, provider=options.provider)
+    app = create_app(predictor, options)  # refuses a model it cannot serve before any work
+    pre = predictor.info.preprocess
+    # the first call allocates: slow for a client, so the server makes it
+    predictor.logits(np.zeros((1, pre.channels, *pre.input_size), np.float32))
+    return Server(app, Path(model), options)
