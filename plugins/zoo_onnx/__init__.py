@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from zoo.catalogue.backbone import Backbone, Group, Preprocess, Weights
+from zoo.catalogue.backbone import PREPROCESS_KEYS, Backbone, Group, Preprocess, Weights
 from zoo.catalogue.hookspecs import hookimpl
 from zoo.catalogue.registry import load_registry_data, zoo_home
 
@@ -70,16 +70,9 @@ def preprocess_of(entry: dict[str, Any]) -> Preprocess:
     size = entry.get("input_size", [224, 224])
     size = (size, size) if isinstance(size, int) else tuple(size)
     channels = entry.get("channels", 3)
-    default_mean, default_std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) if channels == 3 else ((0.0,), (1.0,))
-    return Preprocess(
-        input_size=size,
-        mean=tuple(entry.get("mean", default_mean)),
-        std=tuple(entry.get("std", default_std)),
-        interpolation=entry.get("interpolation", "bilinear"),
-        crop_pct=entry.get("crop_pct", 0.875),
-        crop_mode=entry.get("crop_mode", "center"),
-        channel_order=entry.get("channel_order", "RGB"),
-    )
+    defaults = {} if channels == 3 else {"mean": (0.0,), "std": (1.0,)}  # 3 channels: ImageNet's, Preprocess's own
+    given = {k: v for k, v in entry.items() if k in PREPROCESS_KEYS}  # an entry also has url, sha256, labels, ...
+    return Preprocess.from_dict({**defaults, **given, "input_size": size})
 
 
 def spec_from_entry(name: str, entry: dict[str, Any]) -> Backbone:

@@ -9,60 +9,28 @@ module with onnxruntime on the original file at batch 1 and batch N. Only then i
 anything written: the file is copied into `$ZOO_HOME/onnx/NAME/`, the derived
 layout goes to `layout.json` beside it, and a local import adds an `[onnx.NAME]`
 entry to `$ZOO_HOME/registry.toml`. A mismatch refuses the import (`--force`
-imports anyway and records why it should not have).
+imports anyway and records why it should not have). The derivation and the check are `zoo_onnx.derive`'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoo import __version__
-from zoo.catalogue.backbone import NAME, Backbone, Group, Weights
+from zoo.catalogue.backbone import NAME, Backbone, Weights
 from zoo.catalogue.registry import get_registry, load_registry_data, read_registry_file, reset_registry, zoo_home
 from zoo.core.atomic import write_json, write_text
-from zoo.core.check import CheckResult
-from zoo.core.errors import (
-    ConversionError,
-    ConversionMismatch,
-    DataError,
-    DownloadError,
-    InvalidBackbone,
-    OutputError,
-    UsageError,
-    WeightsError,
-)
-from zoo_onnx import LAYOUT_VERSION, labels_of, model_dir, preprocess_of, settings_digest, spec_from_entry
-from zoo_onnx.graph import Prepared, external_files, find_head, load, prepare, stages
+from zoo.core.errors import ConversionError, DataError, DownloadError, OutputError, UsageError, WeightsError
+from zoo_onnx import model_dir, spec_from_entry
+from zoo_onnx.derive import ImportReport, derive
+from zoo_onnx.graph import external_files, load, prepare
 
 log = logging.getLogger(__name__)
-CHECK_BATCH = 8
 MAX_NAME = 64  # an imported model's name is also a folder name
-
-
-@dataclass
-class ImportReport:
-    name: str
-    path: str
-    head: str
-    groups: list[dict[str, Any]]
-    images: str
-    checks: list[CheckResult]
-    passed: bool
-    forced: bool = False
-    divergence: str | None = None
-    notes: list[str] = field(default_factory=list)
-    num_params: int = 0
-    entry: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _floats(value: str | list[float] | None, flag: str) -> list[float] | None:
@@ -225,160 +193,6 @@ def resolve(spec: Backbone) -> Backbone:
     if not done.groups:
         raise ConversionError(f"{spec.name}: imported, but its layout did not register; run `zoo import {spec.name}`")
     return done
-
-
-def derive(
-    name: str,
-    entry: dict[str, Any],
-    path: Path,
-    prepared: Prepared,
-    check_data: str | Path | None,
-    force: bool,
-    where: str,
-) -> tuple[ImportReport, dict[str, Any]]:
-    """Head, groups and the conversion check; raises ConversionMismatch (unless `force`)."""
-    import onnxruntime as ort
-
-    from zoo.data.check_images import load_sample_inputs
-    from zoo.model.build import check_groups, new_head
-    from zoo_onnx.convert import compare, first_divergence, parametric_nodes, to_torch
-
-    pre = preprocess_of({"input_size": list(prepared.input_size), **entry, "channels": prepared.channels})
-    if pre.channels != prepared.channels:
-        raise ConversionError(
-            f"{where}: --mean/--std give {pre.channels} value(s) but the model takes {prepared.channels} channel(s)"
-        )
-    head = _node(entry.get("head"), prepared, where, "head") if entry.get("head") else find_head(prepared, where)
-    gm = to_torch(prepared, where)
-    weighted = parametric_nodes(gm)
-    if entry.get("groups"):
-        groups = _groups_from_starts(entry["groups"], prepared, head, where)
-    else:
-        groups = stages(prepared, head, weighted)
-    spec = Backbone(
-        name=name,
-        family="onnx",
-        build="zoo_onnx.build:build",
-        head=head,
-        groups=tuple(Group(g, tuple(m)) for g, m in groups),
-        source="onnx",
-    )
-    try:
-        new_head(gm.get_submodule(head), 2, spec)
-        check_groups(gm, spec)
-    except InvalidBackbone as exc:
-        raise ConversionError(f"{where}: {str(exc).split(': ', 1)[-1]}") from None
-    outputs = _outputs(gm.get_submodule(head))
-    labels = labels_of(entry)
-    if labels and outputs and len(labels) != outputs:
-        raise DataError(
-            f"{where}: {len(labels)} labels for {outputs} outputs; give exactly one label per output "
-            "(--labels FILE, one per line)"
-        )
-    # generated images (normalised like real ones) always; real ones too with --check-data
-    inputs = [("generated", *load_sample_inputs(pre, CHECK_BATCH, None, None))]
-    if check_data:
-        inputs.append(("real", *load_sample_inputs(pre, CHECK_BATCH, Path(check_data), None)))
-    described = " and ".join(what for _, _, what in inputs)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    atol = float(entry.get("atol", 1e-4))
-    checks = []
-    for label, images, batch in [(label, x, b) for label, x, _ in inputs for b in (1, len(x))]:
-        try:
-            rows = compare(gm, session, prepared, images, (batch,), atol)
-            for row in rows:
-                row.output = label
-            checks += rows
-        except Exception as exc:  # a graph that cannot take this input, in torch or onnxruntime
-            why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
-            if batch == 1:
-                shape = "x".join(map(str, images.shape[1:]))
-                raise ConversionError(
-                    f"{where}: the model fails on a {shape} input ({why}); check --input-size and --layout"
-                ) from None
-            raise ConversionError(
-                f"{where}: the model runs at batch 1 but not at batch {batch} ({why}): the graph fixes the batch "
-                "size in a way zoo cannot undo; export it again with a dynamic batch axis"
-            ) from None
-    passed = not any(c.failures for c in checks)
-    divergence = None
-    if not passed:
-        found = first_divergence(gm, prepared, inputs[0][1][:1], atol)
-        divergence = str(found) if found else "no single node diverges at batch 1"
-    report = ImportReport(
-        name=name,
-        path=str(path),
-        head=head,
-        groups=[{"name": g, "members": m} for g, m in groups],
-        images=described,
-        checks=checks,
-        passed=passed,
-        forced=force and not passed,
-        divergence=divergence,
-        notes=list(prepared.notes),
-        num_params=sum(p.numel() for p in gm.parameters()),
-        entry=entry,
-    )
-    if not passed:
-        failures = "; ".join(f"batch {c.batch}: {', '.join(c.failures)}" for c in checks if c.failures)
-        if not force:
-            raise ConversionMismatch(
-                f"{where}: the converted model does not match onnxruntime ({failures}); {divergence}; "
-                "nothing was imported (--force imports it anyway, marked unverified)",
-                report,
-            )
-        warning = f"imported with --force although the conversion does not match onnxruntime: {failures}"
-        entry["forced"] = warning
-        sys.stderr.write(f"WARNING: {name}: {warning}; {divergence}\n")
-    layout = {
-        "version": LAYOUT_VERSION,
-        "settings": settings_digest(entry),
-        "zoo": __version__,
-        "head": head,
-        "groups": report.groups,
-        "layout": prepared.layout,
-        "channels": prepared.channels,
-        "input_size": list(prepared.input_size),
-        "opset": prepared.opset,
-        "notes": prepared.notes,
-        "num_params": report.num_params,
-        "checks": [dataclasses.asdict(c) for c in checks],
-        "images": described,
-        "forced": entry.get("forced"),
-    }
-    return report, layout
-
-
-def _outputs(head) -> int | None:
-    return getattr(head, "out_features", None) or getattr(head, "out_channels", None)
-
-
-def _node(value: str, prepared: Prepared, where: str, what: str) -> str:
-    """A node named in an entry, by its original ONNX name or zoo's module name."""
-    names = {n.name for n in prepared.model.graph.node}
-    if value in names:
-        return value
-    if value in prepared.renamed:
-        return prepared.renamed[value]
-    raise ConversionError(f"{where}: {what} '{value}' is not a node of the graph")
-
-
-def _groups_from_starts(starts, prepared: Prepared, head: str, where: str) -> list[tuple[str, list[str]]]:
-    """An entry's `groups = [["name", "FIRST_NODE"], ...]`: each group runs to the next one's first node."""
-    order = [n.name for n in prepared.model.graph.node]
-    bounds = []
-    for item in starts:
-        if not isinstance(item, list) or len(item) != 2:
-            raise ConversionError(f'{where}: groups must be [["name", "first node"], ...]')
-        bounds.append((str(item[0]), order.index(_node(str(item[1]), prepared, where, f"group '{item[0]}' start"))))
-    bounds.sort(key=lambda b: b[1])
-    bounds[0] = (bounds[0][0], 0)  # nodes before the first named start belong to the first group
-    out = []
-    for i, (gname, start) in enumerate(bounds):
-        end = bounds[i + 1][1] if i + 1 < len(bounds) else len(order)
-        out.append((gname, [n for n in order[start:end] if n != head]))
-    out[-1][1].append(head)
-    return [(g, m) for g, m in out if m]
 
 
 def _ensure(folder: Path) -> Path:

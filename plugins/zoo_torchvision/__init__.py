@@ -17,16 +17,6 @@ from zoo.catalogue.hookspecs import hookimpl
 DATA = Path(__file__).with_name("models.json")
 
 
-def _preprocess(data: dict) -> Preprocess:
-    return Preprocess(
-        input_size=tuple(data["input_size"]),
-        mean=tuple(data["mean"]),
-        std=tuple(data["std"]),
-        interpolation=data["interpolation"],
-        crop_pct=data["crop_pct"],
-    )
-
-
 @cache
 def specs() -> tuple[Backbone, ...]:
     doc = json.loads(DATA.read_text(encoding="utf-8"))
@@ -41,7 +31,7 @@ def specs() -> tuple[Backbone, ...]:
                 categories=categories[w["categories"]] if isinstance(w["categories"], str) else tuple(w["categories"]),
                 license=w["license"],
                 acc1=w["acc1"],
-                preprocess=_preprocess(w["preprocess"]) if "preprocess" in w else None,
+                preprocess=Preprocess.from_dict(w["preprocess"]) if "preprocess" in w else None,
             )
             for w in m["weights"]
         )
@@ -55,7 +45,7 @@ def specs() -> tuple[Backbone, ...]:
                 groups=tuple(Group(name, tuple(members)) for name, members in m["groups"]),
                 tags=tuple(m["tags"]),
                 description=m["description"],
-                preprocess=_preprocess(m["preprocess"]),
+                preprocess=Preprocess.from_dict(m["preprocess"]),
                 weights=weights,
                 default_weights=m["default_weights"],
                 num_params=m["num_params"],

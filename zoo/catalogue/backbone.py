@@ -65,15 +65,29 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Preprocess:
-        """The inverse of `to_dict`; unknown keys are refused (TypeError)."""
+        """The inverse of `to_dict`: keys it does not write keep the defaults; an unknown key raises
+        `UnknownPreprocessKey` (an InvalidBackbone, and a TypeError as before)."""
         values = dict(data)
         values.pop("resize_size", None)  # derived, written by older versions
+        unknown = sorted(set(values) - set(PREPROCESS_KEYS))
+        if unknown:
+            raise UnknownPreprocessKey(
+                f"preprocess: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(PREPROCESS_KEYS)}"
+            )
         for key in ("input_size", "mean", "std"):
             if key in values:
                 values[key] = tuple(values[key])
         if "crop_pct" in values:
             values["crop_pct"] = float(values["crop_pct"])
         return cls(**values)
+
+
+PREPROCESS_KEYS = tuple(f.name for f in dataclasses.fields(Preprocess))  # what to_dict writes, from_dict reads
+
+
+class UnknownPreprocessKey(InvalidBackbone, TypeError):
+    """A preprocess mapping with a key `Preprocess` does not have. A TypeError too, which `from_dict` raised
+    before (callers that catch it, such as registry overrides, keep working)."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from zoo import hookimpl
-from zoo.catalogue.backbone import Backbone, Group, Preprocess, Weights
+from zoo.catalogue.backbone import PREPROCESS_KEYS, Backbone, Group, Preprocess, Weights
 
 DATA = Path(__file__).with_name("models.json")
 PREFIX = "timm/"
@@ -31,14 +31,8 @@ NO_CUT = (
 
 
 def preprocess_of(data: dict[str, Any]) -> Preprocess:
-    return Preprocess(
-        input_size=tuple(data["input_size"]),
-        mean=tuple(data["mean"]),
-        std=tuple(data["std"]),
-        interpolation=data["interpolation"],
-        crop_pct=data["crop_pct"],
-        crop_mode=data.get("crop_mode", "center"),
-    )
+    """A tag's (or the architecture's) preprocessing: its preprocess keys; the others (license, ...) are the tag's."""
+    return Preprocess.from_dict({k: v for k, v in data.items() if k in PREPROCESS_KEYS})
 
 
 def weights_of(tag: str, data: dict[str, Any], arch: str, categories: dict[str, tuple[str, ...]], default) -> Weights:
