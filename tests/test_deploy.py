@@ -15,7 +15,7 @@ from zoo.cli import app
 from zoo.core.errors import UsageError
 from zoo.data.images import open_rgb, preprocess_image
 from zoo.export.embed import INPUT, OUTPUTS, check_embeddable, embed
-from zoo.runtime.onnx_io import ort_session, resolve_providers
+from zoo.runtime.onnx_io import execution_providers, ort_session
 from zoo.runtime.onnx_meta import ModelMetadata, read_props
 from zoo.runtime.predictor import Predictor
 
@@ -117,8 +117,8 @@ def test_an_unavailable_provider_is_one_line_naming_the_installed_ones(run, expo
     result, _, _ = run
     plain, _ = exported
     with pytest.raises(UsageError, match=r"--provider cuda: .*installed: .*cpu"):
-        resolve_providers("cuda")
-    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
+        execution_providers("cuda")
+    assert execution_providers("cpu") == ["CPUExecutionProvider"]
     with pytest.raises(UsageError, match="--provider no-such"):
         Predictor(plain, provider="no-such")
     out = runner.invoke(app, ["export", str(result.run_dir), "-o", str(tmp_path / "m.onnx"), "--provider", "tensorrt"])

@@ -10,7 +10,9 @@ from zoo.catalogue.events import metric_name
 from zoo.cli.app import JsonFlag, app
 from zoo.cli.options import with_options
 from zoo.cli.render import check_table, note, out, print_json, print_table, table
-from zoo.runtime.onnx_io import DEFAULT_OPSET, quiet_stdout
+from zoo.export.options import ExportOptions
+from zoo.runtime import DEFAULT_TOP_K
+from zoo.runtime.onnx_io import PROVIDER_HELP, quiet_stdout
 from zoo.training.config import MANIFEST_OPTIONS, TrainConfig
 
 
@@ -96,7 +98,7 @@ def predict(
             "('photos/**/*.jpg')."
         ),
     ],
-    top_k: Annotated[int, typer.Option(help="How many labels per image.")] = 3,
+    top_k: Annotated[int, typer.Option(help="How many labels per image.")] = DEFAULT_TOP_K,
     out: Annotated[
         str | None,
         typer.Option(
@@ -108,10 +110,7 @@ def predict(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="model.onnx: images per batch.")] = 32,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the --out file if it exists.")] = False,
-    provider: Annotated[
-        str | None,
-        typer.Option(help="model.onnx: onnxruntime execution provider: cpu, cuda, tensorrt, ... [default: cpu]."),
-    ] = None,
+    provider: Annotated[str | None, typer.Option(help=f"model.onnx: {PROVIDER_HELP}")] = None,
     as_json: JsonFlag = False,
 ):
     """Top-k labels for images, from a run, a checkpoint, or an exported model.onnx (which needs no torch and
@@ -162,69 +161,19 @@ def predict(
 
 
 @app.command()
+@with_options(ExportOptions)
 def export(
     source: Annotated[str, typer.Argument(help="Run folder, checkpoint file, or a backbone name.")],
     output: Annotated[str, typer.Option("--output", "-o", help="Where to write the .onnx file.")],
-    opset: Annotated[int, typer.Option(help="ONNX opset, 13 to 25.")] = DEFAULT_OPSET,
-    batch: Annotated[str, typer.Option(help="'dynamic' or a fixed batch size.")] = "dynamic",
-    check_data: Annotated[str | None, typer.Option(help="Images to verify with [default: the run's val set].")] = None,
-    min_agreement: Annotated[float, typer.Option(help="Least top-1 agreement with torch, 0-1.")] = 1.0,
-    keep_on_mismatch: Annotated[bool, typer.Option(help="Keep a failing model as NAME.FAILED.onnx.")] = False,
-    int8: Annotated[bool, typer.Option("--int8", help="Also write NAME.int8.onnx (static QDQ).")] = False,
-    calib_size: Annotated[int, typer.Option(help="--int8: training images to calibrate on.")] = 64,
-    max_drop: Annotated[float, typer.Option(help="--int8: refuse if val accuracy drops more points.")] = 1.0,
-    num_classes: Annotated[int | None, typer.Option(help="Backbone export: a new head with N classes.")] = None,
-    weights: Annotated[str, typer.Option(help="Backbone export: weights tag, 'none' or a file.")] = "default",
-    mkdir: Annotated[bool, typer.Option("--mkdir", help="Create the output's folder if it does not exist.")] = False,
-    calibration: Annotated[
-        str, typer.Option(help="--int8: calibration method, percentile, entropy or minmax.")
-    ] = "percentile",
-    exclude: Annotated[
-        list[str] | None, typer.Option(help="--int8: a node to keep in float (its ONNX name); repeatable.")
-    ] = None,
-    int8_retry: Annotated[
-        bool,
-        typer.Option(
-            help="--int8: when the --max-drop gate fails, retry keeping the first conv and the classifier "
-            "in float, then with the other calibration methods; every attempt is reported."
-        ),
-    ] = True,
-    provider: Annotated[
-        str | None,
-        typer.Option(
-            help="onnxruntime execution provider the check runs on: cpu, cuda, tensorrt, openvino, coreml, "
-            "... (those installed) [default: cpu]."
-        ),
-    ] = None,
-    fp16: Annotated[
-        bool,
-        typer.Option("--fp16", help="Also write NAME.fp16.onnx (float16, for GPU providers), checked against torch."),
-    ] = False,
-    embed_preprocessing: Annotated[
-        bool,
-        typer.Option(
-            "--embed-preprocessing",
-            help="Put resize, crop and normalisation in the graph: its input is "
-            "uint8 RGB images[N, H, W, 3], its outputs probabilities and the top k; checked on raw pixels.",
-        ),
-    ] = False,
-    top_k: Annotated[int, typer.Option(help="--embed-preprocessing: how many top labels the graph returns.")] = 5,
-    triton_repo: Annotated[
-        str | None, typer.Option(help="Also write a Triton Inference Server model repository into this folder.")
-    ] = None,
+    *,
     as_json: JsonFlag = False,
+    **options,
 ):
     """Export to ONNX and prove it: onnxruntime against torch on real images; a mismatch is an error."""
     from zoo.export.exporter import export as run_export
 
     with quiet_stdout():  # libraries that print (the exporters, INT8 calibration) never reach stdout
-        report = run_export(
-            source, output, num_classes=num_classes, weights=weights, opset=opset, batch=batch,
-            check_data=check_data, min_agreement=min_agreement, keep_on_mismatch=keep_on_mismatch, int8=int8,
-            calib_size=calib_size, max_drop=max_drop, mkdir=mkdir, calibration=calibration, exclude=exclude or (),
-            int8_retry=int8_retry, provider=provider, fp16=fp16, embed_preprocessing=embed_preprocessing, top_k=top_k,
-            triton_repo=triton_repo,
-        )  # fmt: skip
+        report = run_export(source, output, ExportOptions(**options))
     if as_json:
         print_json(report.to_dict())
         return
@@ -248,23 +197,27 @@ def export(
     for line in report.notes:
         note(f"note: {line}")
     if report.int8:
-        q = report.int8
-        metric = q["metric"]
-        out(
-            f"int8: {q['path']}: {metric_name(metric)} {q[f'fp32_{metric}']:.4f} -> {q[f'int8_{metric}']:.4f} "
-            f"({-q['drop_points']:+.2f} points), {q['speedup']:.2f}x the fp32 speed"
-        )
-        if len(q["attempts"]) > 1:
-            columns = [("calibration", "left"), ("kept in float", "left"), ("drop (points)", "right"),
-                       ("speed", "right"), ("gate", "left")]  # fmt: skip
-            attempts = table("int8 attempts", columns)
-            for a in q["attempts"]:
-                attempts.add_row(a["calibration"], ", ".join(a["excluded"]) or "-", f"{a['drop_points']:.2f}",
-                                 f"{a['speedup']:.2f}x", "passed" if a["passed"] else "failed")  # fmt: skip
-            print_table(attempts)
+        _show_int8(report.int8)
     if report.triton:
         out(f"triton: {report.triton} (config.pbtxt, labels.txt, 1/model.onnx)")
     out(("verified", "bold"), f": {report.path} (report: {report.report_path})")
+
+
+def _show_int8(q: dict) -> None:
+    """`zoo export --int8`: the INT8 model's drop and speed, and every attempt when there were several."""
+    metric = q["metric"]
+    out(
+        f"int8: {q['path']}: {metric_name(metric)} {q[f'fp32_{metric}']:.4f} -> {q[f'int8_{metric}']:.4f} "
+        f"({-q['drop_points']:+.2f} points), {q['speedup']:.2f}x the fp32 speed"
+    )
+    if len(q["attempts"]) > 1:
+        columns = [("calibration", "left"), ("kept in float", "left"), ("drop (points)", "right"),
+                   ("speed", "right"), ("gate", "left")]  # fmt: skip
+        attempts = table("int8 attempts", columns)
+        for a in q["attempts"]:
+            attempts.add_row(a["calibration"], ", ".join(a["excluded"]) or "-", f"{a['drop_points']:.2f}",
+                             f"{a['speedup']:.2f}x", "passed" if a["passed"] else "failed")  # fmt: skip
+        print_table(attempts)
 
 
 @app.command()
@@ -273,9 +226,7 @@ def verify(
     source: Annotated[str, typer.Argument(help="The run folder or checkpoint it was exported from.")],
     check_data: Annotated[str | None, typer.Option(help="Images to verify with [default: the run's val set].")] = None,
     min_agreement: Annotated[float, typer.Option(help="Least top-1 agreement with torch, 0-1.")] = 1.0,
-    provider: Annotated[
-        str | None, typer.Option(help="onnxruntime execution provider: cpu, cuda, tensorrt, ... [default: cpu].")
-    ] = None,
+    provider: Annotated[str | None, typer.Option(help=PROVIDER_HELP)] = None,
     as_json: JsonFlag = False,
 ):
     """Check an ONNX file against its torch checkpoint again: a tampered or stale file fails."""

@@ -5,7 +5,9 @@
     def finetune(ctx: typer.Context, backbone: ..., **options): ...
 
 The decorated function receives every option as a keyword argument; `given(ctx, options)`
-tells which ones the user typed (for `--resume`, which must not silently drop them).
+tells which ones the user typed (for `--resume`, which must not silently drop them). A field
+declared `tuple[str, ...]` is a repeatable flag (the function gets a tuple); the function's own
+keyword-only parameters (after `*`) come after the fields, as `--json` last in `--help`.
 """
 
 from __future__ import annotations
@@ -23,12 +25,20 @@ from typer import _click
 from zoo.core.options import cli_fields
 
 
+def _repeated(kind: Any) -> Any:
+    """X for a field of type tuple[X, ...] (a repeatable flag), else None."""
+    args = typing.get_args(kind)
+    return args[0] if typing.get_origin(kind) is tuple and len(args) == 2 and args[1] is Ellipsis else None
+
+
 def _option(field: dataclasses.Field, kind: Any) -> Any:
     flag = "--" + field.name.replace("_", "-")
     default = field.default
     flags = [flag]
-    if kind == bool | None:  # three states: on, off, or the default the library picks
+    if kind == bool | None or field.metadata.get("negatable"):  # on, off (or the default the library picks)
         flags = [f"{flag}/--no-{flag[2:]}"]
+    if _repeated(kind) is not None:  # typer takes a repeated flag as a list, None when not given
+        kind, default = list[_repeated(kind)] | None, None
     return Annotated[
         kind,
         typer.Option(
@@ -49,27 +59,36 @@ def with_options(
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(fn)
         annotations = typing.get_type_hints(fn, include_extras=True)
-        params = [
+        own = [
             p.replace(annotation=annotations.get(p.name, p.annotation))
             for p in signature.parameters.values()
             if p.kind != inspect.Parameter.VAR_KEYWORD
         ]
-        taken = {p.name for p in params}
+        params = [p for p in own if p.kind != inspect.Parameter.KEYWORD_ONLY]
+        taken = {p.name for p in own}
+        repeated = set()
         for cls in classes:
             hints = typing.get_type_hints(cls)
             for field in cli_fields(cls):
                 if field.name in taken or (only is not None and field.name not in only):
                     continue
                 annotation = _option(field, hints[field.name])
+                default = field.default
+                if _repeated(hints[field.name]) is not None:
+                    repeated.add(field.name)
+                    default = None
                 params.append(
-                    inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=field.default,
+                    inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default,
                                       annotation=annotation)
                 )  # fmt: skip
                 annotations[field.name] = annotation
                 taken.add(field.name)
+        params += [p for p in own if p.kind == inspect.Parameter.KEYWORD_ONLY]
 
         @functools.wraps(fn)
         def command(*args, **kwargs):
+            for name in repeated & set(kwargs):
+                kwargs[name] = tuple(kwargs[name] or ())
             return fn(*args, **kwargs)
 
         command.__signature__ = inspect.Signature(params)

@@ -15,10 +15,19 @@ APPLY = "apply"  # `--resume` applies a new value
 REFUSE = "refuse"  # `--resume` refuses a new value (it would change what the run is)
 
 
-def option(default: Any, help: str, *, on_resume: str = REFUSE, cli: bool = True, metavar: str | None = None):
-    """A dataclass field that is also a command-line option."""
+def option(
+    default: Any,
+    help: str,
+    *,
+    on_resume: str = REFUSE,
+    cli: bool = True,
+    metavar: str | None = None,
+    negatable: bool = False,
+):
+    """A dataclass field that is also a command-line option (`negatable`: a bool flag with its `--no-` form)."""
     return dataclasses.field(
-        default=default, metadata={"help": help, "on_resume": on_resume, "cli": cli, "metavar": metavar}
+        default=default,
+        metadata={"help": help, "on_resume": on_resume, "cli": cli, "metavar": metavar, "negatable": negatable},
     )
 
 

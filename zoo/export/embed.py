@@ -24,6 +24,7 @@ import numpy as np
 
 from zoo.catalogue.backbone import Preprocess
 from zoo.core.errors import UsageError
+from zoo.export.options import EMBED_TOP_K
 from zoo.runtime.embedded import INPUT, OUTPUTS, raw_pixels
 
 MIN_OPSET = 18  # Resize's antialias attribute
@@ -51,47 +52,55 @@ def check_embeddable(pre: Preprocess, opset: int) -> None:
         raise UsageError(f"--embed-preprocessing: interpolation '{pre.interpolation}' is not supported")
 
 
-def embed(model, pre: Preprocess, decode: int, top_k: int = 5, multi_label: bool = False):
+def embed(model, pre: Preprocess, decode: int, top_k: int = EMBED_TOP_K, multi_label: bool = False):
     """The ModelProto `model` (float32 NCHW input, logits output) with the preprocessing in front and
     probabilities and top-k behind; `model` is changed in place and returned. `decode`: the short side zoo
     decodes images at (`zoo.data.images.decode_size`), the first of the two resizes."""
-    from onnx import TensorProto, helper, numpy_helper
-
     graph = model.graph
+    image_input = _image_input(graph)
+    classes = graph.output[0].type.tensor_type.shape.dim[-1].dim_value or None
+    k = min(top_k, classes) if classes else top_k
+    ops = _Ops(graph)
+    ops.identity(_preprocessing(ops, pre, decode), image_input.name, "zoo_pre/model_input")
+    post = _postprocessing(ops, graph.output[0].name, k, multi_label)
+    _assemble(graph, image_input, ops.nodes, post, classes, k)
+    return model
+
+
+def _image_input(graph):
+    """The model's one input that is not an initialiser: the float32 NCHW image the preprocessing will feed."""
     initialisers = {i.name for i in graph.initializer}
     real_inputs = [i for i in graph.input if i.name not in initialisers]
     if len(real_inputs) != 1:
         raise UsageError(f"--embed-preprocessing: the model has {len(real_inputs)} inputs; one image input is needed")
-    pixels = real_inputs[0].name
-    logits = graph.output[0].name
-    classes = graph.output[0].type.tensor_type.shape.dim[-1].dim_value or None
-    k = min(top_k, classes) if classes else top_k
-    ch, cw = pre.input_size
-    size = pre.resize_size
+    return real_inputs[0]
 
-    def const(name: str, value, dtype=np.int64):
-        graph.initializer.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), f"zoo_pre/{name}"))
+
+class _Ops:
+    """The preprocessing as it is built: its constants go into the model's initialisers, its nodes into `nodes`, in
+    order, every name under zoo_pre/."""
+
+    def __init__(self, graph) -> None:
+        from onnx import helper, numpy_helper
+
+        self.graph, self.helper, self.numpy_helper = graph, helper, numpy_helper
+        self.nodes: list = []
+
+    def const(self, name: str, value, dtype=np.int64) -> str:
+        self.graph.initializer.append(self.numpy_helper.from_array(np.asarray(value, dtype=dtype), f"zoo_pre/{name}"))
         return f"zoo_pre/{name}"
 
-    nodes = []
-
-    def node(op: str, inputs: list[str], name: str, **attrs) -> str:
+    def node(self, op: str, inputs: list[str], name: str, **attrs) -> str:
         out = f"zoo_pre/{name}"
-        nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        self.nodes.append(self.helper.make_node(op, inputs, [out], name=out, **attrs))
         return out
 
-    x = node("Cast", [INPUT], "float", to=TensorProto.FLOAT)
-    x = node("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
-    mode = _MODES[pre.interpolation]
-    attrs: dict[str, Any] = {"mode": mode, "coordinate_transformation_mode": "half_pixel"}
-    if mode != "nearest":
-        attrs["antialias"] = 1  # Pillow filters with a support widened by the downscale factor
-    if mode == "cubic":
-        attrs["cubic_coeff_a"] = -0.5  # Pillow's bicubic
-    if mode == "nearest":
-        attrs["nearest_mode"] = "floor"
+    def identity(self, x: str, out: str, name: str) -> None:
+        self.nodes.append(self.helper.make_node("Identity", [x], [out], name=name))
 
-    def resize(x, hw, name: str, **how) -> str:
+    def resize(self, x: str, hw: str, name: str, **how) -> str:
+        """`x` (NCHW) resized to the sides `hw`, then rounded to uint8 values as Pillow's result is."""
+        node, const = self.node, self.const
         shape = node("Shape", [x], f"{name}_shape")
         nc = node("Slice", [shape, const(f"{name}_0", [0]), const(f"{name}_2", [2])], f"{name}_nc")
         x = node("Resize", [x, "", "", node("Concat", [nc, hw], f"{name}_sizes", axis=0)], name, **how)
@@ -101,63 +110,120 @@ def embed(model, pre: Preprocess, decode: int, top_k: int = 5, multi_label: bool
         return node("Clip", [x, const(f"{name}_lo", 0.0, np.float32), const(f"{name}_hi", 255.0, np.float32)],
                     f"{name}_pixels")  # fmt: skip
 
-    def sides(x, name: str) -> tuple[str, str]:
-        shape = node("Shape", [x], f"{name}_shape")
-        hw = node("Slice", [shape, const(f"{name}_2", [2]), const(f"{name}_4", [4])], f"{name}_hw")
-        return hw, node("ReduceMin", [hw], f"{name}_short", keepdims=1)
+    def sides(self, x: str, name: str) -> tuple[str, str]:
+        """The (height, width) of `x` (NCHW) and its short side."""
+        shape = self.node("Shape", [x], f"{name}_shape")
+        hw = self.node("Slice", [shape, self.const(f"{name}_2", [2]), self.const(f"{name}_4", [4])], f"{name}_hw")
+        return hw, self.node("ReduceMin", [hw], f"{name}_short", keepdims=1)
 
-    # 1. as zoo decodes (zoo.data.images.shrink): the short side down to the decode size, never up, sides rounded
-    #    (in float64, as Python computes them)
-    hw, short = sides(x, "decoded")
+
+def _preprocessing(ops: _Ops, pre: Preprocess, decode: int) -> str:
+    """uint8 NHWC pixels (INPUT) to the model's normalised float32 NCHW input, the steps of
+    `zoo.data.images.eval_array`; returns the output's name."""
+    from onnx import TensorProto
+
+    x = ops.node("Cast", [INPUT], "float", to=TensorProto.FLOAT)
+    x = ops.node("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
+    x = _as_decoded(ops, x, decode)
+    x, hw = _eval_resize(ops, x, pre)
+    return _normalise(ops, _centre_crop(ops, x, hw, pre), pre)
+
+
+def _resize_attrs(pre: Preprocess) -> dict[str, Any]:
+    """The evaluation Resize's attributes: the model's filter, as Pillow applies it."""
+    mode = _MODES[pre.interpolation]
+    attrs: dict[str, Any] = {"mode": mode, "coordinate_transformation_mode": "half_pixel"}
+    if mode != "nearest":
+        attrs["antialias"] = 1  # Pillow filters with a support widened by the downscale factor
+    if mode == "cubic":
+        attrs["cubic_coeff_a"] = -0.5  # Pillow's bicubic
+    if mode == "nearest":
+        attrs["nearest_mode"] = "floor"
+    return attrs
+
+
+def _as_decoded(ops: _Ops, x: str, decode: int) -> str:
+    """1. as zoo decodes (zoo.data.images.shrink): the short side down to the decode size, never up, sides rounded
+    (in float64, as Python computes them)."""
+    from onnx import TensorProto
+
+    node, const = ops.node, ops.const
+    hw, short = ops.sides(x, "decoded")
     hw_d = node("Cast", [hw], "decoded_hw_d", to=TensorProto.DOUBLE)
     scale = node("Div", [const("decode", [float(decode)], np.float64),
                          node("Cast", [short], "decoded_short_d", to=TensorProto.DOUBLE)], "shrink_scale")  # fmt: skip
     scale = node("Min", [scale, const("one_d", [1.0], np.float64)], "shrink_scale_1")
     shrunk = node("Round", [node("Mul", [hw_d, scale], "shrunk_d")], "shrunk_round")
     shrunk = node("Max", [node("Cast", [shrunk], "shrunk_i", to=TensorProto.INT64), const("one", [1])], "shrunk_hw")
-    x = resize(x, shrunk, "shrunk", mode="linear", coordinate_transformation_mode="half_pixel", antialias=1)
-    # 2. the evaluation resize (zoo.data.images.eval_resized)
+    return ops.resize(x, shrunk, "shrunk", mode="linear", coordinate_transformation_mode="half_pixel", antialias=1)
+
+
+def _eval_resize(ops: _Ops, x: str, pre: Preprocess) -> tuple[str, str]:
+    """2. the evaluation resize (zoo.data.images.eval_resized): the resized image and its (height, width)."""
+    ch, cw = pre.input_size
+    size = pre.resize_size
     if pre.crop_mode == "squash":
         square = (size, size) if ch == cw else (round(ch * size / max(ch, cw)), round(cw * size / max(ch, cw)))
-        hw = const("squash_hw", square)
+        hw = ops.const("squash_hw", square)
     else:  # torchvision's Resize(int): the short side to `size`, the long side int(size * long / short)
-        src, short = sides(x, "eval")
-        hw = node("Div", [node("Mul", [src, const("size", [size])], "scaled"), short], "resized_hw")
-    x = resize(x, hw, "resized", **attrs)
-    # the centre crop: offsets round((resized - crop) / 2), half to even as Python's round
-    crop = const("crop", [ch, cw])
+        src, short = ops.sides(x, "eval")
+        hw = ops.node("Div", [ops.node("Mul", [src, ops.const("size", [size])], "scaled"), short], "resized_hw")
+    return ops.resize(x, hw, "resized", **_resize_attrs(pre)), hw
+
+
+def _centre_crop(ops: _Ops, x: str, hw: str, pre: Preprocess) -> str:
+    """The centre crop: offsets round((resized - crop) / 2), half to even as Python's round."""
+    from onnx import TensorProto
+
+    node, const = ops.node, ops.const
+    crop = const("crop", list(pre.input_size))
     margin = node("Cast", [node("Sub", [hw, crop], "margin_i")], "margin", to=TensorProto.FLOAT)
     start = node("Div", [margin, const("two_f", 2.0, np.float32)], "half_margin")
     start = node("Cast", [node("Round", [start], "start_f")], "start", to=TensorProto.INT64)
-    x = node("Slice", [x, start, node("Add", [start, crop], "end"), const("axes", [2, 3])], "cropped")
+    return node("Slice", [x, start, node("Add", [start, crop], "end"), const("axes", [2, 3])], "cropped")
+
+
+def _normalise(ops: _Ops, x: str, pre: Preprocess) -> str:
+    """BGR order where the model wants it, scaling to [0, 1], then (x - mean) / std."""
+    node, const = ops.node, ops.const
     if pre.channel_order == "BGR":
         x = node("Gather", [x, const("bgr", [2, 1, 0])], "bgr", axis=1)
     x = node("Div", [x, const("max", 255.0, np.float32)], "unit")
     mean = const("mean", np.asarray(pre.mean, np.float32).reshape(1, 3, 1, 1), np.float32)
     std = const("std", np.asarray(pre.std, np.float32).reshape(1, 3, 1, 1), np.float32)
-    x = node("Div", [node("Sub", [x, mean], "centred"), std], "normalised")
-    nodes.append(helper.make_node("Identity", [x], [pixels], name="zoo_pre/model_input"))
+    return node("Div", [node("Sub", [x, mean], "centred"), std], "normalised")
+
+
+def _postprocessing(ops: _Ops, logits: str, k: int, multi_label: bool) -> list:
+    """The nodes behind the model: probabilities (sigmoid for a multi-label model, else softmax) and their top k."""
+    helper = ops.helper
     probs = OUTPUTS[0]
-    post = [
+    return [
         helper.make_node("Sigmoid", [logits], [probs], name="zoo_post/sigmoid")
         if multi_label
         else helper.make_node("Softmax", [logits], [probs], name="zoo_post/softmax", axis=1),
-        helper.make_node("TopK", [probs, const("k", [k])], list(OUTPUTS[1:]), name="zoo_post/top_k", axis=1),
+        helper.make_node("TopK", [probs, ops.const("k", [k])], list(OUTPUTS[1:]), name="zoo_post/top_k", axis=1),
     ]
+
+
+def _assemble(graph, image_input, pre_nodes: list, post_nodes: list, classes: int | None, k: int) -> None:
+    """The graph rewired: the preprocessing, the model's own nodes, the postprocessing; uint8 images[N, H, W, 3] in
+    place of the model's input, the probabilities and top k in place of its outputs."""
+    from onnx import TensorProto, helper
+
     body = list(graph.node)
     del graph.node[:]
-    graph.node.extend(nodes + body + post)
-    graph.input.remove(real_inputs[0])
+    graph.node.extend(pre_nodes + body + post_nodes)
+    graph.input.remove(image_input)
     graph.input.insert(0, helper.make_tensor_value_info(INPUT, TensorProto.UINT8, ["batch", "height", "width", 3]))
     del graph.output[:]
     graph.output.extend(
         [
-            helper.make_tensor_value_info(probs, TensorProto.FLOAT, ["batch", classes or "classes"]),
+            helper.make_tensor_value_info(OUTPUTS[0], TensorProto.FLOAT, ["batch", classes or "classes"]),
             helper.make_tensor_value_info(OUTPUTS[1], TensorProto.FLOAT, ["batch", k]),
             helper.make_tensor_value_info(OUTPUTS[2], TensorProto.INT64, ["batch", k]),
         ]
     )
-    return model
 
 
 # the gate on raw pixels, measured (docs/deploy.md, bench/deploy.py): the graph and zoo's Python

@@ -12,13 +12,11 @@ from typing import Any
 import numpy as np
 
 from zoo.core.errors import QuantizationRefused, UsageError
+from zoo.export.options import CALIBRATIONS
 from zoo.runtime.onnx_io import ort_session, quiet_stdout
 from zoo.runtime.onnx_meta import ModelMetadata, read_props, write_props
 
 log = logging.getLogger(__name__)
-
-
-CALIBRATIONS = ("percentile", "entropy", "minmax")
 
 
 def quantize_int8(

@@ -13,7 +13,7 @@ def model_source(source: str | Path, num_classes: int | None, weights: str):
     None, metadata, checkpoint or None): a run folder or checkpoint (the fine-tuned model), else a backbone name
     (its pretrained weights, or a new head with `num_classes`)."""
     from zoo.catalogue.registry import get_registry
-    from zoo.model.build import create_model, head_size, resolve_weights
+    from zoo.model.build import choose_weights, create_model, head_size
     from zoo.model.checkpoint import load_model, preprocess_of
 
     path = Path(source).expanduser()
@@ -32,7 +32,7 @@ def model_source(source: str | Path, num_classes: int | None, weights: str):
     spec = get_registry().get(str(source))
     if num_classes is not None and num_classes < 1:
         raise UsageError(f"--num-classes {num_classes}: must be >= 1")
-    choice = resolve_weights(spec, weights)
+    choice = choose_weights(spec, weights)
     model = create_model(spec, num_classes=num_classes, weights=choice).eval()
     n = head_size(model, spec)
     cats = list(choice.tag.categories) if choice.tag and not num_classes else []

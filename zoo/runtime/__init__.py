@@ -12,7 +12,11 @@ does not open onnxruntime.
 
 from __future__ import annotations
 
-__all__ = ["Predictor"]
+__all__ = ["DEFAULT_TOP_K", "Predictor"]
+
+# labels per image unless asked: zoo predict, Predictor.predict, zoo.predict, zoo serve's ?top_k= (here, not in
+# predictions.py, so that the CLI reads it without importing numpy)
+DEFAULT_TOP_K = 3
 
 
 def __getattr__(name: str):

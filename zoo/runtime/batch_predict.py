@@ -31,6 +31,7 @@ from zoo.core import atomic
 from zoo.core.errors import Interrupted, OutputError, Terminated, UsageError
 from zoo.core.interrupts import restore_sigterm, sigterm_raises
 from zoo.data.images import is_image_name
+from zoo.runtime import DEFAULT_TOP_K
 from zoo.runtime.predictions import check_top_k, results
 from zoo.runtime.predictor import Predictor
 
@@ -166,7 +167,7 @@ def _run_batch(predictor: Predictor, loaded: list[tuple[str, np.ndarray | None, 
     return rows
 
 
-def stream(predictor: Predictor, items: Iterable[Item], top_k: int = 3, batch_size: int = 32,
+def stream(predictor: Predictor, items: Iterable[Item], top_k: int = DEFAULT_TOP_K, batch_size: int = 32,
            workers: int | None = None) -> Iterator[list[Row]]:  # fmt: skip
     """The rows of each batch, in input order. Images are decoded by `workers` threads, the next batch while the
     model runs on this one: at most two batches of images are in memory."""
@@ -245,7 +246,7 @@ def predict_many(
     inputs: list[str],
     *,
     out: str | Path | None = None,
-    top_k: int = 3,
+    top_k: int = DEFAULT_TOP_K,
     batch_size: int = 32,
     overwrite: bool = False,
     on_rows: Callable[[list[Row]], None] | None = None,

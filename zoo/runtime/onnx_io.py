@@ -184,6 +184,10 @@ PROVIDERS = {
     "qnn": "QNNExecutionProvider",
     "webgpu": "WebGpuExecutionProvider",
 }
+# the help of every --provider flag (zoo export, verify, predict, serve)
+PROVIDER_HELP = (
+    f"onnxruntime execution provider: {', '.join(list(PROVIDERS)[:5])}, ... (those installed) [default: cpu]."
+)
 
 
 def provider_names() -> list[str]:
@@ -194,7 +198,7 @@ def provider_names() -> list[str]:
     return [short.get(p, p) for p in ort.get_available_providers()]
 
 
-def resolve_providers(provider: str | None) -> list[str]:
+def execution_providers(provider: str | None) -> list[str]:
     """onnxruntime's providers for --provider NAME: that one first, the CPU behind it (for the ops it lacks).
 
     UsageError naming the installed ones when this onnxruntime does not have it.
@@ -221,7 +225,7 @@ def ort_session(
     import onnxruntime as ort
 
     if provider is not None:
-        providers = resolve_providers(provider)
+        providers = execution_providers(provider)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:

@@ -20,6 +20,7 @@ import numpy as np
 
 from zoo.core.errors import ModelFileError
 from zoo.data.images import load_for_eval
+from zoo.runtime import DEFAULT_TOP_K
 from zoo.runtime.embedded import OUTPUTS, is_embedded, raw_pixels
 from zoo.runtime.onnx_io import ort_session
 from zoo.runtime.onnx_meta import ModelMetadata
@@ -124,7 +125,9 @@ class Predictor:
                 probs[part] = self.probabilities(batch)[: len(part)]
         return probs
 
-    def predict(self, images: list[str | Path], top_k: int = 5, batch_size: int = 16) -> list[dict[str, Any]]:
+    def predict(
+        self, images: list[str | Path], top_k: int = DEFAULT_TOP_K, batch_size: int = 16
+    ) -> list[dict[str, Any]]:
         check_top_k(top_k)
         arrays = read_images(images, self.load)
         probs = np.concatenate(

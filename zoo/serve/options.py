@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from zoo.core.errors import UsageError
 from zoo.core.options import option
+from zoo.runtime.onnx_io import PROVIDER_HELP
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,7 @@ class ServeOptions:
         metavar="N",
     )
     decode_threads: int = option(2, "Threads decoding and checking requests (Pillow, JSON) beside onnxruntime's.")
-    provider: str | None = option(
-        None, "onnxruntime execution provider: cpu, cuda, tensorrt, openvino, ... [default: cpu].", metavar="NAME"
-    )
+    provider: str | None = option(None, PROVIDER_HELP, metavar="NAME")
     shutdown_timeout: float = option(30.0, "On SIGTERM or Ctrl-C, seconds the requests in flight get to finish.")
 
     def check(self) -> None:
