@@ -119,7 +119,7 @@ def _read_text(file: Path) -> str:
         raise DataError(f"{file}: not UTF-8 text (byte {exc.start}); save the manifest as UTF-8 CSV/TSV") from None
 
 
-def resolve_path(cell: str, root: Path) -> tuple[Path | None, str]:
+def image_path(cell: str, root: Path) -> tuple[Path | None, str]:
     """The image file a path cell names, or (None, why not)."""
     if not cell:
         return None, "empty path"
@@ -200,8 +200,21 @@ def read(file: Path | str, root: Path | str | None = None, options: ManifestOpti
         raise DataError(f"{file}: no such manifest file")
     root = Path(root).expanduser() if root is not None else file.parent
     text = _read_text(file)
-    first_line = text.split("\n", 1)[0]
-    delimiter = _delimiter(file, first_line)
+    delimiter = _delimiter(file, text.split("\n", 1)[0])
+    header, data = _header(file, _parse(file, text, delimiter), root)
+    layout = _layout(file, header, data, options)
+    columns = layout.columns()
+    how = [
+        f"{'header' if header else 'no header (columns by position)'}; delimiter {delimiter!r}; columns: "
+        + ", ".join(f"{role} = {col}" for role, col in columns.items())
+    ]
+    how += _label_mode(layout, data, options, delimiter)
+    good, bad = _check_rows(layout, data, root)
+    return Manifest(file, root, good, bad, len(data), columns, layout.multi, layout.separator, layout.classes, how)
+
+
+def _parse(file: Path, text: str, delimiter: str) -> list[tuple[int, list[str]]]:
+    """The rows that are not blank, as (line number, stripped cells)."""
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     rows: list[tuple[int, list[str]]] = []
     try:
@@ -214,22 +227,61 @@ def read(file: Path | str, root: Path | str | None = None, options: ManifestOpti
         raise DataError(f"{file}: line {reader.line_num}: not valid CSV ({exc})") from None
     if not rows:
         raise DataError(f"{file}: the manifest is empty")
-    how = []
+    return rows
+
+
+def _header(file: Path, rows: list[tuple[int, list[str]]], root: Path):
+    """(the header row, or None when the first row names an image file; the data rows)."""
     first = rows[0][1]
     known = {*PATH_NAMES, *LABEL_NAMES, *SPLIT_NAMES}
     looks_like_file = Path(first[0]).suffix.lower() in EXTENSIONS and not any(_key(c) in known for c in first)
-    has_header = resolve_path(first[0], root)[0] is None and not looks_like_file
+    has_header = image_path(first[0], root)[0] is None and not looks_like_file
     header = first if has_header else None
     data = rows[1:] if has_header else rows
     if not data:
         raise DataError(f"{file}: only a header row, no images listed")
+    return header, data
+
+
+def _cell(cells: list[str], i: int | None) -> str:
+    return cells[i] if i is not None and i < len(cells) else ""
+
+
+@dataclass
+class _Layout:
+    """Where a row's path, labels and split are, and how its label cells read."""
+
+    header: list[str] | None
+    path: int
+    label: int | None  # None: one-hot columns
+    split: int | None
+    one_hot: list[int]  # the class columns, when there is no label column
+    multi: bool = False
+    separator: str | None = None
+
+    def name(self, i: int) -> str:
+        return self.header[i] if self.header else f"column {i + 1}"
+
+    @property
+    def classes(self) -> list[str] | None:
+        return [self.name(i) for i in self.one_hot] if self.one_hot else None
+
+    def columns(self) -> dict[str, str]:
+        """role -> header name (or column number), as reported."""
+        columns = {"path": self.name(self.path)}
+        if self.one_hot:
+            columns["labels"] = ", ".join(self.name(i) for i in self.one_hot)
+        else:
+            columns["label"] = self.name(self.label)
+        if self.split is not None:
+            columns["split"] = self.name(self.split)
+        return columns
+
+
+def _layout(file: Path, header: list[str] | None, data: list[tuple[int, list[str]]], options: ManifestOptions):
+    """The columns: flags first, then names, then positions (no header); one-hot class columns when no label
+    column is found."""
     width = len(header) if header else max(len(c) for _, c in data)
-    columns: dict[str, str] = {}
-
-    def name(i: int) -> str:
-        return header[i] if header else f"column {i + 1}"
-
-    # the columns: flags first, then names, then positions (no header)
     taken: set[int] = set()
     idx: dict[str, int | None] = {}
     for role, flag, names, position in (
@@ -258,80 +310,81 @@ def read(file: Path | str, root: Path | str | None = None, options: ManifestOpti
                 f"{file}: no label column in the header ({', '.join(header or [])}); name it with --label-column "
                 "(or give one 0/1 column per class)"
             )
-    columns["path"] = name(idx["path"])
-    if one_hot:
-        columns["labels"] = ", ".join(name(i) for i in one_hot)
-    else:
-        columns["label"] = name(idx["label"])
-    if idx["split"] is not None:
-        columns["split"] = name(idx["split"])
-    how.append(
-        f"{'header' if header else 'no header (columns by position)'}; delimiter {delimiter!r}; columns: "
-        + ", ".join(f"{role} = {col}" for role, col in columns.items())
-    )
+    return _Layout(header, idx["path"], idx["label"], idx["split"], one_hot)
 
-    def cell(cells: list[str], i: int | None) -> str:
-        return cells[i] if i is not None and i < len(cells) else ""
 
-    classes = [name(i) for i in one_hot] if one_hot else None
-    if one_hot:
-        counts = {sum(_binary(cell(c, i)) and cell(c, i).startswith("1") for i in one_hot) for _, c in data}
-        multi = options.multi_label if options.multi_label is not None else counts != {1}
-        separator = None
-        how.append(f"one 0/1 column per class: {'multi' if multi else 'single'}-label")
+def _label_mode(layout: _Layout, data: list[tuple[int, list[str]]], options: ManifestOptions, delimiter: str):
+    """Decide whether the data is multi-label and what separates labels in a cell (set on `layout`); what was
+    detected, to report."""
+    if layout.one_hot:
+        counts = {sum(_binary(_cell(c, i)) and _cell(c, i).startswith("1") for i in layout.one_hot) for _, c in data}
+        layout.multi = options.multi_label if options.multi_label is not None else counts != {1}
+        return [f"one 0/1 column per class: {'multi' if layout.multi else 'single'}-label"]
+    label_cells = [_cell(c, layout.label) for _, c in data]
+    separator = layout.separator = _separator(label_cells, options.label_sep, options.multi_label, delimiter)
+    multi = layout.multi = options.multi_label if options.multi_label is not None else separator is not None
+    if separator is not None and multi:
+        shown = "whitespace" if separator == " " else repr(separator)
+        return [
+            f"multi-label: labels separated by {shown}"
+            + ("" if options.label_sep is not None else " (detected; --no-multi-label keeps cells whole)")
+        ]
+    return ["multi-label (--multi-label): one label per cell"] if multi else []
+
+
+def _labels(layout: _Layout, cells: list[str]) -> tuple[tuple[str, ...], str]:
+    """A row's labels, or ((), why not)."""
+    if layout.one_hot:
+        labels = tuple(layout.name(i) for i in layout.one_hot if _cell(cells, i).startswith("1"))
+        if not labels:
+            return (), "no class column is 1"
+        if len(labels) > 1 and not layout.multi:
+            return (), f"{len(labels)} class columns are 1 in single-label data"
+        return labels, ""
+    raw, separator = _cell(cells, layout.label), layout.separator
+    if separator is None or not layout.multi:
+        labels = (raw,) if raw else ()
+    elif separator == " ":
+        labels = tuple(raw.split())
     else:
-        label_cells = [cell(c, idx["label"]) for _, c in data]
-        separator = _separator(label_cells, options.label_sep, options.multi_label, delimiter)
-        multi = options.multi_label if options.multi_label is not None else separator is not None
-        if separator is not None and multi:
-            shown = "whitespace" if separator == " " else repr(separator)
-            how.append(
-                f"multi-label: labels separated by {shown}"
-                + ("" if options.label_sep is not None else " (detected; --no-multi-label keeps cells whole)")
-            )
-        elif multi:
-            how.append("multi-label (--multi-label): one label per cell")
+        labels = tuple(p.strip() for p in raw.split(separator) if p.strip())
+    if not labels:
+        return (), "empty label"
+    return tuple(dict.fromkeys(labels)), ""  # a label named twice counts once
+
+
+def _split(layout: _Layout, cells: list[str]) -> tuple[str | None, str]:
+    """A row's split (None without a split column), or (None, why not)."""
+    if layout.split is None:
+        return None, ""
+    raw_split = _cell(cells, layout.split)
+    split = SPLITS.get(raw_split.lower())
+    if split is None:
+        why = "empty split" if not raw_split else f"unknown split {raw_split!r}"
+        return None, f"{why} (use train, val or test)"
+    return split, ""
+
+
+def _check_rows(layout: _Layout, data: list[tuple[int, list[str]]], root: Path):
+    """(the usable rows, the bad ones as (line, path cell, reason)); an image listed twice is bad the second time."""
     good: list[Row] = []
     bad: list[tuple[int, str, str]] = []
     seen: dict[Path, int] = {}
     for line, cells in data:
-        path_cell = cell(cells, idx["path"])
-        path, why = resolve_path(path_cell, root)
-        if path is None:
+        path_cell = _cell(cells, layout.path)
+        path, why = image_path(path_cell, root)
+        labels, split = (), None
+        if not why:
+            labels, why = _labels(layout, cells)
+        if not why:
+            split, why = _split(layout, cells)
+        if path is None or why:
             bad.append((line, path_cell, why))
             continue
-        if one_hot:
-            labels = tuple(classes[k] for k, i in enumerate(one_hot) if cell(cells, i).startswith("1"))
-            if not labels:
-                bad.append((line, path_cell, "no class column is 1"))
-                continue
-            if len(labels) > 1 and not multi:
-                bad.append((line, path_cell, f"{len(labels)} class columns are 1 in single-label data"))
-                continue
-        else:
-            raw = cell(cells, idx["label"])
-            if separator is None or not multi:
-                labels = (raw,) if raw else ()
-            elif separator == " ":
-                labels = tuple(raw.split())
-            else:
-                labels = tuple(p.strip() for p in raw.split(separator) if p.strip())
-            if not labels:
-                bad.append((line, path_cell, "empty label"))
-                continue
-            labels = tuple(dict.fromkeys(labels))  # a label named twice counts once
-        split = None
-        if idx["split"] is not None:
-            raw_split = cell(cells, idx["split"])
-            split = SPLITS.get(raw_split.lower())
-            if split is None:
-                why = "empty split" if not raw_split else f"unknown split {raw_split!r}"
-                bad.append((line, path_cell, f"{why} (use train, val or test)"))
-                continue
         real = Path(os.path.realpath(path))
         if real in seen:
             bad.append((line, path_cell, f"the same image as line {seen[real]}"))
             continue
         seen[real] = line
         good.append(Row(line, path, labels, split))
-    return Manifest(file, root, good, bad, len(data), columns, multi, separator, classes, how)
+    return good, bad

@@ -42,6 +42,7 @@ import numpy as np
 
 from zoo.core.errors import EnvironmentProblem, UsageError, ZooError
 from zoo.core.version import __version__
+from zoo.runtime import DEFAULT_TOP_K
 from zoo.runtime.predictions import probabilities, results
 from zoo.runtime.predictor import Predictor
 from zoo.serve.batcher import Batcher, BatcherStopped
@@ -167,142 +168,172 @@ def create_app(predictor: Predictor, options: ServeOptions | None = None) -> Sta
             f"{predictor.path}: exported with --embed-preprocessing (raw pixels in); zoo serve preprocesses uploads "
             "itself: serve a model exported without it"
         )
-    name = options.name or predictor.path.stem
-    info = predictor.info
-    model_input = Tensor.of(predictor.session.get_inputs()[0])
-    model_output = Tensor.of(predictor.session.get_outputs()[0])
-    image_shape = (info.preprocess.channels, *info.preprocess.input_size)
-    labels, multi = list(info.labels), info.multi_label
-    state = {"in_flight": 0, "ready": False}
-    batcher = Batcher(predictor.logits, options.max_batch_size, options.max_queue_delay_ms / 1000)
-    metrics = Metrics(batcher, lambda: state["in_flight"])
-    batcher.on_batch = metrics.batch
-    decoder = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="zoo-decode")
-
-    @contextlib.contextmanager
-    def admitted():
-        if state["in_flight"] >= options.max_queue:
-            raise HTTPException(
-                503, f"busy: {options.max_queue} requests in flight (--max-queue); retry later",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )  # fmt: skip
-        state["in_flight"] += 1
-        try:
-            yield
-        finally:
-            state["in_flight"] -= 1
-
-    async def in_thread(fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(decoder, fn, *args)
-
-    async def run_model(arrays) -> np.ndarray:
-        try:
-            return await batcher.submit(arrays)
-        except BatcherStopped as exc:
-            raise HTTPException(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}) from None
-
-    def check_model(request: Request) -> None:
-        asked = request.path_params["model"]
-        if asked != name:
-            raise HTTPException(404, f"unknown model {asked!r}; this server has {name!r}")
-
-    async def server_metadata(request: Request) -> Response:
-        return JSONResponse({"name": "zoo", "version": __version__, "extensions": []})
-
-    async def live(request: Request) -> Response:
-        return JSONResponse({"live": True})
-
-    async def ready(request: Request) -> Response:
-        return JSONResponse({"ready": state["ready"]}, status_code=200 if state["ready"] else 503)
-
-    async def model_metadata(request: Request) -> Response:
-        check_model(request)
-        return JSONResponse({
-            "name": name, "versions": ["1"], "platform": "onnxruntime_onnx",
-            "inputs": [model_input.to_dict()], "outputs": [model_output.to_dict()],
-        })  # fmt: skip
-
-    async def model_ready(request: Request) -> Response:
-        check_model(request)
-        return JSONResponse({"name": name, "ready": state["ready"]}, status_code=200 if state["ready"] else 503)
-
-    async def infer(request: Request) -> Response:
-        check_model(request)
-        if "inference-header-content-length" in request.headers:
-            raise HTTPException(400, "the binary tensor extension is not supported: send the tensor as JSON data")
-        with admitted():
-            body = await request.body()
-            request_id, batch = await in_thread(infer_request, body, model_input, model_output, image_shape)
-            logits = await run_model(list(batch))
-        answer = {"model_name": name, "model_version": "1"}
-        if request_id is not None:
-            answer["id"] = request_id
-        output = {"name": model_output.name, "datatype": "FP32", "shape": list(logits.shape)}
-        return JSONResponse({**answer, "outputs": [{**output, "data": logits.ravel().tolist()}]})
-
-    async def predict(request: Request) -> Response:
-        """Multipart image files (field `file` or `files`), `?top_k=` (default 3, as `zoo predict`)."""
-        top_k = request.query_params.get("top_k", "3")
-        if not top_k.isdigit() or int(top_k) < 1:
-            raise HTTPException(400, f"top_k {top_k!r}: a whole number >= 1")
-        with admitted():
-            async with request.form(max_files=MAX_IMAGES, max_fields=MAX_IMAGES) as form:
-                uploads = [(key, value) for key, value in form.multi_items() if key in ("file", "files")]
-                if not uploads:
-                    raise HTTPException(
-                        400, "no image: send multipart/form-data with one or more files in the field 'file' or 'files'"
-                    )
-                for key, value in uploads:
-                    if isinstance(value, str):
-                        raise HTTPException(400, f"field {key!r}: a file upload, not a text value")
-                names = [upload.filename or f"{key}{i}" for i, (key, upload) in enumerate(uploads)]
-                datas = [await upload.read() for _, upload in uploads]
-            arrays = await asyncio.gather(
-                *(
-                    in_thread(decode_image, d, n, info, options.max_image_pixels)
-                    for d, n in zip(datas, names, strict=True)
-                )
-            )
-            logits = await run_model(arrays)
-        return JSONResponse(results(names, probabilities(logits, multi), labels, int(top_k), info.thresholds))
-
-    async def metrics_page(request: Request) -> Response:
-        return Response(prom.generate_latest(metrics.registry), media_type=prom.CONTENT_TYPE_LATEST)
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        await batcher.start()
-        state["ready"] = True
-        try:
-            yield
-        finally:
-            state["ready"] = False
-            await batcher.stop()  # uvicorn let the requests in flight finish first; whatever is queued runs
-            decoder.shutdown(wait=True)
-
-    routes = [
-        Route("/v2", server_metadata),
-        Route("/v2/health/live", live),
-        Route("/v2/health/ready", ready),
-        Route("/v2/models/{model}", model_metadata),
-        Route("/v2/models/{model}/ready", model_ready),
-        Route("/v2/models/{model}/infer", infer, methods=["POST"]),
-        Route("/predict", predict, methods=["POST"]),
-        Route("/metrics", metrics_page),
-    ]
+    service = _Service(predictor, options)
     app = Starlette(
-        routes=routes,
-        middleware=[Middleware(_Count, metrics=metrics), Middleware(_LimitBody, max_bytes=options.max_request_bytes)],
+        routes=service.routes(),
+        middleware=[
+            Middleware(_Count, metrics=service.metrics),
+            Middleware(_LimitBody, max_bytes=options.max_request_bytes),
+        ],
         exception_handlers={
             HTTPException: _http_error,
             ZooError: _zoo_error,
             ClientDisconnect: _client_left,
             Exception: _internal_error,
         },
-        lifespan=lifespan,
+        lifespan=service.lifespan,
     )
-    app.state.batcher, app.state.metrics, app.state.model_name = batcher, metrics, name
+    app.state.batcher, app.state.metrics, app.state.model_name = service.batcher, service.metrics, service.name
     return app
+
+
+class _Service:
+    """What the endpoints share: the model and what it takes, the batcher, the metrics, the limits and the requests
+    in flight; one method per endpoint, the lifespan that runs the batcher."""
+
+    def __init__(self, predictor: Predictor, options: ServeOptions) -> None:
+        self.options = options
+        self.name = options.name or predictor.path.stem
+        self.info = info = predictor.info
+        self.model_input = Tensor.of(predictor.session.get_inputs()[0])
+        self.model_output = Tensor.of(predictor.session.get_outputs()[0])
+        self.image_shape = (info.preprocess.channels, *info.preprocess.input_size)
+        self.labels, self.multi = list(info.labels), info.multi_label
+        self.in_flight, self.is_ready = 0, False
+        self.batcher = Batcher(predictor.logits, options.max_batch_size, options.max_queue_delay_ms / 1000)
+        self.metrics = Metrics(self.batcher, lambda: self.in_flight)
+        self.batcher.on_batch = self.metrics.batch
+        self.decoder = ThreadPoolExecutor(options.decode_threads, thread_name_prefix="zoo-decode")
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v2", self.server_metadata),
+            Route("/v2/health/live", self.live),
+            Route("/v2/health/ready", self.ready),
+            Route("/v2/models/{model}", self.model_metadata),
+            Route("/v2/models/{model}/ready", self.model_ready),
+            Route("/v2/models/{model}/infer", self.infer, methods=["POST"]),
+            Route("/predict", self.predict, methods=["POST"]),
+            Route("/metrics", self.metrics_page),
+        ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app):
+        await self.batcher.start()
+        self.is_ready = True
+        try:
+            yield
+        finally:
+            self.is_ready = False
+            await self.batcher.stop()  # uvicorn let the requests in flight finish first; whatever is queued runs
+            self.decoder.shutdown(wait=True)
+
+    # what the endpoints share
+
+    @contextlib.contextmanager
+    def admitted(self):
+        """One more request in flight, or a 503 beyond --max-queue."""
+        if self.in_flight >= self.options.max_queue:
+            raise HTTPException(
+                503, f"busy: {self.options.max_queue} requests in flight (--max-queue); retry later",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )  # fmt: skip
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    async def in_thread(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.decoder, fn, *args)
+
+    async def run_model(self, arrays) -> np.ndarray:
+        try:
+            return await self.batcher.submit(arrays)
+        except BatcherStopped as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+
+    def check_model(self, request: Request) -> None:
+        asked = request.path_params["model"]
+        if asked != self.name:
+            raise HTTPException(404, f"unknown model {asked!r}; this server has {self.name!r}")
+
+    # the Open Inference Protocol (KServe v2)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return JSONResponse({"name": "zoo", "version": __version__, "extensions": []})
+
+    async def live(self, request: Request) -> Response:
+        return JSONResponse({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        return JSONResponse({"ready": self.is_ready}, status_code=200 if self.is_ready else 503)
+
+    async def model_metadata(self, request: Request) -> Response:
+        self.check_model(request)
+        return JSONResponse({
+            "name": self.name, "versions": ["1"], "platform": "onnxruntime_onnx",
+            "inputs": [self.model_input.to_dict()], "outputs": [self.model_output.to_dict()],
+        })  # fmt: skip
+
+    async def model_ready(self, request: Request) -> Response:
+        self.check_model(request)
+        return JSONResponse({"name": self.name, "ready": self.is_ready}, status_code=200 if self.is_ready else 503)
+
+    async def infer(self, request: Request) -> Response:
+        self.check_model(request)
+        if "inference-header-content-length" in request.headers:
+            raise HTTPException(400, "the binary tensor extension is not supported: send the tensor as JSON data")
+        with self.admitted():
+            body = await request.body()
+            request_id, batch = await self.in_thread(
+                infer_request, body, self.model_input, self.model_output, self.image_shape
+            )
+            logits = await self.run_model(list(batch))
+        answer = {"model_name": self.name, "model_version": "1"}
+        if request_id is not None:
+            answer["id"] = request_id
+        output = {"name": self.model_output.name, "datatype": "FP32", "shape": list(logits.shape)}
+        return JSONResponse({**answer, "outputs": [{**output, "data": logits.ravel().tolist()}]})
+
+    # zoo's own
+
+    async def predict(self, request: Request) -> Response:
+        """Multipart image files (field `file` or `files`), `?top_k=` (default as `zoo predict`)."""
+        top_k = request.query_params.get("top_k", str(DEFAULT_TOP_K))
+        if not top_k.isdigit() or int(top_k) < 1:
+            raise HTTPException(400, f"top_k {top_k!r}: a whole number >= 1")
+        with self.admitted():
+            names, datas = await _uploads(request)
+            arrays = await asyncio.gather(
+                *(
+                    self.in_thread(decode_image, d, n, self.info, self.options.max_image_pixels)
+                    for d, n in zip(datas, names, strict=True)
+                )
+            )
+            logits = await self.run_model(arrays)
+        probs = probabilities(logits, self.multi)
+        return JSONResponse(results(names, probs, self.labels, int(top_k), self.info.thresholds))
+
+    async def metrics_page(self, request: Request) -> Response:
+        return Response(prom.generate_latest(self.metrics.registry), media_type=prom.CONTENT_TYPE_LATEST)
+
+
+async def _uploads(request: Request) -> tuple[list[str], list[bytes]]:
+    """The names and bytes of a multipart form's image files (field `file` or `files`); a 400 for none or a text
+    value."""
+    async with request.form(max_files=MAX_IMAGES, max_fields=MAX_IMAGES) as form:
+        uploads = [(key, value) for key, value in form.multi_items() if key in ("file", "files")]
+        if not uploads:
+            raise HTTPException(
+                400, "no image: send multipart/form-data with one or more files in the field 'file' or 'files'"
+            )
+        for key, value in uploads:
+            if isinstance(value, str):
+                raise HTTPException(400, f"field {key!r}: a file upload, not a text value")
+        names = [upload.filename or f"{key}{i}" for i, (key, upload) in enumerate(uploads)]
+        datas = [await upload.read() for _, upload in uploads]
+    return names, datas
 
 
 class Server:
