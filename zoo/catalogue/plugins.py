@@ -53,25 +53,24 @@ class Plugins:
         self.pm.register(module, name=name)
         self.infos[name] = PluginInfo(name=name, version=version, module=getattr(module, "__name__", repr(module)))
 
-    def call_each(self, hook: str, **kwargs: Any) -> None:
-        """Call one hook plugin by plugin, so a plugin that raises is named and the others still run."""
+    def each_plugin(self, hook: str, call: Callable[[Callable[..., Any], PluginInfo], None]) -> None:
+        """Run `call(hook_function, info)` for each plugin that implements `hook`, one plugin at a time: a plugin
+        whose hook raises is named (in its info's errors and a warning) and the others still run."""
         for impl in getattr(self.pm.hook, hook).get_hookimpls():
             info = self.infos.setdefault(impl.plugin_name, PluginInfo(name=impl.plugin_name))
             try:
-                impl.function(**kwargs)
+                call(impl.function, info)
             except Exception as exc:  # a third party's bug must not stop zoo
                 info.errors.append(f"{hook} raised {type(exc).__name__}: {exc}")
                 log.warning("plugin '%s' failed in %s: %s: %s", info.name, hook, type(exc).__name__, exc)
 
+    def call_each(self, hook: str, **kwargs: Any) -> None:
+        """Call one hook plugin by plugin, so a plugin that raises is named and the others still run."""
+        self.each_plugin(hook, lambda function, _info: function(**kwargs))
+
     def register_with(self, hook: str, make_register: Callable[[PluginInfo, str], Callable[..., None]]) -> None:
         """Call a `register`-style hook plugin by plugin, each with its own `register` callback."""
-        for impl in getattr(self.pm.hook, hook).get_hookimpls():
-            info = self.infos.setdefault(impl.plugin_name, PluginInfo(name=impl.plugin_name))
-            try:
-                impl.function(register=make_register(info, impl.plugin_name))
-            except Exception as exc:  # a third party's bug must not stop zoo
-                info.errors.append(f"{hook} raised {type(exc).__name__}: {exc}")
-                log.warning("plugin '%s' failed in %s: %s: %s", info.name, hook, type(exc).__name__, exc)
+        self.each_plugin(hook, lambda function, info: function(register=make_register(info, info.name)))
 
 
 def allowed_plugins() -> set[str] | None:

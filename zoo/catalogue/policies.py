@@ -49,7 +49,7 @@ class Policy:
         """True when the frozen prefix never changes during the run (what the activation cache needs)."""
         return self.unfreeze_every is None and self.unfreeze_at is None
 
-    def resolve(self, groups: tuple[str, ...]) -> RunPlan:
+    def plan(self, groups: tuple[str, ...]) -> RunPlan:
         """This policy on a model with these groups: checked once, consulted every epoch."""
         n = len(groups)
         if self.head_only:
@@ -142,6 +142,8 @@ class RunPlan:
         ]
 
 
+# the built-in policies in their command-line forms, with their help: the one list of their names, which
+# `--policy`'s help, `zoo policies` and the unknown-policy error read (`builtin_policy` parses each form)
 BUILTIN_HELP = {
     "feature-extract": "train only the new head (alias: linear-probe)",
     "freeze:K": "freeze the first K groups (or up to and including group K), train the rest",
@@ -152,7 +154,19 @@ BUILTIN_HELP = {
     "cut:GROUP": "drop the groups after GROUP, train a new head on its pooled output",
     "auto": "measure the data's size and similarity to the pretraining data (zoo advise), then pick one",
 }
+BUILTIN_NAMES = tuple(BUILTIN_HELP)
+ALIASES = {"linear-probe": "feature-extract"}  # another name -> the built-in policy it is
 _FIELDS = {f.name for f in dataclasses.fields(Policy)} - {"name"}
+
+
+def builtin_names(aliases: bool = False) -> list[str]:
+    """The built-in policies' command-line forms; with `aliases`, each followed by its other names."""
+    names = []
+    for name in BUILTIN_NAMES:
+        names.append(name)
+        if aliases:
+            names += [alias for alias, target in ALIASES.items() if target == name]
+    return names
 
 
 def _number(text: str, kind, policy: str, what: str):
@@ -168,7 +182,7 @@ def _number(text: str, kind, policy: str, what: str):
 def builtin_policy(text: str) -> Policy | None:
     """A built-in policy from its command-line form, or None when the name is not built in."""
     name, _, arg = text.partition(":")
-    if name in ("feature-extract", "linear-probe") and not arg:
+    if ALIASES.get(name, name) == "feature-extract" and not arg:
         return Policy(text, BUILTIN_HELP["feature-extract"], head_only=True)
     if name == "finetune" and not arg:
         return Policy(text, BUILTIN_HELP["finetune"])
@@ -201,7 +215,7 @@ def policy_from_data(name: str, data: dict[str, Any], where: str = "registry.tom
     return Policy.from_dict({"name": name, **data}, where=f"{where} [policies.{name}]")
 
 
-def resolve_policy(text: str, registry=None) -> Policy:
+def parse_policy(text: str, registry=None) -> Policy:
     """The policy called `text`: built-in, from registry.toml, or from a plugin."""
     from zoo.catalogue.registry import get_registry
 
@@ -225,19 +239,7 @@ def resolve_policy(text: str, registry=None) -> Policy:
             )
         policy.check(f"plugin '{entry.source}', policy '{name}'")
         return policy
-    known = [
-        "feature-extract",
-        "linear-probe",
-        "freeze:K",
-        "finetune",
-        "scratch",
-        "discriminative:F",
-        "gradual:N",
-        "cut:GROUP",
-        "auto",
-        *sorted(tables),
-        *sorted(registry.policies),
-    ]
+    known = [*builtin_names(aliases=True), *sorted(tables), *sorted(registry.policies)]
     raise PolicyError(f"unknown policy '{text}'; choose from {', '.join(known)}")
 
 

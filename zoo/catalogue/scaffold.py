@@ -66,25 +66,19 @@ def register_backbones(register):
     )
 '''
 
+# {small_cnn}: the source of `small_cnn` below, the one definition of the template model
 _BUILD = '''\
 """Build the model; load `weights` (a zoo.Weights) when given."""
 
 from __future__ import annotations
 
 
+{small_cnn}
+
 def build(spec, weights=None):
     import torch
-    from torch import nn
 
-    def block(cin, cout):
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
-
-    model = nn.Sequential()
-    model.add_module("stem", block(3, 16))
-    model.add_module("stage1", block(16, 32))
-    model.add_module("stage2", block(32, 64))
-    model.add_module("pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
-    model.add_module("fc", nn.Linear(64, 1000))
+    model = small_cnn()
     if weights is not None:
         from zoo.catalogue.weights import fetch
 
@@ -121,6 +115,29 @@ the test runs `zoo.testing.check_backbone` on it.
 """
 
 
+def small_cnn(widths: tuple[int, int, int] = (16, 32, 64), num_classes: int = 1000):
+    """A small CNN, the model to replace: three stride-2 conv blocks (stem, stage1, stage2), pooling, head `fc`."""
+    from torch import nn
+
+    def block(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+    model = nn.Sequential()
+    model.add_module("stem", block(3, widths[0]))
+    model.add_module("stage1", block(widths[0], widths[1]))
+    model.add_module("stage2", block(widths[1], widths[2]))
+    model.add_module("pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    model.add_module("fc", nn.Linear(widths[2], num_classes))
+    return model
+
+
+def small_cnn_source() -> str:
+    """The source of `small_cnn`, as the generated build.py holds it (and the tests' tiny backbone)."""
+    import inspect
+
+    return inspect.getsource(small_cnn)
+
+
 def new_plugin(name: str, where: Path | str = ".") -> Path:
     """Write the package `zoo-NAME/` under `where`; refuses to overwrite anything."""
     if not re.fullmatch(r"[a-z][a-z0-9_-]*", name or ""):
@@ -130,7 +147,7 @@ def new_plugin(name: str, where: Path | str = ".") -> Path:
     root = Path(where).expanduser() / f"zoo-{dash}"
     if root.exists():
         raise OutputError(f"{root}: already exists; choose another name or folder")
-    fields = {"name": dash, "module": module, "dash": dash}
+    fields = {"name": dash, "module": module, "dash": dash, "small_cnn": small_cnn_source()}
     files = {
         "pyproject.toml": _PYPROJECT,
         "README.md": _README,

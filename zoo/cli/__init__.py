@@ -16,26 +16,16 @@ def add_plugin_commands() -> None:
     """Let every plugin add its commands, one plugin at a time (a failing plugin is named and skipped)."""
     from zoo.catalogue.plugins import get_plugins
 
-    plugins = get_plugins()
-    for impl in plugins.pm.hook.register_commands.get_hookimpls():
-        info = plugins.infos.get(impl.plugin_name)
-        before = {c.name or c.callback.__name__ for c in app.registered_commands}
-        before |= {g.name for g in app.registered_groups}
-        try:
-            impl.function(cli=app)
-        except Exception as exc:  # a third party's bug must not stop zoo
-            if info is not None:
-                info.errors.append(f"register_commands raised {type(exc).__name__}: {exc}")
-            import logging
+    def names() -> set[str]:
+        commands = {c.name or c.callback.__name__ for c in app.registered_commands}
+        return commands | {g.name for g in app.registered_groups}
 
-            logging.getLogger(__name__).warning(
-                "plugin '%s' failed in register_commands: %s: %s", impl.plugin_name, type(exc).__name__, exc
-            )
-            continue
-        after = {c.name or c.callback.__name__ for c in app.registered_commands}
-        after |= {g.name for g in app.registered_groups}
-        if info is not None:
-            info.commands.extend(sorted(after - before))
+    def add(register_commands, info) -> None:
+        before = names()
+        register_commands(cli=app)
+        info.commands.extend(sorted(names() - before))
+
+    get_plugins().each_plugin("register_commands", add)
 
 
 add_plugin_commands()

@@ -15,15 +15,24 @@ definitions are scikit-learn's, and tests hold them to scikit-learn's numbers:
 Multi-label thresholds are tuned on the validation set (`tune_thresholds`): for each label,
 the threshold that maximises that label's F1 there, ties going to the one nearest 0.5; a label
 with no positive keeps 0.5.
+
+numpy is imported in each function, on use: `METRICS` and `SELECTABLE` are read on the command line's
+`--help` and listing path (zoo.training.config's help texts), which does not load numpy.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_THRESHOLD = 0.5
+# the headline numbers of a report, higher is better: what summary.json's best_val and the val_* columns of
+# metrics.csv keep (micro_f1 is in multi-label reports only)
+METRICS = ("acc", "balanced_acc", "macro_f1", "micro_f1", "map")
+# the ones every report has, single- and multi-label: what `--select-by` can name to pick the best epoch
+SELECTABLE = tuple(m for m in METRICS if m != "micro_f1")
 
 
 def confusion(labels: list[int], preds: list[int], n: int) -> list[list[int]]:
@@ -59,12 +68,16 @@ def accuracy(matrix: list[list[int]]) -> float:
 
 def balanced_accuracy(matrix: list[list[int]]) -> float:
     """The mean recall over the classes that occur."""
+    import numpy as np
+
     recalls = [row[i] / sum(row) for i, row in enumerate(matrix) if sum(row)]
     return float(np.mean(recalls)) if recalls else 0.0
 
 
 def macro_f1(matrix: list[list[int]]) -> float:
     """The mean F1 over the classes that occur or are predicted."""
+    import numpy as np
+
     rows = per_class(matrix, [str(i) for i in range(len(matrix))])
     used = [r["f1"] for i, r in enumerate(rows) if r["support"] or sum(m[i] for m in matrix)]
     return float(np.mean(used)) if used else 0.0
@@ -72,6 +85,8 @@ def macro_f1(matrix: list[list[int]]) -> float:
 
 def average_precision(truth: np.ndarray, scores: np.ndarray) -> float | None:
     """AP of one class's scores (None when the class has no positive)."""
+    import numpy as np
+
     truth = np.asarray(truth, bool)
     if not truth.any():
         return None
@@ -86,6 +101,8 @@ def average_precision(truth: np.ndarray, scores: np.ndarray) -> float | None:
 
 def mean_average_precision(targets: np.ndarray, scores: np.ndarray) -> tuple[float, list[float | None]]:
     """(mAP over the classes with a positive, AP per class) from (n, C) 0/1 targets and (n, C) scores."""
+    import numpy as np
+
     per = [average_precision(targets[:, c], scores[:, c]) for c in range(targets.shape[1])]
     known = [ap for ap in per if ap is not None]
     return (float(np.mean(known)) if known else 0.0), per
@@ -93,6 +110,8 @@ def mean_average_precision(targets: np.ndarray, scores: np.ndarray) -> tuple[flo
 
 def targets_array(labels: list, n: int, multi_label: bool) -> np.ndarray:
     """Sample labels as the metrics take them: (k,) class indices, or (k, n) 0/1 rows from tuples of classes."""
+    import numpy as np
+
     if not multi_label:
         return np.asarray(labels, dtype=np.int64)
     out = np.zeros((len(labels), n), dtype=np.float32)
@@ -102,6 +121,8 @@ def targets_array(labels: list, n: int, multi_label: bool) -> np.ndarray:
 
 
 def one_hot(labels: np.ndarray, n: int) -> np.ndarray:
+    import numpy as np
+
     out = np.zeros((len(labels), n), dtype=np.float32)
     out[np.arange(len(labels)), labels] = 1
     return out
@@ -109,6 +130,8 @@ def one_hot(labels: np.ndarray, n: int) -> np.ndarray:
 
 def single_label_report(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """Every single-label metric of (n,) true classes and (n, C) class probabilities."""
+    import numpy as np
+
     labels = np.asarray(labels, dtype=np.int64)
     preds = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
     matrix = confusion(labels.tolist(), preds.tolist(), len(classes))
@@ -133,6 +156,8 @@ def tune_thresholds(targets: np.ndarray, scores: np.ndarray) -> list[float]:
     Candidates are 0.5 and the midpoints between consecutive distinct scores, so a label
     is predicted when its score is >= the threshold.
     """
+    import numpy as np
+
     out = []
     for c in range(targets.shape[1]):
         truth = targets[:, c] > 0.5
@@ -161,6 +186,8 @@ def multi_label_report(
     targets: np.ndarray, probs: np.ndarray, thresholds: list[float], classes: list[str]
 ) -> dict[str, Any]:
     """Every multi-label metric of (n, C) 0/1 targets and (n, C) sigmoid probabilities, at `thresholds`."""
+    import numpy as np
+
     truth = np.asarray(targets) > 0.5
     predicted = probs >= np.asarray(thresholds, dtype=np.float64)[None, :]
     tp, pp, ap_ = (predicted & truth).sum(0), predicted.sum(0), truth.sum(0)

@@ -23,14 +23,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from zoo.core.errors import UsageError
+from zoo.core.metrics import SELECTABLE
 
 MODES = ("none", "loss", "sampler")
-METRICS = (
-    "acc",
-    "balanced_acc",
-    "macro_f1",
-    "map",
-)  # what `--select-by` can name (`zoo.core.metrics`); higher is better
 SKEW_LIMIT = 1.5
 
 
@@ -93,8 +88,8 @@ def choose(asked: str, counts: list[int], images: int, multi_label: bool) -> Bal
 
 def select_metric(asked: str, balance: Balance) -> str:
     """The metric that picks the best epoch: `--select-by`, or the auto rule above."""
-    if asked not in ("auto", *METRICS):
-        raise UsageError(f"--select-by {asked}: choose one of auto, {', '.join(METRICS)}")
+    if asked not in ("auto", *SELECTABLE):
+        raise UsageError(f"--select-by {asked}: choose one of auto, {', '.join(SELECTABLE)}")
     if asked != "auto":
         return asked
     if balance.multi_label:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from zoo.core.check import all_close
-from zoo.core.errors import CutError, ModelFileError
+from zoo.core.errors import CutError
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,11 @@ class FeatureCache:
 
 
 def _ort_session(prefix, example: torch.Tensor, n_outputs: int):
-    """The prefix exported to ONNX and loaded in onnxruntime, or None when it cannot be."""
+    """The prefix exported to ONNX and loaded in onnxruntime, or None when it cannot be.
+
+    Any failure means None, not only zoo's ExportError (write_onnx) and ModelFileError (ort_session): onnx reading
+    the file back, a full temp folder or an exporter bug also only cost speed, since torch computes the same cache.
+    """
     from zoo.runtime.onnx_io import ort_session, write_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,7 +99,7 @@ def _ort_session(prefix, example: torch.Tensor, n_outputs: int):
                 exporter="torchscript",
             )
             return ort_session(path, threads=torch.get_num_threads())
-        except (ModelFileError, Exception) as exc:  # an exporter gap only costs speed: torch computes the cache
+        except Exception as exc:  # an exporter gap only costs speed: torch computes the cache
             log.info(
                 "onnxruntime cache engine unavailable (%s: %s); using torch",
                 type(exc).__name__,

@@ -12,16 +12,27 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from zoo.catalogue.policies import BUILTIN_NAMES as POLICIES
 from zoo.core.errors import UsageError
+from zoo.core.metrics import SELECTABLE
 from zoo.core.options import APPLY, option
-from zoo.data.balance import METRICS, SKEW_LIMIT
 from zoo.data.balance import MODES as BALANCE_MODES
+from zoo.data.balance import SKEW_LIMIT
 
-OPTIMIZERS = ("adamw", "sgd")
+
+@dataclass(frozen=True)
+class OptimizerDefaults:
+    """What an optimizer gets when --lr and --weight-decay are not given."""
+
+    head_lr: float  # the LR when only the head trains
+    body_lr: float  # the LR when more than the head trains
+    weight_decay: float
+
+
+# the optimizers `--optimizer` can name, and their defaults: the one table of both
+OPTIMIZER_DEFAULTS = {"adamw": OptimizerDefaults(1e-3, 3e-4, 0.05), "sgd": OptimizerDefaults(1e-2, 1e-2, 1e-4)}
+OPTIMIZERS = tuple(OPTIMIZER_DEFAULTS)
 SCHEDULES = ("cosine", "step")
-HEAD_LR = {"adamw": 1e-3, "sgd": 1e-2}  # default LR when only the head trains
-BODY_LR = {"adamw": 3e-4, "sgd": 1e-2}  # default LR when more than the head trains
-WEIGHT_DECAY = {"adamw": 0.05, "sgd": 1e-4}
 AUGMENTS = ("none", "light", "strong")
 CACHE_MODES = ("auto", "off")
 CACHE_ENGINES = ("auto", "torch", "onnxruntime")
@@ -32,6 +43,7 @@ TRAIN_SIZE_RATIO = 0.72
 CPU_BATCH = 16  # measured fastest per image on the CPU here (docs/benchmarks.md)
 GPU_BATCH = 64
 MAX_WORKERS = 4
+_ADAMW, _SGD = OPTIMIZER_DEFAULTS["adamw"], OPTIMIZER_DEFAULTS["sgd"]  # for the help texts
 
 
 @dataclass
@@ -67,32 +79,33 @@ class TrainConfig:
     )
     select_by: str = option(
         "auto",
-        f"Val metric that picks the best epoch: auto, {', '.join(METRICS)} [auto: map for multi-label, "
+        f"Val metric that picks the best epoch: auto, {', '.join(SELECTABLE)} [auto: map for multi-label, "
         "balanced_acc when the train split is skewed, else acc].",
     )
     policy: str = option(
         "finetune",
-        "Freeze policy: feature-extract, freeze:K, finetune, scratch, discriminative:F, gradual:N, cut:GROUP, "
-        "auto, or a named one (`zoo policies`).",
+        f"Freeze policy: {', '.join(POLICIES)}, or a named one (`zoo policies`).",
     )
     weights: str = option("default", "Weights tag, 'none' for random init, or a local file.")
     epochs: int = option(10, "Epochs to train (with --resume: the total to reach).", on_resume=APPLY)
     batch_size: int | None = option(
-        None, f"Images per step, over all workers [default: {CPU_BATCH} on the CPU, {GPU_BATCH} on a GPU]."
+        None,
+        "Images per batch over all workers, each taking an equal share (--accum-steps batches make one optimizer "
+        f"step) [default: {CPU_BATCH} per worker on the CPU, {GPU_BATCH} per worker on a GPU].",
     )
     lr: str | None = option(
         None,
         f"Base learning rate, or 'auto' (run the LR range test first, as `zoo lr-find`, and use its suggestion) "
-        f"[default: {HEAD_LR['adamw']:g} (adamw) or {HEAD_LR['sgd']:g} (sgd) when only the head trains, else "
-        f"{BODY_LR['adamw']:g} or {BODY_LR['sgd']:g}].",
+        f"[default: {_ADAMW.head_lr:g} (adamw) or {_SGD.head_lr:g} (sgd) when only the head trains, else "
+        f"{_ADAMW.body_lr:g} or {_SGD.body_lr:g}].",
     )
     lr_find_steps: int = option(100, "--lr auto: steps of the LR range test (LR from 1e-7 to 1, exponentially).")
     optimizer: str = option("adamw", f"Optimizer: {' or '.join(OPTIMIZERS)} (SGD: Nesterov momentum).")
     momentum: float = option(0.9, "SGD momentum.")
     weight_decay: float | None = option(
         None,
-        f"Weight decay, never on biases and norms [default: {WEIGHT_DECAY['adamw']:g} (adamw) or "
-        f"{WEIGHT_DECAY['sgd']:g} (sgd)].",
+        f"Weight decay, never on biases and norms [default: {_ADAMW.weight_decay:g} (adamw) or "
+        f"{_SGD.weight_decay:g} (sgd)].",
     )
     schedule: str = option("cosine", f"LR schedule: {' or '.join(SCHEDULES)} (cosine with linear warmup).")
     warmup_epochs: float = option(1.0, "Linear warmup length, in epochs.")
@@ -179,7 +192,7 @@ class TrainConfig:
         choose("cache-engine", self.cache_engine, CACHE_ENGINES)
         choose("augment", self.augment, ("auto", *AUGMENTS))
         choose("balance", self.balance, ("auto", *BALANCE_MODES))
-        choose("select-by", self.select_by, ("auto", *METRICS))
+        choose("select-by", self.select_by, ("auto", *SELECTABLE))
         if self.label_sep == "":
             raise UsageError("--label-sep '': give the character that separates labels in a cell (e.g. '|')")
         for flag, value, low in (
@@ -201,7 +214,6 @@ class TrainConfig:
             ("warmup-epochs", self.warmup_epochs, 0.0, True),
             ("gamma", self.gamma, 0.0, False),
             ("dist-timeout", self.dist_timeout, 0.0, False),
-            ("momentum", self.momentum, 0.0, True),
             ("clip-grad", self.clip_grad, 0.0, False),
             ("mixup", self.mixup, 0.0, False),
             ("cutmix", self.cutmix, 0.0, False),
@@ -210,7 +222,7 @@ class TrainConfig:
                 continue
             if not math.isfinite(value) or value < low or (value == low and not inclusive):
                 raise UsageError(f"--{flag} {value}: must be a finite number {'>=' if inclusive else '>'} {low:g}")
-        if not 0 <= self.momentum < 1:
+        if not 0 <= self.momentum < 1:  # also refuses NaN
             raise UsageError(f"--momentum {self.momentum}: must be in [0, 1)")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"--label-smoothing {self.label_smoothing}: must be in [0, 1)")

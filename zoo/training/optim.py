@@ -15,18 +15,20 @@ import torch
 
 from zoo.catalogue.policies import RunPlan
 from zoo.model.build import GroupMap
-from zoo.training.config import BODY_LR, HEAD_LR, WEIGHT_DECAY
+from zoo.training.config import OPTIMIZER_DEFAULTS
 
 
 def base_lr(lr: float | None, optimizer: str, head_only: bool) -> float:
     """`--lr`, or the default for the optimizer and for what trains."""
     if lr is not None:
         return lr
-    return (HEAD_LR if head_only else BODY_LR)[optimizer]
+    defaults = OPTIMIZER_DEFAULTS[optimizer]
+    return defaults.head_lr if head_only else defaults.body_lr
 
 
 def weight_decay(value: float | None, optimizer: str) -> float:
-    return WEIGHT_DECAY[optimizer] if value is None else value
+    """`--weight-decay`, or the optimizer's default."""
+    return OPTIMIZER_DEFAULTS[optimizer].weight_decay if value is None else value
 
 
 @dataclass(frozen=True)
@@ -36,9 +38,9 @@ class Schedule:
     kind: str  # cosine (with linear warmup) or step
     epochs: int
     steps_per_epoch: int
-    warmup_epochs: float = 1.0
-    step_size: int = 7  # step: epochs between drops
-    gamma: float = 0.1  # step: multiplier at each drop
+    warmup_epochs: float  # the defaults of these are TrainConfig's
+    step_size: int  # step: epochs between drops
+    gamma: float  # step: multiplier at each drop
 
     def factor(self, step: int) -> float:
         total = self.epochs * self.steps_per_epoch
@@ -69,7 +71,7 @@ def step_groups(batches, accum_steps: int):
 class Optimizer:
     """A torch optimizer whose parameter groups are the trainable layer groups, added as they start to train."""
 
-    def __init__(self, kind: str, groups: GroupMap, plan: RunPlan, lr: float, decay: float, momentum: float = 0.9):
+    def __init__(self, kind: str, groups: GroupMap, plan: RunPlan, lr: float, decay: float, momentum: float):
         self.kind, self.groups, self.plan = kind, groups, plan
         self.lr, self.decay, self.momentum = lr, decay, momentum
         self.torch: torch.optim.Optimizer | None = None

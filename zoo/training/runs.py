@@ -42,12 +42,19 @@ def check_out_folder(out: Path | str, flag: str = "--out") -> Path:
     return out
 
 
+def run_name(*parts: str) -> str:
+    """A default run folder name from its parts (backbone, policy, ...): joined with '-', and every run of
+    characters other than letters, digits, '_', '.' and '-' (a '/' or ':' in hub names and policies, spaces)
+    made one '-', so that it is one safe folder name on every filesystem."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(parts))
+
+
 def new_run_dir(out: Path | str, name: str | None, backbone: str, policy: str) -> Path:
     """A new, empty run folder under `out`: NAME, else BACKBONE-POLICY, with -2, -3... when taken."""
     root = check_out_folder(out)
     if name is not None and (not name or name in (".", "..") or "/" in name or "\\" in name):
         raise OutputError(f"--name {name!r}: a run folder name, without '/'")
-    base = name or re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{backbone}-{policy}")
+    base = name or run_name(backbone, policy)
     candidate, i = root / base, 1
     try:
         while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
