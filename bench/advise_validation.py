@@ -54,7 +54,7 @@ def evaluate_dataset(name: str, data: Path, epochs: int, out: Path) -> dict:
     start = time.perf_counter()
     advice = advise("efficientnet_lite0", data)
     advise_seconds = time.perf_counter() - start
-    candidates = list(dict.fromkeys([*POLICIES, advice.policy]))
+    candidates = list(dict.fromkeys([*POLICIES, advice.policy.name]))
     results = {}
     for policy in candidates:
         torch.manual_seed(0)
@@ -68,9 +68,9 @@ def evaluate_dataset(name: str, data: Path, epochs: int, out: Path) -> dict:
         "advice": advice.to_dict(),
         "advise_seconds": advise_seconds,
         "results": results,
-        "auto": advice.policy,
-        "auto_rank": ranked.index(advice.policy) + 1,
-        "gap_points": 100 * (best - results[advice.policy]["best_val_acc"]),
+        "auto": advice.policy.name,
+        "auto_rank": ranked.index(advice.policy.name) + 1,
+        "gap_points": 100 * (best - results[advice.policy.name]["best_val_acc"]),
     }
 
 

@@ -14,7 +14,8 @@ from zoo.cli import app
 from zoo.model.checkpoint import read_checkpoint
 from zoo.training.config import TrainConfig
 from zoo.training.lr_find import range_test, suggest
-from zoo.training.train import Trainer, finetune, resume_run
+from zoo.training.setup import RunSetup
+from zoo.training.train import finetune, resume_run
 
 runner = CliRunner()
 
@@ -39,14 +40,14 @@ def test_the_suggestion_is_the_steepest_descent_before_the_minimum():
 
 def test_range_test_restores_the_weights_and_the_optimizer(tmp_path, tiny_registry, images):
     cfg = TrainConfig(backbone="tiny", data=str(images), policy="freeze:1", **_options(tmp_path), name="t")
-    trainer = Trainer(cfg)
-    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    result = range_test(trainer, steps=20)
+    setup = RunSetup.build(cfg)
+    before = {k: v.clone() for k, v in setup.model.state_dict().items()}
+    result = range_test(setup, steps=20)
     assert len(result.lrs) == len(result.losses) <= 20 and result.lrs == sorted(result.lrs)
     assert result.lrs[0] == pytest.approx(1e-7) and result.suggestion in result.lrs
-    assert all(torch.equal(v, trainer.model.state_dict()[k]) for k, v in before.items())
-    assert not trainer.optimizer.torch.state  # no momentum or Adam moments left behind
-    trainer.lock.release()
+    assert all(torch.equal(v, setup.model.state_dict()[k]) for k, v in before.items())
+    assert not setup.optimizer.torch.state  # no momentum or Adam moments left behind
+    setup.close()
 
 
 def test_lr_find_cli_writes_the_plot_and_prints_the_suggestion(tmp_path, tiny_registry, images):

@@ -83,7 +83,7 @@ def test_the_stored_policy_is_used_and_a_changed_registry_entry_reported(tmp_pat
 
 @pytest.mark.slow
 def test_auto_scans_the_data_and_builds_the_model_once(tmp_path, use_registry, monkeypatch):
-    import zoo.training.train
+    import zoo.training.setup
     from conftest import build_tiny
     from zoo import Weights
     from zoo.catalogue.weights import sha256_of
@@ -96,13 +96,13 @@ def test_auto_scans_the_data_and_builds_the_model_once(tmp_path, use_registry, m
     use_registry(("p", plugin_module("p", spec)))
     counts = {"load": 0, "create_model": 0}
     for name in counts:
-        original = getattr(zoo.training.train, name)
+        original = getattr(zoo.training.setup, name)
 
         def spy(*args, _original=original, _name=name, **kwargs):
             counts[_name] += 1
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(zoo.training.train, name, spy)
+        monkeypatch.setattr(zoo.training.setup, name, spy)
     data = make_images(tmp_path / "data", per_class=8)
     result = finetune("tiny", data, policy="auto", epochs=1, workers=0, out=str(tmp_path / "runs"))
     assert result.summary["auto"]["policy"] == result.summary["policy"]["name"]

@@ -119,7 +119,7 @@ def advise(
     if as_json:
         print_json(advice.to_dict())
         return
-    command = f"zoo finetune {advice.backbone} {data} --policy {advice.policy}"
+    command = f"zoo finetune {advice.backbone} {data} --policy {advice.policy.name}"
     out((advice.quadrant, "bold"), " → recommended: ", (command, "bold"))
     if advice.probes:
         t = table("linear probe on the pretrained features, by depth", [("group", "left"), ("accuracy", "right")])

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zoo.catalogue.policies import Policy, builtin_policy
 from zoo.core.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -54,13 +55,13 @@ class Advice:
     best_group: str | None
     similar: bool | None
     quadrant: str
-    policy: str
+    policy: Policy  # what --policy auto trains with; its name is the --policy text (`freeze:2`)
     evidence: list[str] = field(default_factory=list)
     chance: float = 0.0
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "policy": self.policy.name}
 
 
 def decide(
@@ -253,12 +254,12 @@ def advise(
     from zoo.catalogue.registry import get_registry
     from zoo.data.images import decode_size
     from zoo.data.split import load
-    from zoo.model.build import create_model, resolve_weights
+    from zoo.model.build import choose_weights, create_model
 
     if large_per_class < 1:
         raise UsageError(f"--large-per-class {large_per_class}: must be >= 1")
     spec = get_registry().get(backbone)
-    choice = resolve_weights(spec, weights)
+    choice = choose_weights(spec, weights)
     require_pretrained(spec, choice)
     pre = spec.preprocess_for(choice.tag)
     decoded: dict = {}
@@ -320,7 +321,7 @@ def measure(
             if name in feats:
                 probes[name] = probe_accuracy(feats[name], labels, folds, seed)
     chance = sum(per_class.values()) / (len(split.train) * len(per_class)) if multi else 1 / len(per_class)
-    size, quadrant, similar, policy, evidence = decide(
+    size, quadrant, similar, policy_name, evidence = decide(
         per_class, probes, groups, large_per_class, multi_label=multi, chance=chance, images=len(split.train)
     )
     if not usable:
@@ -338,7 +339,7 @@ def measure(
         best,
         similar,
         quadrant,
-        policy,
+        builtin_policy(policy_name),  # decide picks only built-in policies
         evidence,
         chance,
         time.perf_counter() - start,

@@ -14,6 +14,7 @@ from zoo.data.images import decode_size, load_for_eval, tta_views
 from zoo.data.split import load_for_run, manifest_options
 from zoo.model.build import split_outputs
 from zoo.model.checkpoint import load_model, preprocess_of
+from zoo.runtime import DEFAULT_TOP_K
 from zoo.runtime.predictions import check_top_k, probabilities, read_images, results
 from zoo.training.tasks import Task
 
@@ -151,7 +152,7 @@ def evaluate(
     return out
 
 
-def predict(run: str | Path, images: list[str | Path], top_k: int = 5) -> list[dict[str, Any]]:
+def predict(run: str | Path, images: list[str | Path], top_k: int = DEFAULT_TOP_K) -> list[dict[str, Any]]:
     """Top-k labels and probabilities for each image (multi-label: also the labels over their thresholds),
     with the same preprocessing as `zoo.runtime.predictor`."""
     check_top_k(top_k)

@@ -27,7 +27,7 @@ from zoo.catalogue import events
 from zoo.core.errors import DistributedError, DistributedTimeout, UsageError, ZooError
 from zoo.training.config import LaunchConfig, TrainConfig
 from zoo.training.dist import Dist
-from zoo.training.runs import LOCK_HELD_ENV, RunLock, discard_if_unstarted, new_run_dir
+from zoo.training.runs import LOCK_HELD_ENV, RunLock, discard_if_unstarted, new_run_dir, run_name, write_config
 from zoo.training.train import FinetuneResult, resume_run, train
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,27 @@ def failure_message(exc, run_dir: Path | None, launch_cfg: LaunchConfig) -> str:
     return f"worker rank {rank} (pid {failure.pid}) {how}{detail}{stopped}{where}"
 
 
+def find_lr(cfg: TrainConfig, callback: events.Callback | None = None) -> tuple[dict[str, Any], Path]:
+    """`zoo lr-find`: the LR range test on the set-up `cfg` describes, in a run folder of its own (config.json,
+    lr_find.json with the curve, lr_find.png); nothing is trained. Returns (result, run folder)."""
+    if cfg.name is None:
+        cfg = dataclasses.replace(cfg, name=run_name(cfg.backbone, cfg.policy, "lr-find"))
+    from zoo.training import lr_find, record
+    from zoo.training.setup import RunSetup
+
+    setup = RunSetup.build(cfg, callback)
+    try:
+        if setup.dist.is_main:
+            write_config(setup.run_dir, record.saved_config(cfg))
+        result = lr_find.find_and_record(setup)
+    except BaseException:
+        discard_if_unstarted(setup.run_dir)
+        raise
+    finally:
+        setup.close()
+    return result, setup.run_dir
+
+
 def _worker(job_file: str) -> int:
     """The torchrun entry point of `launch_workers`: one rank of the job. Rank 0 logs the run's events."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -178,29 +199,3 @@ def _worker(job_file: str) -> int:
 
 if __name__ == "__main__":
     sys.exit(_worker(sys.argv[1]))
-
-
-def find_lr(cfg: TrainConfig, callback: events.Callback | None = None) -> tuple[dict[str, Any], Path]:
-    """`zoo lr-find`: the LR range test on the set-up `cfg` describes, in a run folder of its own (config.json,
-    lr_find.json with the curve, lr_find.png); nothing is trained. Returns (result, run folder)."""
-    if cfg.name is None:
-        cfg = dataclasses.replace(cfg, name=f"{cfg.backbone}-{cfg.policy}-lr-find".replace("/", "-").replace(":", "-"))
-    from zoo.training import lr_find, record
-    from zoo.training.runs import write_config
-    from zoo.training.train import Trainer
-
-    trainer = Trainer(cfg, callback=callback)
-    try:
-        if trainer.dist.is_main:
-            write_config(trainer.run_dir, record.saved_config(trainer.cfg))
-        result = lr_find.find_and_record(trainer)
-    except BaseException:
-        discard_if_unstarted(trainer.run_dir)
-        raise
-    finally:
-        trainer.cache.drop()
-        trainer.ddp.release()
-        trainer.dist.close()
-        if trainer.lock:
-            trainer.lock.release()
-    return result, trainer.run_dir

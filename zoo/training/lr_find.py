@@ -51,37 +51,37 @@ def suggest(lrs: list[float], losses: list[float]) -> float:
     return float(lrs[best])
 
 
-def range_test(trainer, start: float = 1e-7, end: float = 1.0, steps: int = 100, beta: float = 0.98) -> LRFind:
-    """Run the range test on a set-up `zoo.training.train.Trainer` (before its first epoch); leave it as it was."""
+def range_test(setup, start: float = 1e-7, end: float = 1.0, steps: int = 100, beta: float = 0.98) -> LRFind:
+    """Run the range test on a run's `zoo.training.setup.RunSetup` (before its first epoch); leave it as it was."""
     if not (0 < start < end) or not all(math.isfinite(v) for v in (start, end)):
         raise UsageError(f"--lr-find-start {start} / --lr-find-end {end}: need 0 < start < end")
     if steps < 3:
         raise UsageError(f"--lr-find-steps {steps}: must be >= 3")
-    model, opt = trainer.model, trainer.optimizer
+    model, opt, cache, plan = setup.model, setup.optimizer, setup.cache, setup.choice.plan
     saved_model = copy.deepcopy(model.state_dict())
     opt.add_trainable(0)
     saved_opt = copy.deepcopy(opt.torch.state_dict())
-    trainer.cache.ensure(trainer.plan.frozen_at(0))
+    cache.ensure(plan.frozen_at(0))
     model.train()
     from zoo.model.freeze import apply_trainable
 
-    apply_trainable(model, trainer.groups, trainer.plan.trainable(0), trainer.cfg.train_bn)
-    key = (trainer.cache.k if trainer.cache.active else None, tuple(opt.names))
-    module = trainer.ddp.module(model, trainer.cache.suffix, key)
+    apply_trainable(model, setup.choice.groups, plan.trainable(0), setup.cfg.train_bn)
+    key = (cache.k if cache.active else None, tuple(opt.names))
+    module = setup.ddp.module(model, cache.suffix, key)
     lrs, losses, avg, lowest, stopped = [], [], 0.0, math.inf, "end of range"
     epoch = 0
     try:
         while len(lrs) < steps:
-            for inputs, target in trainer._batches(True, epoch):
+            for inputs, target in setup.batches(True, epoch):
                 i = len(lrs)
                 lr = start * (end / start) ** (i / (steps - 1))
                 opt.set_lr(lr / opt.lr)  # every group keeps its policy factor
-                logits, _aux = trainer._forward(module, inputs)
-                loss = trainer.criterion(logits.float(), target)
+                logits, _aux = setup.forward(module, inputs)
+                loss = setup.criterion(logits.float(), target)
                 opt.torch.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.torch.step()
-                value = float(trainer.dist.all_sum(loss.item())[0]) / trainer.dist.world
+                value = float(setup.dist.all_sum(loss.item())[0]) / setup.dist.world
                 if not math.isfinite(value):
                     stopped = "diverged"
                     break
@@ -105,17 +105,17 @@ def range_test(trainer, start: float = 1e-7, end: float = 1.0, steps: int = 100,
     return LRFind(lrs, losses, suggest(lrs, losses), RULE, len(lrs), stopped)
 
 
-def find_and_record(trainer) -> dict[str, Any]:
-    """The range test on a set-up `zoo.training.train.Trainer` (`zoo lr-find`, and --lr auto before the first
+def find_and_record(setup) -> dict[str, Any]:
+    """The range test on a run's `zoo.training.setup.RunSetup` (`zoo lr-find`, and --lr auto before the first
     epoch); its curve (lr_find.json) and plot (lr_find.png) go into the run folder."""
     import json
     import logging
 
-    result = range_test(trainer, steps=trainer.cfg.lr_find_steps).to_dict()
-    if trainer.dist.is_main:
-        (trainer.run_dir / "lr_find.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = range_test(setup, steps=setup.cfg.lr_find_steps).to_dict()
+    if setup.dist.is_main:
+        (setup.run_dir / "lr_find.json").write_text(json.dumps(result, indent=2) + "\n")
         try:
-            plot(trainer.run_dir / "lr_find.png", result)
+            plot(setup.run_dir / "lr_find.png", result)
         except Exception as exc:  # a plot must never stop a run
             logging.getLogger(__name__).warning("could not draw lr_find.png: %s: %s", type(exc).__name__, exc)
     return result

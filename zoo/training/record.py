@@ -1,8 +1,8 @@
 """What a run records about itself: its checkpoints, the plan it starts with, summary.json, the config it keeps,
 and `FinetuneResult`, which reads a finished run back.
 
-The functions take the `zoo.training.train.Trainer` they describe (typed `Any`: train imports this module, not the
-other way round); they read it and write nothing (train.py writes the files).
+Each function reads a run's `RunSetup` (what it was built from) and `RunState` (where it stands) and writes
+nothing: train.py writes the files.
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from zoo.catalogue.registry import get_registry
-from zoo.training.device import rng_state, set_rng_state
+from zoo.core.metrics import METRICS
+from zoo.training.device import rng_state
 
 if TYPE_CHECKING:
     from zoo.training.config import TrainConfig
+    from zoo.training.setup import RunSetup
+    from zoo.training.state import RunState
 
 
 @dataclass
@@ -79,176 +82,144 @@ def saved_config(cfg: TrainConfig) -> dict[str, Any]:
     return saved
 
 
-def checkpoint(trainer: Any, epoch: int) -> dict[str, Any]:
+def checkpoint(setup: RunSetup, state: RunState, epoch: int) -> dict[str, Any]:
     """last.pt and best.pt: the weights and everything `--resume`, `zoo export` and `zoo evaluate` read back."""
     from zoo.core.version import __version__
 
-    info = get_registry().plugins.get(trainer.spec.source)
+    choice = setup.choice
+    info = get_registry().plugins.get(choice.spec.source)
     return {
-        "model": trainer.evaluated_state(),  # --ema: the averaged weights
-        "trained_model": {k: v.detach().cpu() for k, v in trainer.model.state_dict().items()} if trainer.ema else None,
-        "ema": {"decay": trainer.ema.decay, "updates": trainer.ema.updates} if trainer.ema else None,
-        "backbone": get_registry().resolve(trainer.cfg.backbone),
-        "plugin": trainer.spec.source,
+        "model": setup.evaluated_state(),  # --ema: the averaged weights
+        "trained_model": {k: v.detach().cpu() for k, v in setup.model.state_dict().items()} if setup.ema else None,
+        "ema": {"decay": setup.ema.decay, "updates": setup.ema.updates} if setup.ema else None,
+        "backbone": get_registry().canonical(setup.cfg.backbone),
+        "plugin": choice.spec.source,
         "plugin_version": info.version if info else "",
         "zoo_version": __version__,
-        "classes": list(trainer.classes),
-        "preprocess": trainer.pre.to_dict(),
-        "policy": trainer.policy.to_dict(),
-        "weights": trainer.weights.label,
+        "classes": list(setup.classes),
+        "preprocess": choice.pre.to_dict(),
+        "policy": choice.policy.to_dict(),
+        "weights": choice.weights.label,
         "epoch": epoch,
-        "step": trainer.step,
-        "optimizer": trainer.optimizer.state_dict(),
-        "scaler": trainer.scaler.state_dict() if trainer.scaler else None,
-        "rng": rng_state(trainer.loader_gen),
-        "history": trainer.history,
-        "best_val_acc": trainer.best_acc,
-        "best_epoch": trainer.best_epoch,
-        "best_value": trainer.best_value,
-        "best_report": trainer.best_report,
-        "task": trainer.task.name,
-        "thresholds": trainer.best_report.get("thresholds"),
-        "select_by": trainer.select_by,
-        "config": saved_config(trainer.cfg),
-        "lr_find": trainer.lr_found,
+        "optimizer": setup.optimizer.state_dict(),
+        "scaler": setup.scaler.state_dict() if setup.scaler else None,
+        "rng": rng_state(setup.loader_gen),
+        **state.to_checkpoint(),
+        "task": setup.data.task.name,
+        "select_by": setup.data.select_by,
+        "config": saved_config(setup.cfg),
     }
 
 
-def kept(trainer: Any, epoch: int) -> str:
+def kept(state: RunState, run_dir: Path, epoch: int) -> str:
     """What an interrupted run kept, and how to continue it."""
-    done = len(trainer.history)
+    done = len(state.history)
     if done == 0:
         return f"interrupted during epoch {epoch + 1}; no epoch was complete, so nothing was kept"
     return (
-        f"interrupted during epoch {epoch + 1}; {done} complete epoch(s) saved in {trainer.run_dir}; "
-        f"continue with: zoo finetune --resume {trainer.run_dir}"
+        f"interrupted during epoch {epoch + 1}; {done} complete epoch(s) saved in {run_dir}; "
+        f"continue with: zoo finetune --resume {run_dir}"
     )
 
 
-def restore(trainer: Any, ckpt: dict[str, Any]) -> None:
-    """Put a resumed run's trainer back where `checkpoint` left it: weights (and their average), optimizer,
-    scaler, step, history, best so far, RNG."""
-    if trainer.ema:
-        trainer.model.load_state_dict(ckpt["trained_model"])
-        trainer.ema.load(ckpt["model"], ckpt["ema"]["updates"])
-    else:
-        trainer.model.load_state_dict(ckpt["model"])
-    trainer.optimizer.restore(ckpt["optimizer"], ckpt["epoch"])
-    if trainer.scaler and ckpt.get("scaler"):
-        trainer.scaler.load_state_dict(ckpt["scaler"])
-    trainer.step = ckpt["step"]
-    trainer.start_epoch = ckpt["epoch"]
-    trainer.history = list(ckpt["history"])
-    trainer.best_acc, trainer.best_epoch = ckpt["best_val_acc"], ckpt["best_epoch"]
-    trainer.best_value = ckpt.get("best_value", trainer.best_acc)
-    trainer.best_report = dict(ckpt.get("best_report") or {"preds": list(ckpt.get("best_preds", []))})
-    if trainer.split.test and trainer.best_epoch > 0:
-        from zoo.model.checkpoint import read_checkpoint
-
-        trainer.best_state = read_checkpoint(trainer.run_dir / "best.pt")["model"]
-    set_rng_state(ckpt["rng"], trainer.loader_gen)
-
-
-def started(trainer: Any) -> dict[str, Any]:
+def started(setup: RunSetup, state: RunState) -> dict[str, Any]:
     """The STARTED event: the plan per group and what the run will train on."""
-    counts = trainer.groups.counts()
-    rows = trainer.plan.rows(trainer.start_epoch, trainer.base_lr)
+    choice, data, split, cfg = setup.choice, setup.data, setup.split, setup.cfg
+    counts = choice.groups.counts()
+    rows = choice.plan.rows(state.start_epoch, setup.base_lr)
     for row in rows:
         row["params"] = counts[row["group"]]
-    train_counts = trainer.split.counts("train")
-    manifest = trainer.split.manifest
     return {
-        "backbone": trainer.spec.name,
-        "policy": trainer.policy.name,
-        "weights": trainer.weights.label,
+        "backbone": choice.spec.name,
+        "policy": choice.policy.name,
+        "weights": choice.weights.label,
         "plan": rows,
-        "train_images": len(trainer.split.train),
-        "val_images": len(trainer.split.val),
-        "classes": len(trainer.classes),
-        "layout": trainer.split.layout,
-        "smallest_class": min(train_counts.values()),
-        "skipped": len(trainer.split.skipped),
-        "test_images": len(trainer.split.test),
-        "task": trainer.task.name,
-        "balance": trainer.balance.to_dict(),
-        "select_by": trainer.select_by,
-        "manifest": manifest,
-        "augment": trainer.augment,
-        "train_size": list(trainer.loaders.train_size),
-        "input_size": list(trainer.pre.input_size),
-        "device": str(trainer.device),
-        "epochs": trainer.cfg.epochs,
-        "start_epoch": trainer.start_epoch,
-        "batch_size": trainer.batch_size,
-        "accum_steps": trainer.cfg.accum_steps,
-        "clip_grad": trainer.cfg.clip_grad,
-        "mix": trainer.mixer.describe() if trainer.mixer else None,
-        "ema": trainer.cfg.ema,
-        "lr_find": _lr_found(trainer),
-        "auto": trainer.advice.to_dict() if trainer.advice else None,
+        "train_images": len(split.train),
+        "val_images": len(split.val),
+        "classes": len(setup.classes),
+        "layout": split.layout,
+        "smallest_class": min(split.counts("train").values()),
+        "skipped": len(split.skipped),
+        "test_images": len(split.test),
+        "task": data.task.name,
+        "balance": data.balance.to_dict(),
+        "select_by": data.select_by,
+        "manifest": split.manifest,
+        "augment": setup.augment,
+        "train_size": list(setup.loaders.train_size),
+        "input_size": list(choice.pre.input_size),
+        "device": str(setup.device),
+        "epochs": cfg.epochs,
+        "start_epoch": state.start_epoch,
+        "batch_size": setup.place.batch_size,
+        "accum_steps": cfg.accum_steps,
+        "clip_grad": cfg.clip_grad,
+        "mix": setup.mixer.describe() if setup.mixer else None,
+        "ema": cfg.ema,
+        "lr_find": _lr_found(state),
+        "auto": choice.advice.to_dict() if choice.advice else None,
     }
 
 
-def summary(trainer: Any, status: str, wall_seconds: float, reason: str | None = None) -> dict[str, Any]:
+def summary(setup: RunSetup, state: RunState, status: str, wall_seconds: float, reason: str | None) -> dict[str, Any]:
     """summary.json: how the run ended and every figure it measured."""
+    choice, data, split, cfg = setup.choice, setup.data, setup.split, setup.cfg
+    best = state.best_report
     return {
         "status": status,
         "reason": reason,
-        "backbone": trainer.spec.name,
-        "plugin": trainer.spec.source,
-        "policy": trainer.policy.to_dict(),
-        "auto": trainer.advice.to_dict() if trainer.advice else None,
-        "weights": trainer.weights.label,
-        "classes": trainer.classes,
-        "task": trainer.task.name,
-        "train_images": len(trainer.split.train),
-        "val_images": len(trainer.split.val),
-        "test_images": len(trainer.split.test),
-        "train_counts": trainer.split.counts("train"),
-        "val_counts": trainer.split.counts("val"),
-        "test_counts": trainer.split.counts("test") if trainer.split.test else None,
-        "manifest": trainer.split.manifest,
-        "skipped_files": len(trainer.split.skipped),
-        "skipped": [f"{p} ({why})" for p, why in trainer.split.skipped[:100]],
-        "balance": trainer.balance.to_dict(),
-        "epochs_run": len(trainer.history),
-        "select_by": trainer.select_by,
-        "best_value": trainer.best_value,
-        "best_val_acc": trainer.best_acc,
-        "best_epoch": trainer.best_epoch,
-        "best_val": {k: trainer.best_report[k] for k in METRICS if k in trainer.best_report},
-        "per_class": trainer.best_report.get("per_class"),
-        "thresholds": trainer.best_report.get("thresholds"),
-        "test": trainer.test_report if status in ("completed", "early-stopped") else None,
-        "final_val_acc": trainer.history[-1]["val_acc"] if trainer.history else None,
-        "augment": trainer.augment,
-        "train_size": list(trainer.loaders.train_size),  # of the training crops
-        "input_size": list(trainer.pre.input_size),  # of evaluation and export
-        "cache": trainer.cache.info,
-        "device": str(trainer.device),
-        "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "off",
-        "channels_last": trainer.channels_last,
-        "scan_seconds": round(trainer.scan_seconds, 2),
+        "backbone": choice.spec.name,
+        "plugin": choice.spec.source,
+        "policy": choice.policy.to_dict(),
+        "auto": choice.advice.to_dict() if choice.advice else None,
+        "weights": choice.weights.label,
+        "classes": setup.classes,
+        "task": data.task.name,
+        "train_images": len(split.train),
+        "val_images": len(split.val),
+        "test_images": len(split.test),
+        "train_counts": split.counts("train"),
+        "val_counts": split.counts("val"),
+        "test_counts": split.counts("test") if split.test else None,
+        "manifest": split.manifest,
+        "skipped_files": len(split.skipped),
+        "skipped": [f"{p} ({why})" for p, why in split.skipped[:100]],
+        "balance": data.balance.to_dict(),
+        "epochs_run": len(state.history),
+        "select_by": data.select_by,
+        "best_value": state.best_value,
+        "best_val_acc": state.best_acc,
+        "best_epoch": state.best_epoch,
+        "best_val": {k: best[k] for k in METRICS if k in best},
+        "per_class": best.get("per_class"),
+        "thresholds": best.get("thresholds"),
+        "test": state.test_report if status in ("completed", "early-stopped") else None,
+        "final_val_acc": state.history[-1]["val_acc"] if state.history else None,
+        "augment": setup.augment,
+        "train_size": list(setup.loaders.train_size),  # of the training crops
+        "input_size": list(choice.pre.input_size),  # of evaluation and export
+        "cache": setup.cache.info,
+        "device": str(setup.device),
+        "amp": str(setup.amp_dtype).replace("torch.", "") if setup.amp_dtype else "off",
+        "channels_last": setup.channels_last,
+        "scan_seconds": round(data.scan_seconds, 2),
         "wall_seconds": round(wall_seconds, 2),
-        "world_size": trainer.dist.world,
-        "batch_size": trainer.batch_size,  # global; each rank takes batch_size / world_size
-        "accum_steps": trainer.cfg.accum_steps,
-        "effective_batch": trainer.batch_size * trainer.cfg.accum_steps,  # images per optimizer step
-        "clip_grad": trainer.cfg.clip_grad,
-        "mix": trainer.mixer.describe() if trainer.mixer else None,
-        "ema": trainer.cfg.ema,
-        "lr_find": _lr_found(trainer),
-        "workers": trainer.loaders.workers,
+        "world_size": setup.dist.world,
+        "batch_size": setup.place.batch_size,  # global; each rank takes batch_size / world_size
+        "accum_steps": cfg.accum_steps,
+        "effective_batch": setup.place.batch_size * cfg.accum_steps,  # images per optimizer step
+        "clip_grad": cfg.clip_grad,
+        "mix": setup.mixer.describe() if setup.mixer else None,
+        "ema": cfg.ema,
+        "lr_find": _lr_found(state),
+        "workers": setup.loaders.workers,
     }
 
 
-def _lr_found(trainer: Any) -> dict[str, Any] | None:
+def _lr_found(state: RunState) -> dict[str, Any] | None:
     """--lr auto: what the range test found (its curve is in lr_find.json)."""
-    found = trainer.lr_found
+    found = state.lr_found
     return {k: found[k] for k in ("suggestion", "rule", "steps", "stopped")} if found else None
-
-
-METRICS = ("acc", "balanced_acc", "macro_f1", "micro_f1", "map")
 
 
 def stored(report: dict[str, Any]) -> dict[str, Any]:
