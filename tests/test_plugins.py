@@ -87,7 +87,7 @@ def test_plugin_that_fails_to_import_is_named_and_skipped(tmp_path):
 
 
 def test_register_policies_adds_a_named_policy(use_registry):
-    from zoo.catalogue.policies import Policy, resolve_policy
+    from zoo.catalogue.policies import Policy, parse_policy
 
     class PolicyPlugin:
         @hookimpl
@@ -97,13 +97,13 @@ def test_register_policies_adds_a_named_policy(use_registry):
 
     registry = use_registry(("policyplugin", PolicyPlugin()))
     assert registry.plugins["policyplugin"].policies == ["top", "broken"]
-    assert resolve_policy("top:2", registry).frozen == 2
+    assert parse_policy("top:2", registry).frozen == 2
     import pytest
 
     from zoo.core.errors import PolicyError
 
     with pytest.raises(PolicyError, match="plugin 'policyplugin': policy 'broken' returned str"):
-        resolve_policy("broken", registry)
+        parse_policy("broken", registry)
 
 
 def test_register_commands_adds_a_command_and_a_failing_plugin_is_named(tmp_path):

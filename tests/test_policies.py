@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import make_images, plugin_module
-from zoo.catalogue.policies import Policy, resolve_policy
+from zoo.catalogue.policies import Policy, parse_policy
 from zoo.core.errors import PolicyError
 from zoo.model.checkpoint import read_checkpoint
 from zoo.training.train import finetune
@@ -15,24 +15,24 @@ GROUPS = ("stem", "stage1", "stage2", "head")
 
 
 def frozen(text: str) -> int:
-    return resolve_policy(text).resolve(GROUPS).frozen
+    return parse_policy(text).plan(GROUPS).frozen
 
 
 def test_builtin_policies_parse():
-    assert resolve_policy("feature-extract").head_only
+    assert parse_policy("feature-extract").head_only
     assert frozen("linear-probe") == 3
     assert frozen("freeze:2") == 2
     assert frozen("freeze:stage1") == 2
     assert frozen("finetune") == 0
-    assert resolve_policy("scratch").pretrained is False
-    assert resolve_policy("cut:stage1").cut == "stage1"
-    plan = resolve_policy("discriminative:0.5").resolve(GROUPS)
+    assert parse_policy("scratch").pretrained is False
+    assert parse_policy("cut:stage1").cut == "stage1"
+    plan = parse_policy("discriminative:0.5").plan(GROUPS)
     assert plan.lr_mults == (0.125, 0.25, 0.5, 1.0)
     assert all(plan.trainable(0).values())
 
 
 def test_gradual_unfreezes_one_group_from_the_top_every_n_epochs():
-    plan = resolve_policy("gradual:2").resolve(GROUPS)
+    plan = parse_policy("gradual:2").plan(GROUPS)
     assert [plan.frozen_at(e) for e in range(8)] == [3, 3, 2, 2, 1, 1, 0, 0]
     assert list(plan.trainable(4).values()) == [False, True, True, True]
 
@@ -40,19 +40,19 @@ def test_gradual_unfreezes_one_group_from_the_top_every_n_epochs():
 def test_freeze_head_is_refused_not_feature_extract():
     """`freeze:head` once meant feature-extract by accident: "head" was also the head-only sentinel."""
     with pytest.raises(PolicyError, match="'head' is the head group, which always trains"):
-        resolve_policy("freeze:head").resolve(GROUPS)
-    assert not resolve_policy("freeze:head").head_only
+        parse_policy("freeze:head").plan(GROUPS)
+    assert not parse_policy("freeze:head").head_only
 
 
 def test_legacy_frozen_head_in_data_still_means_head_only():
     policy = Policy.from_dict({"name": "old", "frozen": "head"})
-    assert policy.head_only and policy.resolve(GROUPS).frozen == 3
+    assert policy.head_only and policy.plan(GROUPS).frozen == 3
 
 
 @pytest.mark.parametrize("factor", ["nan", "inf", "-inf"])
 def test_non_finite_lr_factors_are_refused(factor):
     with pytest.raises(PolicyError, match="finite"):
-        resolve_policy(f"discriminative:{factor}")
+        parse_policy(f"discriminative:{factor}")
 
 
 @pytest.mark.parametrize(
@@ -70,7 +70,7 @@ def test_non_finite_lr_factors_are_refused(factor):
 )
 def test_bad_policies_are_explained(text, message):
     with pytest.raises(PolicyError, match=message):
-        resolve_policy(text).resolve(GROUPS)
+        parse_policy(text).plan(GROUPS)
 
 
 def test_registry_and_plugin_policies(use_registry):
@@ -79,10 +79,10 @@ def test_registry_and_plugin_policies(use_registry):
 
     registry = use_registry(("policy_plugin", plugin_module("policy_plugin", policies=[("top-two", top_two)])))
     assert frozen("top-two:1") == 1
-    ulmfit = resolve_policy("ulmfit", registry)  # declared as data in registry.toml
+    ulmfit = parse_policy("ulmfit", registry)  # declared as data in registry.toml
     assert ulmfit.unfreeze_every == 1 and ulmfit.lr_decay == pytest.approx(1 / 2.6, rel=1e-3)
-    fastai = resolve_policy("fine-tune-fastai", registry)
-    assert [fastai.resolve(GROUPS).frozen_at(e) for e in range(3)] == [3, 0, 0]
+    fastai = parse_policy("fine-tune-fastai", registry)
+    assert [fastai.plan(GROUPS).frozen_at(e) for e in range(3)] == [3, 0, 0]
 
 
 def _train(tmp_path, policy, cache="auto", epochs=2, **options):

@@ -15,7 +15,7 @@ from zoo import Weights
 from zoo.catalogue.registry import get_registry
 from zoo.catalogue.weights import cache_dir, fetch
 from zoo.core.errors import UsageError, WeightsError
-from zoo.model.build import create_model, resolve_weights
+from zoo.model.build import choose_weights, create_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -121,9 +121,9 @@ def test_weights_path_errors_are_one_line(tmp_path):
 
 def test_weights_none_and_default():
     spec = get_registry().get("resnet50")
-    assert resolve_weights(spec, "none").tag is None
-    assert resolve_weights(spec, None).tag.tag == "IMAGENET1K_V2"
-    assert resolve_weights(spec, "IMAGENET1K_V1").tag.tag == "IMAGENET1K_V1"
+    assert choose_weights(spec, "none").tag is None
+    assert choose_weights(spec, None).tag.tag == "IMAGENET1K_V2"
+    assert choose_weights(spec, "IMAGENET1K_V1").tag.tag == "IMAGENET1K_V1"
 
 
 def test_efficientnet_lite0_loads_real_imagenet_weights_offline():

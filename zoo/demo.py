@@ -31,8 +31,8 @@ def demo_backbone(name: str | None = None) -> str:
     if name:
         return registry.get(name).name
     wanted = registry.data.get("defaults", {}).get("demo")
-    if wanted and registry.resolve(wanted) in registry.backbones:
-        return registry.resolve(wanted)
+    if wanted and registry.canonical(wanted) in registry.backbones:
+        return registry.canonical(wanted)
     offline = registry.list(tag=OFFLINE_TAG)
     if not offline:
         raise UsageError(

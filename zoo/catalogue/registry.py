@@ -120,7 +120,7 @@ class Registry:
             raise InvalidBackbone(f"plugin '{source}': backbone '{spec.name}' is already registered by '{other}'")
         self.backbones[spec.name] = spec
 
-    def resolve(self, name: str) -> str:
+    def canonical(self, name: str) -> str:
         """The backbone name behind an alias (or the name itself)."""
         return self.aliases.get(name, name)
 
@@ -130,7 +130,7 @@ class Registry:
         A spec registered with `resolve` and no groups yet (an ONNX model-zoo entry) is
         completed first: that may download and convert a file. `list()` never does.
         """
-        real = self.resolve(name)
+        real = self.canonical(name)
         if real in self.backbones:
             spec = self.backbones[real]
             if spec.resolve and not spec.groups:

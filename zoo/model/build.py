@@ -39,7 +39,7 @@ class WeightsChoice:
         return self.tag is not None or self.path is not None
 
 
-def resolve_weights(spec: Backbone, weights: str | Path | None = "default") -> WeightsChoice:
+def choose_weights(spec: Backbone, weights: str | Path | None = "default") -> WeightsChoice:
     """Turn a `--weights` value into a choice: "default", "none", a tag, or a file path.
 
     "default" is the spec's default tag, as the registry left it (`[defaults] weights = "none"` clears it).
@@ -81,7 +81,7 @@ def create_model(
 
     if isinstance(spec, str):
         spec = get_registry().get(spec)
-    choice = weights if isinstance(weights, WeightsChoice) else resolve_weights(spec, weights)
+    choice = weights if isinstance(weights, WeightsChoice) else choose_weights(spec, weights)
     model = load_callable(spec.build, spec)(spec, weights=choice.tag, **dict(spec.build_kwargs))
     if choice.path is not None:
         load_into(model, load_state_dict(choice.path), spec, f"--weights {choice.path}")

@@ -83,12 +83,12 @@ def resumed_policy(ckpt: dict[str, Any]) -> Policy:
     """The policy a resumed run keeps: its own, with a warning when the registry now defines that name otherwise."""
     import logging
 
-    from zoo.catalogue.policies import resolve_policy
+    from zoo.catalogue.policies import parse_policy
     from zoo.core.errors import PolicyError
 
     policy = policy_of(ckpt)
     try:
-        now = resolve_policy(policy.name)
+        now = parse_policy(policy.name)
     except PolicyError:
         return policy
     if now != policy:
