@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import types
 
 import pytest
 
 import zoo.catalogue.registry
 from zoo import Backbone, Group, Preprocess, hookimpl
+from zoo.catalogue.scaffold import small_cnn, small_cnn_source
 
 # one model of each family the transfer-learning tutorials use
 TUTORIAL_MODELS = (
@@ -23,22 +25,16 @@ TUTORIAL_MODELS = (
 )
 
 
+TINY_WIDTHS = (8, 16, 32)  # the tiny backbone: `zoo plugin new`'s template model (scaffold.small_cnn), narrower
+
+
 def build_tiny(spec, weights=None, num_classes=10, **kwargs):
     """A 3-stage CNN small enough to train in a test; `weights` is loaded from its file like any plugin would."""
     import torch
-    from torch import nn
 
     from zoo.catalogue.weights import fetch
 
-    def block(cin, cout):
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
-
-    model = nn.Sequential()
-    model.add_module("stem", block(3, 8))
-    model.add_module("stage1", block(8, 16))
-    model.add_module("stage2", block(16, 32))
-    model.add_module("pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
-    model.add_module("fc", nn.Linear(32, num_classes))
+    model = small_cnn(TINY_WIDTHS, num_classes)
     if weights is not None:
         model.load_state_dict(torch.load(fetch(weights), weights_only=True))
     return model
@@ -83,6 +79,55 @@ def plugin_module(name: str, *specs: Backbone, policies=()) -> types.SimpleNames
     return Plugin()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _gc_frozen_after_collection():
+    """The training loop calls gc.collect() (zoo.training.dist.release): in a test process that holds torch, onnx,
+    matplotlib and every collected test, one full collection takes ~0.3 s. What is alive once the tests are
+    collected lives to the end (modules, test functions), so it is frozen: collections scan the rest."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
+
+
+@pytest.fixture(autouse=True)
+def _gc_scans_only_new_objects(_gc_frozen_after_collection):
+    """The same before each test, for what the tests before it left alive (fixtures of wider scope, caches)."""
+    gc.collect()
+    gc.freeze()
+
+
+_DRAW_PICTURES = {"now": False}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _run_pictures_switch():
+    """A run's pictures (zoo.training.plots.write_all: curves, confusion matrix, predictions) take matplotlib
+    longer to draw than the tiny backbone takes to train. In these modules they are drawn only in the tests marked
+    `plots`, the tests that check them; in every other test, and in the module-scoped fixtures that train (set up
+    after this autouse one), nothing is drawn: a failing picture never fails a run, so nothing else saw them.
+    Outside these modules (the plugins' tests) write_all is zoo's own again."""
+    import zoo.training.plots
+
+    drawn = zoo.training.plots.write_all
+
+    def write_all(*args, **kwargs):
+        if _DRAW_PICTURES["now"]:
+            drawn(*args, **kwargs)
+
+    _DRAW_PICTURES["now"] = False
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(zoo.training.plots, "write_all", write_all)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _no_run_pictures(request, _run_pictures_switch):
+    _DRAW_PICTURES["now"] = request.node.get_closest_marker("plots") is not None
+    yield
+    _DRAW_PICTURES["now"] = False
+
+
 @pytest.fixture
 def use_registry():
     """Install a registry built with extra in-test plugins; the real one comes back afterwards."""
@@ -115,7 +160,8 @@ def served(tmp_path):
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     handler.log_message = lambda *a: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next poll: 0.5 s by default, at every teardown
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
         yield root, f"http://127.0.0.1:{server.server_address[1]}"
@@ -150,23 +196,15 @@ def make_images(root, classes=("cats", "dogs"), per_class=12, size=40, layout="s
     return root
 
 
-TINY_PLUGIN_SOURCE = """
+TINY_PLUGIN_SOURCE = (
+    """
 from zoo import Backbone, Group, Preprocess, hookimpl
 
+"""
+    + small_cnn_source()
+    + f"""
 def build(spec, weights=None, **kwargs):
-    from torch import nn
-
-    def block(cin, cout):
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout),
-                             nn.ReLU())
-
-    model = nn.Sequential()
-    model.add_module("stem", block(3, 8))
-    model.add_module("stage1", block(8, 16))
-    model.add_module("stage2", block(16, 32))
-    model.add_module("pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
-    model.add_module("fc", nn.Linear(32, 10))
-    return model
+    return small_cnn({TINY_WIDTHS}, 10)
 
 @hookimpl
 def register_backbones(register):
@@ -175,6 +213,7 @@ def register_backbones(register):
                               Group("stage2", ("stage2",)), Group("head", ("fc",))),
                       preprocess=Preprocess(input_size=(32, 32), crop_pct=1.0)))
 """
+)
 
 
 def install_tiny_plugin(root):

@@ -11,8 +11,22 @@ ROOT = Path(__file__).resolve().parents[1]
 HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "zoo_spec")]
 
 
-def test_hooks_are_found():
-    assert set(HOOKS) >= {"register_backbones", "register_policies"}
+def test_hooks_are_found(monkeypatch):
+    """HOOKS, what the two guards below go through, is exactly the set of hooks zoo's plugin manager declares
+    (zoo.catalogue.plugins.load_plugins), and every hook-like heading (`## snake_case`) of docs/plugins.md names
+    one of them: a hook added, removed or renamed on one side only, or HOOKS finding nothing, fails here."""
+    import re
+
+    from zoo.catalogue.plugins import LOAD_ENV, load_plugins
+
+    monkeypatch.setenv(LOAD_ENV, "")  # the hooks zoo declares, not the plugins installed here
+    manager = load_plugins().pm
+    declared = {name for name in vars(manager.hook) if getattr(manager.hook, name).spec is not None}
+    assert set(HOOKS) == declared and set(HOOKS) >= {"register_backbones", "register_policies"}
+    headings = [line[3:].strip() for line in (ROOT / "docs" / "plugins.md").read_text().splitlines()
+                if line.startswith("## ")]  # fmt: skip
+    stale = [h for h in headings if re.fullmatch(r"[a-z]+(_[a-z]+)+", h) and h not in HOOKS]
+    assert not stale, f"docs/plugins.md has a heading for a hook zoo does not declare: {stale}"
 
 
 def test_every_hook_is_documented():

@@ -62,6 +62,7 @@ def test_ctrl_c_before_the_first_epoch_leaves_no_run_folder(tmp_path, tiny_regis
     assert not (tmp_path / "runs" / "never").exists()
 
 
+@pytest.mark.plots
 def test_a_signal_while_the_last_files_are_written_waits_for_them(tmp_path, tiny_registry, monkeypatch):
     import zoo.training.plots
 

@@ -36,6 +36,7 @@ def images(tmp_path):
     return make_images(tmp_path / "data", per_class=12)
 
 
+@pytest.mark.plots
 def test_run_folder_holds_everything(tmp_path, tiny_registry, images):
     result = finetune("tiny", images, policy="finetune", **_options(tmp_path))
     files = {p.name for p in result.run_dir.iterdir()}
@@ -357,20 +358,39 @@ def test_evaluate_with_tta_reports_ten_views_beside_the_plain_figures(tmp_path, 
 
 
 def test_mixup_and_cutmix_give_soft_targets_that_sum_to_one():
+    from torch.nn.functional import one_hot
+
     from zoo.core.errors import UsageError
     from zoo.training.mixing import make_mixer
 
     torch.manual_seed(0)
     images, labels = torch.rand(8, 3, 16, 16), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    # torchvision pairs each image with the one before it (roll(1)); here no image has its partner's class
+    partner, partner_labels = images.roll(1, 0), labels.roll(1, 0)
     assert make_mixer(None, None, 4, False) is None
     for mixup, cutmix in ((0.4, None), (None, 1.0), (0.4, 1.0)):
         mixer = make_mixer(mixup, cutmix, 4, False)
-        for _ in range(5):
+        kinds = set()
+        for _ in range(20):
             mixed, soft = mixer(images, labels)
             assert mixed.shape == images.shape and soft.shape == (8, 4)
             assert torch.allclose(soft.sum(1), torch.ones(8)) and (soft >= 0).all()
-            assert not torch.equal(mixed, images)
-            assert (soft.argmax(1) == labels).float().mean() >= 0.5 or soft.max() < 1  # mixed, not relabelled
+            # mixed, not relabelled: each target is lam x its own label + (1 - lam) x its partner's, with the lam
+            # the pixels were mixed with (mixup: blended; cutmix: the partner's box covers 1 - lam of the area)
+            lam = soft[0, labels[0]].item()
+            want = lam * one_hot(labels, 4) + (1 - lam) * one_hot(partner_labels, 4)
+            assert 0 < lam <= 1 and torch.allclose(soft, want.float(), atol=1e-6), (lam, soft)
+            assert torch.equal(mixed, images) == (lam == 1)  # lam 1: a cutmix box of no area, nothing pasted
+            if lam == 1:
+                continue
+            if torch.allclose(mixed, lam * images + (1 - lam) * partner, atol=1e-6):
+                kinds.add("mixup")
+            else:
+                assert ((mixed == images) | (mixed == partner)).all()
+                pasted = (mixed == partner).all(1) & (mixed != images).any(1)
+                assert pasted.float().mean().item() == pytest.approx(1 - lam, abs=1e-6)
+                kinds.add("cutmix")
+        assert kinds == {kind for kind, alpha in (("mixup", mixup), ("cutmix", cutmix)) if alpha}
     with pytest.raises(UsageError, match="single-label"):
         make_mixer(0.2, None, 4, True)
     with pytest.raises(UsageError, match="--cutmix 0"):

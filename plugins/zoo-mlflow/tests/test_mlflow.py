@@ -32,6 +32,51 @@ def store(tmp_path, monkeypatch):
     return uri
 
 
+@pytest.fixture
+def tiny():
+    """A 3-layer CNN registered by an in-test plugin beside every installed plugin (zoo-mlflow included): the off
+    switches and the failure path do not depend on the model, and lite0 would take seconds to train here."""
+    import zoo.catalogue.registry as registry
+    from zoo import Backbone, Group, Preprocess, hookimpl
+
+    def build(spec, weights=None, num_classes=10, **kwargs):
+        from torch import nn
+
+        model = nn.Sequential()
+        model.add_module("stem", nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU()))
+        model.add_module("pool", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+        model.add_module("fc", nn.Linear(8, num_classes))
+        return model
+
+    class Plugin:
+        @hookimpl
+        def register_backbones(self, register):
+            register(Backbone(name="tiny", family="tiny", build=build, head="fc",
+                              groups=(Group("stem", ("stem",)), Group("head", ("fc",))),
+                              preprocess=Preprocess(input_size=(32, 32), crop_pct=1.0)))  # fmt: skip
+
+    saved = registry._REGISTRY
+    registry._REGISTRY = registry.build_registry([("tinyplugin", Plugin())])
+    assert "mlflow" in registry._REGISTRY.plugins  # the plugin under test gets the runs' events
+    try:
+        yield "tiny"
+    finally:
+        registry._REGISTRY = saved
+
+
+@pytest.fixture
+def no_pictures(monkeypatch):
+    """As tests/conftest.py does for zoo's own tests: the run's pictures (matplotlib, longer than the tiny model's
+    training) are not drawn, and the training loop's gc.collect() scans only what this test made."""
+    import gc
+
+    import zoo.training.plots
+
+    monkeypatch.setattr(zoo.training.plots, "write_all", lambda *args, **kwargs: None)
+    gc.collect()
+    gc.freeze()
+
+
 def _files(client, run_id, path=""):
     out = []
     for item in client.list_artifacts(run_id, path):
@@ -72,27 +117,28 @@ def test_a_run_and_its_export_land_in_mlflow(tmp_path, data, store):
     assert client.get_run(run_id).data.metrics["export_top1_agreement"] == 1.0
 
 
-def test_off_without_a_tracking_uri_or_with_zoo_mlflow_0(tmp_path, data, monkeypatch):
+def test_off_without_a_tracking_uri_or_with_zoo_mlflow_0(tmp_path, data, tiny, no_pictures, monkeypatch):
     import zoo
 
     monkeypatch.setenv("ZOO_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    a = zoo.finetune("efficientnet_lite0", data, policy="feature-extract", epochs=1, out=str(tmp_path / "r"),
-                     name="a", workers=0)  # fmt: skip
+    a = zoo.finetune(tiny, data, policy="feature-extract", epochs=1, out=str(tmp_path / "r"), name="a", workers=0,
+                     weights="none")  # fmt: skip
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'x.db'}")
     monkeypatch.setenv("ZOO_MLFLOW", "0")
-    b = zoo.finetune("efficientnet_lite0", data, policy="feature-extract", epochs=1, out=str(tmp_path / "r"),
-                     name="b", workers=0)  # fmt: skip
+    b = zoo.finetune(tiny, data, policy="feature-extract", epochs=1, out=str(tmp_path / "r"), name="b", workers=0,
+                     weights="none")  # fmt: skip
     assert not (a.run_dir / "mlflow.json").exists() and not (b.run_dir / "mlflow.json").exists()
     assert not (tmp_path / "x.db").exists()
 
 
-def test_a_tracking_failure_is_one_warning_and_the_run_goes_on(tmp_path, data, monkeypatch, caplog):
+def test_a_tracking_failure_is_one_warning_and_the_run_goes_on(tmp_path, data, tiny, no_pictures, monkeypatch,
+                                                               caplog):  # fmt: skip
     import zoo
 
     monkeypatch.setenv("ZOO_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////proc/no/such/dir/mlflow.db")
-    result = zoo.finetune("efficientnet_lite0", data, policy="feature-extract", epochs=1, out=str(tmp_path / "r"),
-                          name="c", workers=0)  # fmt: skip
+    result = zoo.finetune(tiny, data, policy="feature-extract", epochs=1, out=str(tmp_path / "r"), name="c",
+                          workers=0, weights="none")  # fmt: skip
     assert result.summary["status"] == "completed"
     assert any("zoo-mlflow: could not log started" in r.getMessage() for r in caplog.records)
