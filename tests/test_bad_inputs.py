@@ -84,6 +84,7 @@ CASES = [
     (["finetune", "tiny", "DATA", "--lr", "-1"], USAGE, "--lr -1.0"),
     (["finetune", "tiny", "DATA", "--weight-decay", "-1"], USAGE, "--weight-decay -1.0"),
     (["finetune", "tiny", "DATA", "--warmup-epochs", "-1"], USAGE, "--warmup-epochs -1.0"),
+    (["finetune", "tiny", "DATA", "--warmup-epochs", "1e300"], USAGE, "--warmup-epochs 1e+300: longer than the run"),
     (["finetune", "tiny", "DATA", "--gamma", "-1"], USAGE, "--gamma -1.0"),
     (["finetune", "tiny", "DATA", "--patience", "0"], USAGE, "--patience 0"),
     (["finetune", "tiny", "DATA", "--label-smoothing", "1"], USAGE, "--label-smoothing 1.0"),
@@ -134,6 +135,9 @@ CASES = [
     (["finetune", "--resume", "RUN", "--lr", "0.1"], USAGE, "--lr cannot change in a resumed run"),
     (["finetune", "--resume", "RUN", "--epochs", "1"], USAGE, "more than --epochs 1"),
     (["finetune", "tiny", "DATA", "--resume", "RUN"], USAGE, "leave them out"),
+    # list
+    (["list", "--source", "nosuch"], USAGE, "--source nosuch: no backbone has it; known: "),
+    (["list", "--tag", "mobil"], USAGE, "--tag mobil: no backbone has it; did you mean mobile"),
     # evaluate, predict
     (["evaluate", "MISSING", "DATA"], INPUT, "no such run folder"),
     (["evaluate", "FILE", "DATA"], INPUT, "not a readable checkpoint"),
@@ -144,6 +148,8 @@ CASES = [
     (["predict", "RUN", "TEXTJPG"], INPUT, "cannot read it as an image"),
     (["predict", "RUN", "IMAGE", "--top-k", "0"], USAGE, "--top-k 0"),
     (["predict", "MODEL", "IMAGE", "--top-k", "0"], USAGE, "--top-k 0"),
+    (["predict", "MODEL", "DATA", "--out", "MODEL/x.csv"], USAGE, "model.onnx is a file, not a folder"),
+    (["export", "RUN", "-o", "MODEL/x.onnx"], USAGE, "model.onnx is a file, not a folder"),
     (["predict", "EDITED", "IMAGE"], INPUT, "the metadata says height 16 but the graph takes 32"),
     (["predict", "BIGGER", "IMAGE"], INPUT, "the metadata says height 64 but the graph takes 32"),
     (["predict", "LABELS", "IMAGE"], INPUT, "1 labels in the metadata but the model has 2 outputs"),
@@ -333,3 +339,29 @@ def test_import_with_fewer_labels_than_outputs_is_refused(tmp_path):
     result = runner.invoke(app, ["import", str(model), "--name", "digits", "--labels", str(labels),
                                  "--mean", "0", "--std", "0.00392156862745098"])  # fmt: skip
     assert result.exit_code == INPUT and "2 labels for 10 outputs" in result.stderr
+
+
+def test_a_fifo_among_the_images_is_skipped_not_waited_on(world, tmp_path):
+    """A named pipe in a class folder: evaluate and predict list it as skipped instead of blocking on its read."""
+    import threading
+
+    data = tmp_path / "data"
+    shutil.copytree(world["DATA"], data)
+    os.mkfifo(data / "cats" / "pipe.jpg")
+    results = {}
+
+    def run():
+        results["evaluate"] = runner.invoke(app, ["evaluate", str(world["RUN"]), str(data), "--json"])
+        results["predict"] = runner.invoke(app, ["predict", str(world["MODEL"]), str(data / "cats" / "pipe.jpg")])
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():  # unblock the reader so the test process can end
+        with open(data / "cats" / "pipe.jpg", "wb"):
+            pass
+        pytest.fail("a FIFO among the images blocked the read")
+    evaluated = results["evaluate"]
+    assert evaluated.exit_code == 0, evaluated.output
+    assert any("pipe.jpg" in line for line in json.loads(evaluated.stdout)["skipped"])
+    assert results["predict"].exit_code != 0 and "pipe.jpg" in results["predict"].output

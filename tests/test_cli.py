@@ -79,7 +79,8 @@ def test_list_and_help_never_import_torch():
     command that imports torch, torchvision or onnx is named (one process instead of six, the same check)."""
     code = (
         "import sys; from zoo.cli import main\n"
-        "for args in (['list'], ['list', '--json'], ['--help'], ['plugins'], ['policies'], ['finetune', '--help']):\n"
+        "for args in (['list'], ['list', '--json'], ['--help'], ['plugins'], ['policies'], ['finetune', '--help'],\n"
+        "             ['--version'], ['version', '--json']):\n"
         "    sys.argv = ['zoo', *args]\n"
         "    try:\n        main()\n    except SystemExit as exit:\n        assert not exit.code, (args, exit.code)\n"
         "    for name in ('torch', 'torchvision', 'onnx'):\n"
@@ -95,3 +96,28 @@ def test_python_dash_m_zoo():
     )
     assert result.returncode == 0
     assert json.loads(result.stdout)[0]["name"] == "resnet18"
+
+
+def test_a_closed_stdout_is_exit_141_and_silent():
+    """`zoo list | head -1`: the reader went away; that is neither a bug (exit 1) nor worth a line on stderr."""
+    import os
+
+    for args in (["list"], ["list", "--json"], ["policies"]):
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before zoo writes a byte
+        proc = subprocess.run([sys.executable, "-m", "zoo", *args], stdout=write, stderr=subprocess.PIPE, timeout=120)
+        os.close(write)
+        assert (proc.returncode, proc.stderr) == (141, b""), (args, proc.returncode, proc.stderr[-300:])
+
+
+def test_version_says_what_a_bug_report_needs():
+    from zoo.core.version import __version__
+
+    short = runner.invoke(app, ["--version"])
+    assert short.exit_code == 0 and short.stdout == f"zoo {__version__}\n"
+    full = json.loads(runner.invoke(app, ["version", "--json"]).stdout)
+    assert full["zoo"] == __version__ and full["python"].count(".") == 2
+    assert full["packages"]["torch"] and full["packages"]["onnxruntime"]  # the README's install has both
+    assert {"torchvision", "onnx", "efficientnet_lite"} <= set(full["plugins"])  # the built-in and installed ones
+    text = runner.invoke(app, ["version"]).stdout
+    assert text.startswith(f"zoo {__version__}") and "torch " in text and "plugins: " in text

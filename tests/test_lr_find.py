@@ -55,6 +55,9 @@ def test_lr_find_cli_writes_the_plot_and_prints_the_suggestion(tmp_path, tiny_re
                                  "--workers", "0", "--out", str(tmp_path / "runs")])  # fmt: skip
     assert result.exit_code == 0, result.stderr
     assert "suggested lr" in result.stdout and "Lightning's rule" in result.stdout
+    hint = next(line for line in result.stdout.splitlines() if line.startswith("use it: zoo finetune tiny"))
+    assert "--policy freeze:1" in hint and "--weights none" in hint and "--workers 0" in hint  # the set-up tested
+    assert "--lr-find-steps" not in hint and "--name" not in hint
     run = tmp_path / "runs" / "tiny-freeze-1-lr-find"
     assert (run / "lr_find.png").stat().st_size > 1000 and (run / "config.json").is_file()
     curve = json.loads((run / "lr_find.json").read_text())

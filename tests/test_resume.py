@@ -52,14 +52,20 @@ def test_epochs_already_reached_says_so(run):
         ("missing", "no such run folder"),
         ("file.pt", "not a folder; --resume takes a run folder"),
         ("empty", "not a zoo run folder"),
+        ("started", "the run did not finish an epoch (no last.pt)"),
+        ("lost", "last.pt is missing, though the run saved 2 epoch(s); put last.pt back"),
     ],
 )
 def test_resume_of_something_else_says_what_it_is(tmp_path, target, message):
     (tmp_path / "file.pt").write_bytes(b"x")
     (tmp_path / "empty").mkdir()
+    for name in ("started", "lost"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    (tmp_path / "lost" / "metrics.csv").write_text("epoch,val_acc\n1,0.5\n2,0.6\n")
     result = runner.invoke(app, ["finetune", "--resume", str(tmp_path / target)])
     assert result.exit_code == 2 and message in result.output
-    assert "did not finish an epoch" not in result.output
+    assert ("did not finish an epoch" in result.output) == (target == "started")
 
 
 def test_the_stored_policy_is_used_and_a_changed_registry_entry_reported(tmp_path, use_registry, caplog, monkeypatch):

@@ -187,3 +187,16 @@ def test_the_old_plugin_paths_are_the_new_modules():
     assert Backbone is New
     docs = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
     assert all(f"`{old}`" in docs for old in pairs)
+
+
+def test_an_explicit_name_that_is_taken_is_said_at_the_start(tmp_path, caplog):
+    first = new_run_dir(tmp_path, "same", "b", "p")
+    (first / "config.json").write_text("{}")
+    with caplog.at_level(logging.WARNING):
+        second = new_run_dir(tmp_path, "same", "b", "p")
+    assert second.name == "same-2" and "--name same" in caplog.text and "same-2" in caplog.text
+    caplog.clear()
+    (second / "config.json").write_text("{}")
+    with caplog.at_level(logging.WARNING):
+        assert new_run_dir(tmp_path, None, "b", "p").name == "b-p"  # a default name just takes the next number
+    assert not caplog.text

@@ -151,6 +151,10 @@ BAD = [
      "/v2/models/tiny/infer", 400, "not a list of numbers"),
     ("ragged values", {"json": {"inputs": [{**infer_body(IMAGE)["inputs"][0], "data": [[1.0], [1.0, 2.0]]}]}},
      "/v2/models/tiny/infer", 400, "not a list of numbers"),
+    ("number strings", {"json": {"inputs": [{**infer_body(IMAGE)["inputs"][0], "data": ["0.5"] * 3072}]}},
+     "/v2/models/tiny/infer", 400, "holds strings"),
+    ("booleans", {"json": {"inputs": [{**infer_body(IMAGE)["inputs"][0], "data": [True] * 3072}]}},
+     "/v2/models/tiny/infer", 400, "holds booleans"),
     ("batch of 0", {"json": infer_body(np.zeros((0, 3, 32, 32), np.float32))}, "/v2/models/tiny/infer", 400,
      "N must be"),
     ("unknown output", {"json": infer_body(IMAGE, outputs=[{"name": "probs"}])}, "/v2/models/tiny/infer", 400,
@@ -280,7 +284,8 @@ def test_without_the_serve_extra_it_says_what_to_install(model):
     )
     result = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 5
-    assert "zoo serve needs uvicorn" in result.stderr and "pip install 'zoo-finetune[serve]'" in result.stderr
+    assert "zoo serve needs uvicorn" in result.stderr
+    assert "pip install -c constraints.txt -e '.[serve]'" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -356,6 +361,10 @@ def test_options_are_checked_before_anything_starts():
         ({"port": 70000}, "--port"), ({"name": "a/b"}, "--name"), ({"max_queue": 0}, "--max-queue"),
         ({"max_queue_delay_ms": -1}, "--max-queue-delay-ms"), ({"max_request_mb": 0}, "--max-request-mb"),
         ({"threads": 0}, "--threads"),
+        ({"max_queue_delay_ms": float("inf")}, "--max-queue-delay-ms inf: must be a finite"),
+        ({"max_queue_delay_ms": float("nan")}, "--max-queue-delay-ms nan"),
+        ({"shutdown_timeout": float("inf")}, "--shutdown-timeout"),
+        ({"max_request_mb": float("inf")}, "--max-request-mb"),
     ):  # fmt: skip
         with pytest.raises(Exception, match=words):
             ServeOptions(**bad).check()

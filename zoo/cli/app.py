@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import sys
 from typing import Annotated, Any
 
@@ -19,7 +20,7 @@ from typer import _click
 from typer.core import TyperGroup
 
 from zoo.cli.render import err_console, print_error
-from zoo.core.errors import EXIT_ENVIRONMENT, EXIT_SIGINT, EXIT_USAGE, ZooError
+from zoo.core.errors import EXIT_ENVIRONMENT, EXIT_SIGINT, EXIT_SIGPIPE, EXIT_USAGE, ZooError
 
 
 class ZooGroup(TyperGroup):
@@ -41,13 +42,17 @@ class ZooGroup(TyperGroup):
         except _click.exceptions.ClickException as exc:
             print_error(exc.format_message())
             code = exc.exit_code
+        except SystemExit as exc:
+            if exc.code != 1 or not isinstance(sys.stdout, _click.utils.PacifyFlushWrapper):
+                raise
+            code = EXIT_SIGPIPE  # typer's own answer to a closed stdout (`zoo list | head -1`) is exit 1, a bug's
         except (typer.Abort, KeyboardInterrupt):
             print_error("interrupted")
             code = EXIT_SIGINT
         except OSError as exc:
-            if exc.errno == errno.EPIPE:  # `zoo list | head`
-                sys.stderr = open("/dev/null", "w")
-                code = 1
+            if exc.errno == errno.EPIPE:  # `zoo list | head`: not a bug, and nothing left to say to that reader
+                sys.stdout = open(os.devnull, "w")  # the interpreter's last flush must not fail again
+                code = EXIT_SIGPIPE
             elif exc.filename is None:
                 raise
             else:
@@ -70,7 +75,26 @@ app = typer.Typer(
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from zoo.core.version import __version__
+
+        sys.stdout.write(f"zoo {__version__}\n")
+        raise typer.Exit()
+
+
 @app.callback()
-def _setup(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output.")] = 0):
+def _setup(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output.")] = 0,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            is_eager=True,
+            callback=_print_version,
+            help="Print zoo's version (`zoo version`: with Python's, the packages' and the plugins').",
+        ),
+    ] = False,
+):
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s: %(message)s", force=True, stream=sys.stderr)

@@ -22,7 +22,11 @@ def list_(
     """List every backbone the installed plugins provide."""
     from zoo.catalogue.registry import get_registry
 
-    specs = get_registry().list(pattern, tag=tag, source=source)
+    registry = get_registry()
+    specs = registry.list(pattern, tag=tag, source=source)
+    if not specs:
+        _check_filter("--source", source, {s.source for s in registry.backbones.values()}, "zoo plugins")
+        _check_filter("--tag", tag, {t for s in registry.backbones.values() for t in s.tags}, "zoo list --json")
     if as_json:
         print_json([_summary(s) for s in specs])
         return
@@ -37,6 +41,21 @@ def list_(
     columns = [("name", "left"), ("source", "left"), ("family", "left"), ("params", "right"), ("input", "right"),
                ("acc@1", "right"), ("default weights", "left")]  # fmt: skip
     print_columns(f"{len(specs)} backbones", columns, rows)
+
+
+def _check_filter(flag: str, value: str | None, known: set[str], see: str) -> None:
+    """A --source or --tag that no backbone has is a mistake (a typo, a plugin not installed), not an empty list."""
+    if value is not None and value not in known:
+        import difflib
+
+        from zoo.core.errors import UsageError
+
+        if len(known) <= 12:
+            hint = f"known: {', '.join(sorted(known)) or 'none'}"
+        else:
+            close = difflib.get_close_matches(value, sorted(known), n=3)
+            hint = (f"did you mean {' or '.join(close)}? " if close else "") + f"{len(known)} are known"
+        raise UsageError(f"{flag} {value}: no backbone has it; {hint} (see {see})")
 
 
 def _summary(s) -> dict[str, Any]:
@@ -117,6 +136,22 @@ def plugins(as_json: JsonFlag = False):
         errors = Text("; ".join(i.errors), style="red") if i.errors else ""
         t.add_row(i.name, i.version, i.module, shown, ", ".join(i.policies), ", ".join(i.commands), errors)
     print_table(t)
+
+
+@app.command()
+def version(as_json: JsonFlag = False):
+    """zoo's version, with Python's, the platform's, the key packages' and every plugin's: what a bug report needs."""
+    from zoo.catalogue.registry import get_registry
+    from zoo.core.version import environment
+
+    info = environment()
+    info["plugins"] = {i.name: i.version for i in get_registry().plugins.values()}
+    if as_json:
+        print_json(info)
+        return
+    out((f"zoo {info['zoo']}", "bold"), f"  (Python {info['python']}, {info['platform']})")
+    for group in ("packages", "plugins"):
+        out(f"{group}: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in info[group].items()))
 
 
 @app.command()

@@ -224,7 +224,13 @@ def _show_int8(q: dict) -> None:
 def verify(
     model: Annotated[str, typer.Argument(help="An exported .onnx file (fp32 or INT8).")],
     source: Annotated[str, typer.Argument(help="The run folder or checkpoint it was exported from.")],
-    check_data: Annotated[str | None, typer.Option(help="Images to verify with [default: the run's val set].")] = None,
+    check_data: Annotated[
+        str | None,
+        typer.Option(
+            help="Images to verify with [default: 8 images of the run's data; 64 for a model with its preprocessing "
+            "inside]. An INT8 model is always judged on the run's val images."
+        ),
+    ] = None,
     min_agreement: Annotated[float, typer.Option(help="Least top-1 agreement with torch, 0-1.")] = 1.0,
     provider: Annotated[str | None, typer.Option(help=PROVIDER_HELP)] = None,
     as_json: JsonFlag = False,

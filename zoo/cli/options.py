@@ -108,3 +108,26 @@ def given(ctx: typer.Context, options: dict[str, Any]) -> set[str]:
     """The options the user typed (or set through the environment), as opposed to defaults."""
     typed = (_click.core.ParameterSource.COMMANDLINE, _click.core.ParameterSource.ENVIRONMENT)
     return {name for name in options if ctx.get_parameter_source(name) in typed}
+
+
+def as_flags(cls: type, options: dict[str, Any], skip: tuple[str, ...] = ()) -> list[str]:
+    """The command-line flags that give `options` (those of `cls` that differ from its defaults), shell-quoted:
+    what a printed `zoo ...` hint needs to repeat the user's choices."""
+    import shlex
+
+    hints = typing.get_type_hints(cls)
+    flags = []
+    for field in cli_fields(cls):
+        value = options.get(field.name, field.default)
+        if field.name in skip or value == field.default or value is None:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(value, bool):
+            negatable = hints[field.name] == bool | None or field.metadata.get("negatable")
+            flags += [flag] if value else ([f"--no-{flag[2:]}"] if negatable else [])
+        elif isinstance(value, tuple | list):
+            for item in value:
+                flags += [flag, shlex.quote(str(item))]
+        else:
+            flags += [flag, shlex.quote(str(value))]
+    return flags

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -20,10 +21,21 @@ from rich.text import Text
 from zoo.catalogue import events
 
 
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        """The reader of stdout went away (`zoo list | head -1`): not a bug, so not rich's exit code 1."""
+        from zoo.core.errors import EXIT_SIGPIPE
+
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+        raise SystemExit(EXIT_SIGPIPE)
+
+
 def _console(stderr: bool) -> Console:
     stream = sys.stderr if stderr else sys.stdout
     terminal = stream.isatty()
-    return Console(
+    return _Console(
         stderr=stderr,
         markup=False,
         emoji=False,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Annotated
 
 import typer
 
 from zoo.catalogue.events import metric_name
 from zoo.cli.app import JsonFlag, app
-from zoo.cli.options import given, options_for, with_options
+from zoo.cli.options import as_flags, given, options_for, with_options
 from zoo.cli.render import RunRenderer, check_table, note, out, print_json, print_table, table, test_line
 from zoo.core.errors import UsageError
 from zoo.training.config import MANIFEST_OPTIONS, LaunchConfig, TrainConfig
@@ -95,7 +96,9 @@ def lr_find(
     out(("suggested lr ", "bold"), (f"{result['suggestion']:.3g}", "bold"),
         f"  ({result['rule']}; {result['steps']} steps, {result['stopped']})")  # fmt: skip
     out(f"plot: {run_dir / 'lr_find.png'}  curve: {run_dir / 'lr_find.json'}")
-    out(f"use it: zoo finetune {backbone} {data} --lr {result['suggestion']:.3g}   (or --lr auto)")
+    same = " ".join(as_flags(TrainConfig, options, skip=("lr", "lr_find_steps", "name")))  # the set-up it tested
+    command = " ".join(shlex.quote(a) for a in (backbone, data)) + (f" {same}" if same else "")
+    out(f"use it: zoo finetune {command} --lr {result['suggestion']:.3g}   (or --lr auto)")
 
 
 @app.command()

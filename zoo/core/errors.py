@@ -27,6 +27,7 @@ EXIT_ENVIRONMENT = 5
 EXIT_DIVERGED = 6
 EXIT_TIMEOUT = 124
 EXIT_SIGINT = 130
+EXIT_SIGPIPE = 141  # the reader of stdout went away (`zoo list | head`): as a shell reports SIGPIPE
 EXIT_SIGTERM = 143
 
 

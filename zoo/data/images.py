@@ -8,6 +8,8 @@ imports torch.
 from __future__ import annotations
 
 import math
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -31,6 +33,8 @@ def open_rgb(path: Path | str, min_short_side: int | None = None) -> Image.Image
     as the short side stays at least that large: several times faster on big photos.
     Raises OSError/ValueError (or Image.DecompressionBombError) for unusable files.
     """
+    if isinstance(path, str | Path) and not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block forever
+        raise OSError(f"{path}: not a regular file")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         img = Image.open(path)

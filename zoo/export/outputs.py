@@ -46,6 +46,8 @@ def check_output(output: Path, mkdir: bool = False) -> None:
     if output.is_dir():
         raise OutputError(f"-o {output}: is a folder; name the .onnx file to write")
     parent = output.parent
+    if parent.exists() and not parent.is_dir():
+        raise OutputError(f"-o {output}: {parent} is a file, not a folder")
     if not parent.exists():
         if not mkdir:
             raise OutputError(f"-o {output}: the folder {parent} does not exist; create it, or add --mkdir")

@@ -47,6 +47,13 @@ def last_checkpoint(run_dir: Path | str) -> Path:
     path = run_dir / "last.pt"
     if path.is_file():
         return path
+    metrics = run_dir / "metrics.csv"
+    epochs = max(0, len(metrics.read_text(errors="replace").splitlines()) - 1) if metrics.is_file() else 0
+    if epochs or (run_dir / "best.pt").is_file():
+        raise ResumeError(
+            f"--resume {run_dir}: last.pt is missing, though the run saved {epochs or 'at least one'} epoch(s); "
+            "put last.pt back to continue, or start again (best.pt, if there, holds the best weights)"
+        )
     if (run_dir / "config.json").is_file():
         raise ResumeError(f"--resume {run_dir}: the run did not finish an epoch (no last.pt); start it again")
     raise ResumeError(f"--resume {run_dir}: not a zoo run folder (no last.pt, no config.json)")

@@ -201,7 +201,8 @@ def check_out(out: Path, overwrite: bool) -> None:
     if out.suffix.lower() not in FORMATS:
         raise UsageError(f"--out {out}: the file name must end in .csv or .jsonl")
     if not out.parent.is_dir():
-        raise OutputError(f"--out {out}: the folder {out.parent} does not exist; create it")
+        what = "is a file, not a folder" if out.parent.exists() else "does not exist; create it"
+        raise OutputError(f"--out {out}: {out.parent} {what}")
     if not atomic.can_write_in(out.parent):
         raise OutputError(f"--out {out}: {out.parent} is not a writable folder")
     if out.exists() and not overwrite:

@@ -28,7 +28,8 @@ except ModuleNotFoundError as exc:
     from zoo.core.errors import EnvironmentProblem
 
     raise EnvironmentProblem(
-        f"zoo serve needs {exc.name}, which is not installed: pip install 'zoo-finetune[serve]'"
+        f"zoo serve needs {exc.name}, which is not installed: add the serve extra, from zoo's folder: "
+        "pip install -c constraints.txt -e '.[serve]'"
     ) from None
 
 import asyncio

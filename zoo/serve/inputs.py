@@ -102,9 +102,13 @@ def infer_request(body: bytes, model_input: Tensor, model_output: Tensor, image_
         if not isinstance(out, dict) or out.get("name") != model_output.name:
             raise HTTPException(400, f"requested output {out!r}: this model's output is '{model_output.name}'")
     try:
-        array = np.asarray(tensor.get("data"), dtype=np.float32)
+        raw = np.asarray(tensor.get("data"))
     except (ValueError, TypeError) as exc:
         raise HTTPException(400, f"input data: not a list of numbers of one shape ({str(exc)[:120]})") from None
+    if raw.dtype.kind not in "iuf":  # strings, booleans or nulls would be cast silently: FP32 data is numbers
+        held = {"U": "strings", "b": "booleans"}.get(raw.dtype.kind, "nulls or mixed values")
+        raise HTTPException(400, f"input data: not a list of numbers of one shape (it holds {held})")
+    array = raw.astype(np.float32)
     if array.size != math.prod(shape):
         raise HTTPException(400, f"input data: {array.size} values for shape {shape} ({math.prod(shape)} needed)")
     if not np.isfinite(array).all():

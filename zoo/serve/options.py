@@ -6,6 +6,7 @@ uvicorn, starlette or onnxruntime.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -67,6 +68,13 @@ class ServeOptions:
                 raise UsageError(f"--{flag} {value}: must be >= 1")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"--threads {self.threads}: must be >= 1")
+        for flag, value in (
+            ("max-queue-delay-ms", self.max_queue_delay_ms),
+            ("max-request-mb", self.max_request_mb),
+            ("shutdown-timeout", self.shutdown_timeout),
+        ):
+            if not math.isfinite(value):  # inf or nan would wait forever or compare false everywhere
+                raise UsageError(f"--{flag} {value}: must be a finite number")
         if self.max_queue_delay_ms < 0:
             raise UsageError(f"--max-queue-delay-ms {self.max_queue_delay_ms}: must be >= 0")
         if self.max_request_mb <= 0:

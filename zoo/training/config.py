@@ -222,6 +222,11 @@ class TrainConfig:
                 continue
             if not math.isfinite(value) or value < low or (value == low and not inclusive):
                 raise UsageError(f"--{flag} {value}: must be a finite number {'>=' if inclusive else '>'} {low:g}")
+        if self.schedule == "cosine" and self.warmup_epochs > self.epochs:
+            raise UsageError(
+                f"--warmup-epochs {self.warmup_epochs:g}: longer than the run (--epochs {self.epochs}), so the LR "
+                "would never reach its base value; use at most --epochs"
+            )
         if not 0 <= self.momentum < 1:  # also refuses NaN
             raise UsageError(f"--momentum {self.momentum}: must be in [0, 1)")
         if not 0 <= self.label_smoothing < 1:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import re
 import sys
@@ -63,6 +64,10 @@ def new_run_dir(out: Path | str, name: str | None, backbone: str, policy: str) -
         candidate.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"--out {root}: cannot create the run folder {candidate} ({exc.strerror or exc})") from None
+    if name is not None and i > 1:  # said before the run starts, not only in its last line
+        logging.getLogger(__name__).warning(
+            "--name %s: %s already holds a run, so this one is %s", name, root / base, candidate.name
+        )
     return candidate
 
 
