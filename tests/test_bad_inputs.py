@@ -365,3 +365,16 @@ def test_a_fifo_among_the_images_is_skipped_not_waited_on(world, tmp_path):
     assert evaluated.exit_code == 0, evaluated.output
     assert any("pipe.jpg" in line for line in json.loads(evaluated.stdout)["skipped"])
     assert results["predict"].exit_code != 0 and "pipe.jpg" in results["predict"].output
+
+
+def test_a_malformed_user_registry_is_named_first_and_alone(tmp_path):
+    """The user's registry.toml is read before any plugin runs: no plugin is blamed for the user's file."""
+    import subprocess
+    import sys
+
+    (tmp_path / "registry.toml").write_text("[backbones.x\n")
+    env = {**os.environ, "ZOO_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "zoo", "list"], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == INPUT
+    assert result.stderr.splitlines() == [result.stderr.strip()]  # one line
+    assert result.stderr.startswith(f"error: {tmp_path / 'registry.toml'}: not valid TOML")

@@ -177,3 +177,20 @@ def test_training_crops_are_smaller_only_where_every_group_trains():
     img = Image.new("RGB", (300, 260))
     assert build_transform(pre, "light", (160, 160))(img).shape == (3, 160, 160)
     assert build_transform(pre, "none", (160, 160))(img).shape == (3, 224, 224)  # evaluation: the input size
+
+
+def test_one_image_per_class_names_the_real_fix_not_the_val_fraction(tmp_path):
+    """Each class's only image stays in train, so a larger --val-fraction cannot help: the message says so."""
+    make_images(tmp_path / "folder", classes=("a", "b", "c"), per_class=1)
+    with pytest.raises(DataError, match="every class has a single image") as err:
+        scan(tmp_path / "folder", val_fraction=0.9)
+    assert "--val-fraction" not in str(err.value)
+    rows = [
+        f"{p.relative_to(tmp_path / 'folder')},{p.parent.name}" for p in sorted((tmp_path / "folder").rglob("*.png"))
+    ]
+    (tmp_path / "folder" / "m.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    from zoo.data.split import load
+
+    with pytest.raises(DataError, match="each has one, kept in train") as err:
+        load(tmp_path / "folder" / "m.csv", val_fraction=0.9)
+    assert "--val-fraction" not in str(err.value)

@@ -206,3 +206,18 @@ def test_folder_with_a_labels_file(tmp_path):
     assert split.multi_label and len(split.train) + len(split.val) == 12
     with pytest.raises(DataError, match="with --labels, DATA is the folder"):
         load(tmp_path / "nope", labels=moved)
+
+
+def test_a_few_cells_with_a_space_warn_and_name_the_flag(tmp_path, caplog):
+    rows = ["path,label"] + [f"img{i}.png,{'golden retriever' if i == 3 else 'cat'}" for i in range(10)]
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    with caplog.at_level("WARNING"):
+        m = manifest.read(tmp_path / "m.csv", tmp_path, ManifestOptions())
+    assert m.multi_label and "1 of 10 label cells hold a space (line 5 first)" in caplog.text
+    assert "--no-multi-label" in caplog.text
+    caplog.clear()
+    rows = ["path,label"] + [f"img{i}.png,cat dog" for i in range(10)]  # most cells: real multi-label data
+    (tmp_path / "n.csv").write_text("\n".join(rows) + "\n")
+    with caplog.at_level("WARNING"):
+        assert manifest.read(tmp_path / "n.csv", tmp_path, ManifestOptions()).multi_label
+    assert not caplog.text

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from zoo.training.state import RunState
 
 
@@ -32,3 +34,20 @@ def test_a_checkpoint_from_before_best_value_and_best_report_still_restores():
     old = {"step": 3, "epoch": 1, "history": [{"epoch": 1}], "best_val_acc": 0.6, "best_epoch": 1, "best_preds": [1]}
     back = RunState.from_checkpoint(old)
     assert back.best_value == 0.6 and back.best_report == {"preds": [1]} and back.lr_found is None
+
+
+@pytest.mark.plots
+def test_labels_the_font_lacks_draw_without_a_warning(tmp_path):
+    """Emoji class names: matplotlib draws boxes and warns per glyph; the run's pictures keep that off the console."""
+    import warnings
+
+    from zoo.training import plots
+
+    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.0, "val_acc": 0.5, "train_acc": 0.5}]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plots.write_all(
+            tmp_path, history, ["🐝 bee", "🐜 ant"], [], {"confusion_matrix": [[1, 0], [0, 1]], "preds": []}, {}
+        )
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
+    assert not [w for w in caught if "Glyph" in str(w.message)]

@@ -256,10 +256,10 @@ def _override(spec: Backbone, fields: dict[str, Any]) -> Backbone:
 def build_registry(extra_plugins: Iterable[tuple[str, object]] = (), plugins: Plugins | None = None) -> Registry:
     """Load every installed plugin (or use `plugins`), plus `extra_plugins` as (name, module) pairs, and collect
     what each registers."""
+    data, files = load_registry_data()  # first: a malformed registry.toml is the user's file, not a plugin's fault
     plugins = plugins or load_plugins(tuple(extra_plugins))
     registry = Registry(plugins=plugins.infos, hooks=plugins)
     collect(registry, plugins)
-    data, files = load_registry_data()
     registry.apply_data(data, files)
     return registry
 

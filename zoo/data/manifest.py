@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -325,6 +326,11 @@ def _label_mode(layout: _Layout, data: list[tuple[int, list[str]]], options: Man
     multi = layout.multi = options.multi_label if options.multi_label is not None else separator is not None
     if separator is not None and multi:
         shown = "whitespace" if separator == " " else repr(separator)
+        spaced = [line for line, c in data if len(_cell(c, layout.label).split()) > 1] if separator == " " else []
+        if options.label_sep is None and 0 < len(spaced) <= len(data) / 2:  # a few class names with spaces?
+            logging.getLogger(__name__).warning(
+                "%d of %d label cells hold a space (line %d first), so the data is read as multi-label; if they are "
+                "class names with spaces, pass --no-multi-label", len(spaced), len(data), spaced[0])  # fmt: skip
         return [
             f"multi-label: labels separated by {shown}"
             + ("" if options.label_sep is not None else " (detected; --no-multi-label keeps cells whole)")

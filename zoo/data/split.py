@@ -240,8 +240,8 @@ def scan(
         layout = "split"
         classes = _check_classes(files, root, skipped)
         train, val = stratified_split({classes.index(c): files[c] for c in classes}, val_fraction, seed)
-    if not val:
-        raise DataError(f"{root}: the validation set is empty; add images to val/ or raise --val-fraction")
+    if not val:  # the stratified split leaves a class's only image in train, whatever --val-fraction says
+        raise DataError(f"{root}: the validation set is empty: every class has a single image; give each 2+, or a val/")
     _warn_skipped(skipped, root)
     return DataSplit(root, classes, train, val, layout, skipped, test)
 
@@ -320,7 +320,8 @@ def scan_manifest(
                 by_class.setdefault(s.label, []).append(s.path)
             train, val = stratified_split(by_class, val_fraction, seed)
     if not val:
-        raise DataError(f"{m.file}: the validation set is empty; add rows with split 'val' or raise --val-fraction")
+        why = "raise --val-fraction" if m.multi_label else "give each class 2+ rows (each has one, kept in train)"
+        raise DataError(f"{m.file}: the validation set is empty; add rows with split 'val', or {why}")
     bad_rows = sorted({int(why.split(":", 1)[0].split()[1]) for _, why in skipped})
     info = {
         "file": str(m.file),

@@ -120,9 +120,15 @@ def predictions(path: Path, samples, preds: list, classes: list[str], decoded: d
 
 def write_all(run_dir: Path, history, classes, val_samples, report: dict[str, Any], decoded, select_by="acc") -> None:
     """Every picture of a run, from its history and its best epoch's val report (`zoo.core.metrics`)."""
-    curves(run_dir / "curves.png", history, select_by)
-    if "confusion_matrix" in report:
-        confusion_matrix(run_dir / "confusion_matrix.png", report["confusion_matrix"], classes)
-    elif report.get("per_class"):
-        label_scores(run_dir / "labels.png", report["per_class"])
-    predictions(run_dir / "predictions.png", val_samples, report["preds"], classes, decoded)
+    import warnings
+
+    with warnings.catch_warnings():
+        # a label in emoji or a script the default font lacks is drawn as boxes; matplotlib's own warning about each
+        # missing glyph says nothing the user can act on (the labels are theirs), so it does not reach the console
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
+        curves(run_dir / "curves.png", history, select_by)
+        if "confusion_matrix" in report:
+            confusion_matrix(run_dir / "confusion_matrix.png", report["confusion_matrix"], classes)
+        elif report.get("per_class"):
+            label_scores(run_dir / "labels.png", report["per_class"])
+        predictions(run_dir / "predictions.png", val_samples, report["preds"], classes, decoded)
