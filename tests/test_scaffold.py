@@ -36,14 +36,28 @@ def test_plugin_new_writes_a_package_that_registers_and_passes_check_backbone(tm
     entry = project["project"]["entry-points"]["zoo"]
     (info / "entry_points.txt").write_text("[zoo]\n" + "".join(f"{k} = {v}\n" for k, v in entry.items()))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    env.pop("ZOO_LOAD_PLUGINS", None)  # every installed plugin loads, this one through its entry point
     listed = subprocess.run(
         [sys.executable, "-m", "zoo", "list", "my-models"], env=env, capture_output=True, text=True, timeout=60
     )
     assert listed.returncode == 0 and "my-models-cnn" in listed.stdout, listed.stderr
 
+    # and its own test still passes once installed, the entry point having loaded the plugin already
+    tested = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert tested.returncode == 0 and "1 passed" in tested.stdout, tested.stdout + tested.stderr
+
 
 def test_plugin_new_refuses_to_overwrite_and_bad_names(tmp_path):
-    assert runner.invoke(app, ["plugin", "new", "mine", "--dir", str(tmp_path)]).exit_code == 0
+    first = runner.invoke(app, ["plugin", "new", "mine", "--dir", str(tmp_path)])
+    assert first.exit_code == 0
+    assert "[test]' && zoo list mine" in first.output and "python -m pytest" in first.output  # pytest comes with it
     again = runner.invoke(app, ["plugin", "new", "mine", "--dir", str(tmp_path)])
     assert again.exit_code == 2 and "already exists" in again.output
     bad = runner.invoke(app, ["plugin", "new", "My Models", "--dir", str(tmp_path)])

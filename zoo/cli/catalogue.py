@@ -183,4 +183,4 @@ def plugin_new(
 
     root = new_plugin(name, directory)
     out(("created", "bold"), f" {root}")
-    note(f"next: pip install -e {root} && zoo list {name} && (cd {root} && pytest)")
+    note(f"next: pip install -e '{root}[test]' && zoo list {name} && (cd {root} && python -m pytest)")
