@@ -28,7 +28,8 @@ import torch
 from zoo.catalogue.backbone import Backbone, Preprocess
 from zoo.core import atomic
 from zoo.core.check import compare_outputs
-from zoo.core.errors import ExportError, UsageError
+from zoo.core.errors import ExportError, Interrupted, Terminated, UsageError
+from zoo.core.interrupts import restore_sigterm, sigterm_raises
 from zoo.data.check_images import load_sample_inputs
 from zoo.data.images import decode_size
 from zoo.export.options import ExportOptions
@@ -204,17 +205,55 @@ def metadata_for(
     )
 
 
-def export(source: str | Path, output: str | Path, options: ExportOptions | None = None, **kw) -> ExportReport:
+def export(
+    source: str | Path, output: str | Path | None = None, options: ExportOptions | None = None, **kw
+) -> ExportReport:
     """Export a run folder, a checkpoint, or a registered backbone; verify it; optionally add an INT8 model, a
     float16 one, the preprocessing inside the graph, a Triton model repository.
 
     `options`: an `ExportOptions`, or its fields as keyword arguments (`export(run, "m.onnx", int8=True)`).
+    `output` None: `triton_repo` is required and the model goes into it, DIR/NAME/1/model.onnx with its report
+    beside it (`zoo.export.triton.export_into_repository`).
     Raises UsageError for a bad option before any work, ExportError (after writing the report) when onnxruntime
-    and torch disagree.
+    and torch disagree. Ctrl-C or SIGTERM: Interrupted; the temporary files are removed and no file is left
+    half-written (a model verified before the signal, and its report, are kept).
     """
     o = ExportOptions.checked(options, **kw)
+    if output is None:  # the verified model goes into the Triton repository (--triton-repo), else a UsageError
+        from zoo.export.triton import export_into_repository
+
+        return export_into_repository(source, o)
     output = Path(output)
     check_output(output, o.mkdir)
+    before = _stamps(output, o)
+    previous = sigterm_raises()  # SIGTERM as Ctrl-C: the `finally`s below remove the temporary files
+    try:
+        return _export(source, output, o)
+    except (KeyboardInterrupt, Terminated) as exc:
+        signal_name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+        raise Interrupted(f"interrupted ({signal_name}); {_what_was_written(before, output, o)}", signal_name) from None
+    finally:
+        restore_sigterm(previous)
+
+
+def _stamps(output: Path, o: ExportOptions) -> dict[Path, int | None]:
+    """The model files asked for, each with its modification time (None: not there)."""
+    paths = sidecars(output)
+    wanted = [output] + [paths[k] for k, on in (("int8", o.int8), ("fp16", o.fp16)) if on]
+    return {p: p.stat().st_mtime_ns if p.exists() else None for p in wanted}
+
+
+def _what_was_written(before: dict[Path, int | None], output: Path, o: ExportOptions) -> str:
+    """After a signal: the model files this export wrote (each whole, verified) and those it did not."""
+    now = _stamps(output, o)
+    written = [str(p) for p, stamp in now.items() if stamp is not None and stamp != before[p]]
+    if not written:
+        return "no model file was written"
+    missing = [str(p) for p in now if str(p) not in written]
+    return f"written whole and verified: {', '.join(written)}; not written: {', '.join(missing) or 'the rest'}"
+
+
+def _export(source: str | Path, output: Path, o: ExportOptions) -> ExportReport:
     if o.triton_repo is not None:  # before the export: a bad repository path costs nothing
         from zoo.export.triton import check_repository, model_name
 
