@@ -84,6 +84,30 @@ def test_each_flag_sets_exactly_its_field(calls, args, changes):
     assert calls[0]["cfg"] == expected
 
 
+@pytest.mark.parametrize(
+    "args, ema",
+    [
+        (["resnet18", "data/"], None),  # absent: off
+        (["resnet18", "data/", "--ema"], 0.999),  # alone, last: the default decay
+        (["--ema", "resnet18", "data/"], 0.999),  # alone, before the positionals: they are not taken as its value
+        (["resnet18", "data/", "--ema", "--epochs", "3"], 0.999),  # alone, before another option
+        (["resnet18", "data/", "--ema", "0.99"], 0.99),
+        (["resnet18", "data/", "--ema=0.99"], 0.99),
+    ],
+)
+def test_ema_takes_an_optional_decay(calls, args, ema):
+    invoke(*args)
+    cfg = calls[0]["cfg"]
+    assert (cfg.backbone, cfg.data, cfg.ema) == ("resnet18", "data/", ema)
+    if args.count("--ema") and ema == 0.999:  # the default decay is the one the field declares
+        assert next(f for f in dataclasses.fields(TrainConfig) if f.name == "ema").metadata["flag_value"] == ema
+
+
+def test_ema_alone_on_resume_is_an_override(calls):
+    invoke("--resume", "runs/x", "--ema")
+    assert calls[0]["overrides"] == {"ema": 0.999}
+
+
 def test_launch_flags_set_the_launch_config(calls):
     invoke("resnet18", "data/", "--nproc-per-node", "2", "--nnodes", "2", "--node-rank", "1",
            "--master-addr", "10.0.0.1", "--master-port", "29500")  # fmt: skip

@@ -4,18 +4,20 @@ folder replaced only when zoo wrote it."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
 from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import tiny_spec
+from conftest import tiny_run, tiny_spec
 from zoo.catalogue.backbone import Preprocess
 from zoo.core.errors import ModelFileError, OutputError, UsageError
 from zoo.export.triton import write_repository
 from zoo.runtime.onnx_io import ort_session
-from zoo.runtime.onnx_meta import ModelMetadata, write_props
+from zoo.runtime.onnx_meta import ModelMetadata, read_props, write_props
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 
@@ -224,3 +226,49 @@ def test_the_config_says_where_it_came_from(exported, tmp_path):
     first = text.splitlines()[0]
     assert first.startswith("# written by zoo") and "tiny.onnx" in first and "3 labels" in first
     assert "mean [0.485, 0.456, 0.406]" in text  # what a client must do to a float input
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    with tiny_run(tmp_path_factory.mktemp("triton-run"), epochs=1) as made:
+        yield made
+
+
+@pytest.mark.slow
+def test_export_with_triton_repo_and_no_output_puts_the_verified_model_in_the_repository(run, tmp_path):
+    from typer.testing import CliRunner
+
+    from zoo.cli import app
+
+    result, _, _ = run
+    repo = tmp_path / "repo"
+    out = CliRunner().invoke(app, ["export", str(result.run_dir), "--triton-repo", str(repo), "--json"])
+    assert out.exit_code == 0, out.output
+    folder = repo / result.run_dir.name  # the model is named after the run
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    assert files == ["1", "1/model.json", "1/model.onnx", "config.pbtxt", "labels.txt"]
+    assert [p.name for p in repo.iterdir()] == [folder.name] and [p.name for p in tmp_path.iterdir()] == ["repo"]
+    model = folder / "1" / "model.onnx"
+    report = json.loads((folder / "1" / "model.json").read_text())  # the verification report, beside the model
+    assert report["passed"] and report["path"] == str(model) and report["triton"] == str(folder)
+    assert report["checks"] and not any(c["failures"] for c in report["checks"]) and json.loads(out.stdout) == report
+    assert ModelMetadata.from_props(read_props(model), str(model)).extra["check"]["passed"]
+    config = _parse(folder)
+    assert config.name == folder.name and config.backend == "onnxruntime"
+    _check_io_against_graph(config, model, batching=True)
+
+
+def test_export_without_output_or_triton_repo_is_a_usage_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from zoo.cli import app
+    from zoo.export.exporter import export
+
+    out = CliRunner().invoke(app, ["export", str(tmp_path)])
+    assert out.exit_code == 2 and "-o/--output" in out.stderr and "--triton-repo" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    with pytest.raises(UsageError, match="--triton-repo"):
+        export(tmp_path)
+    with pytest.raises(UsageError, match="--int8"):  # it writes beside -o: nowhere to go without it
+        export(tmp_path, triton_repo=str(tmp_path / "repo"), int8=True)
+    assert list(tmp_path.iterdir()) == []

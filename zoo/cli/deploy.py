@@ -10,6 +10,7 @@ from zoo.catalogue.events import metric_name
 from zoo.cli.app import JsonFlag, app
 from zoo.cli.options import with_options
 from zoo.cli.render import check_table, note, out, print_json, print_table, table
+from zoo.core.errors import UsageError
 from zoo.export.options import ExportOptions
 from zoo.runtime import DEFAULT_TOP_K
 from zoo.runtime.onnx_io import PROVIDER_HELP, quiet_stdout
@@ -164,7 +165,14 @@ def predict(
 @with_options(ExportOptions)
 def export(
     source: Annotated[str, typer.Argument(help="Run folder, checkpoint file, or a backbone name.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Where to write the .onnx file.")],
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where to write the .onnx file [default with --triton-repo DIR: DIR/NAME/1/model.onnx].",
+        ),
+    ] = None,
     *,
     as_json: JsonFlag = False,
     **options,
@@ -172,6 +180,8 @@ def export(
     """Export to ONNX and prove it: onnxruntime against torch on real images; a mismatch is an error."""
     from zoo.export.exporter import export as run_export
 
+    if output is None and options.get("triton_repo") is None:
+        raise UsageError("zoo export: give -o/--output FILE.onnx, or --triton-repo DIR to write the model into it")
     with quiet_stdout():  # libraries that print (the exporters, INT8 calibration) never reach stdout
         report = run_export(source, output, ExportOptions(**options))
     if as_json:

@@ -7,7 +7,10 @@
 The decorated function receives every option as a keyword argument; `given(ctx, options)`
 tells which ones the user typed (for `--resume`, which must not silently drop them). A field
 declared `tuple[str, ...]` is a repeatable flag (the function gets a tuple); the function's own
-keyword-only parameters (after `*`) come after the fields, as `--json` last in `--help`.
+keyword-only parameters (after `*`) come after the fields, as `--json` last in `--help`. A field declared
+with `flag_value` takes an optional value (`--ema` alone is `--ema=0.999`): Typer has no such option, so
+its command is declared `@app.command(cls=FlagValueCommand)`, which adds the value to the arguments
+before Typer parses them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Annotated, Any
 
 import typer
 from typer import _click
+from typer.core import TyperCommand
 
 from zoo.core.options import cli_fields
 
@@ -39,15 +43,51 @@ def _option(field: dataclasses.Field, kind: Any) -> Any:
         flags = [f"{flag}/--no-{flag[2:]}"]
     if _repeated(kind) is not None:  # typer takes a repeated flag as a list, None when not given
         kind, default = list[_repeated(kind)] | None, None
-    return Annotated[
-        kind,
-        typer.Option(
-            *flags,
-            help=field.metadata["help"],
-            show_default=default is not None and default != "",
-            metavar=field.metadata.get("metavar"),
-        ),
-    ]
+    info = typer.Option(
+        *flags,
+        help=field.metadata["help"],
+        show_default=default is not None and default != "",
+        metavar=field.metadata.get("metavar"),
+    )
+    if field.metadata.get("flag_value") is not None:
+        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        setattr(info, _FLAG_VALUE, (field.metadata["flag_value"], base))
+    return Annotated[kind, info]
+
+
+_FLAG_VALUE = "zoo_flag_value"  # on a typer.Option: (the value its flag alone gives, the type of a typed value)
+
+
+def _fill_flag_values(command: _click.Command, args: list[str]) -> list[str]:
+    """`args` with `--ema` written as `--ema=VALUE` (VALUE: its flag value) where the next argument is not a value
+    of its type: at the end, before another option, or before a positional (`--ema resnet18 data/`)."""
+    wanted = {}
+    for param in command.params:
+        spec = getattr(getattr(getattr(param, "type_descriptor", None), "parameter_info", None), _FLAG_VALUE, None)
+        if spec is not None:
+            wanted.update(dict.fromkeys(param.opts, spec))
+    if not wanted:
+        return args
+    out = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        out.append(arg)
+        if arg in wanted:
+            value, kind = wanted[arg]
+            try:
+                kind(args[i + 1])
+            except (IndexError, TypeError, ValueError):
+                out[-1] = f"{arg}={value}"
+    return out
+
+
+class FlagValueCommand(TyperCommand):
+    """A command whose options may have a flag value (`@app.command(cls=FlagValueCommand)`): `--ema` alone is read
+    as `--ema=0.999` before Typer parses the arguments."""
+
+    def parse_args(self, ctx: _click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _fill_flag_values(self, list(args)))
 
 
 def with_options(

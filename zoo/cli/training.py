@@ -9,7 +9,7 @@ import typer
 
 from zoo.catalogue.events import metric_name
 from zoo.cli.app import JsonFlag, app
-from zoo.cli.options import as_flags, given, options_for, with_options
+from zoo.cli.options import FlagValueCommand, as_flags, given, options_for, with_options
 from zoo.cli.render import RunRenderer, check_table, note, out, print_json, print_table, table, test_line
 from zoo.core.errors import UsageError
 from zoo.training.config import MANIFEST_OPTIONS, LaunchConfig, TrainConfig
@@ -22,7 +22,7 @@ def run_finetune(*args, **kwargs):
     return run(*args, **kwargs)
 
 
-@app.command()
+@app.command(cls=FlagValueCommand)
 @with_options(TrainConfig, LaunchConfig)
 def finetune(
     ctx: typer.Context,
@@ -72,7 +72,7 @@ def finetune(
         out(test_line(result.test))
 
 
-@app.command("lr-find")
+@app.command("lr-find", cls=FlagValueCommand)
 @with_options(TrainConfig)
 def lr_find(
     backbone: Annotated[str, typer.Argument(help="Backbone name or alias (`zoo list`).")],

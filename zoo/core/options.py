@@ -23,12 +23,15 @@ def option(
     cli: bool = True,
     metavar: str | None = None,
     negatable: bool = False,
+    flag_value: Any = None,
 ):
-    """A dataclass field that is also a command-line option (`negatable`: a bool flag with its `--no-` form)."""
+    """A dataclass field that is also a command-line option (`negatable`: a bool flag with its `--no-` form;
+    `flag_value`: the value the flag takes when given without one, `--ema` as `--ema 0.999`)."""
     return dataclasses.field(
         default=default,
-        metadata={"help": help, "on_resume": on_resume, "cli": cli, "metavar": metavar, "negatable": negatable},
-    )
+        metadata={"help": help, "on_resume": on_resume, "cli": cli, "metavar": metavar, "negatable": negatable,
+                  "flag_value": flag_value},
+    )  # fmt: skip
 
 
 def cli_fields(cls) -> list[dataclasses.Field]:

@@ -17,12 +17,17 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from zoo.core import atomic
 from zoo.core.errors import Interrupted, ModelFileError, OutputError, UsageError
 from zoo.core.interrupts import deferred_signals
 from zoo.runtime.onnx_io import external_data_files
 from zoo.runtime.onnx_meta import ModelMetadata, read_props
+
+if TYPE_CHECKING:
+    from zoo.export.options import ExportOptions
+    from zoo.export.report import ExportReport
 
 MARK = "# written by zoo"
 LABELS_FILE = "labels.txt"
@@ -309,3 +314,46 @@ def write_repository(
     if received:
         raise Interrupted(f"interrupted; the Triton model folder {target} was written whole", received[0])
     return target
+
+
+REPORT_FILE = "model.json"  # without -o, the verification report beside the repository's model.onnx
+
+
+def source_name(source: Path | str) -> str:
+    """The model's name in a repository when `zoo export` has no -o: the run folder's name (for a run, or its
+    best.pt/last.pt), a checkpoint file's name without its suffix, or the backbone's name."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path.resolve().name
+    if path.is_file():
+        return path.resolve().parent.name if path.stem in ("best", "last") else path.stem
+    return str(source).replace("/", "-").replace(":", "-")
+
+
+def export_into_repository(source: Path | str, options: ExportOptions) -> ExportReport:
+    """`zoo export SOURCE --triton-repo DIR` without -o: the export, with every check, to a staging folder, the
+    verified model into DIR/NAME/1/model.onnx (NAME: `source_name`) and its report beside it (model.json); the
+    staging folder is removed whatever happens. Returns the ExportReport, its paths those in the repository."""
+    import dataclasses
+    import tempfile
+
+    from zoo.export.exporter import export
+
+    if options.triton_repo is None:
+        raise UsageError("zoo export: give -o/--output FILE.onnx, or --triton-repo DIR to write the model into it")
+    beside = [f for f, on in (("--int8", options.int8), ("--fp16", options.fp16),
+                              ("--keep-on-mismatch", options.keep_on_mismatch)) if on]  # fmt: skip
+    if beside:
+        raise UsageError(f"{beside[0]} writes a file beside -o/--output: give -o FILE.onnx with --triton-repo")
+    repo = Path(options.triton_repo)
+    name = source_name(source)
+    check_repository(repo, name)  # before the export: a bad repository path costs nothing
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.zoo-export-", dir=repo if repo.is_dir() else repo.parent))
+    try:
+        report = export(source, staging / f"{name}.onnx", dataclasses.replace(options, mkdir=False))
+        folder = Path(report.triton)
+        report.path, report.report_path = str(folder / "1" / MODEL_FILE), str(folder / "1" / REPORT_FILE)
+        atomic.write_json(Path(report.report_path), report.to_dict())
+        return report
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -120,8 +120,12 @@ class TrainConfig:
     )
     ema: float | None = option(
         None,
-        "Keep an exponential moving average of the weights with this decay (0.999 is common; warmed up over the "
-        "first steps); the averaged weights are evaluated, kept as best and exported.",
+        "Keep an exponential moving average of the weights with this decay (--ema alone: 0.999, the usual "
+        "choice; the decay is warmed up as min(DECAY, (1+n)/(10+n)) after n steps, so a run of a few hundred "
+        "steps averages over about its last ninth and 0.999's ~1000-step window only takes over after ~9000); "
+        "the averaged weights are evaluated, kept as best and exported.",
+        metavar="[DECAY]",
+        flag_value=0.999,
     )
     clip_grad: float | None = option(
         None, "Clip the gradients' total L2 norm (over every trainable parameter) to this value [default: no clip]."
