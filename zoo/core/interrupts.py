@@ -6,10 +6,12 @@ thread) these do nothing and the default handling applies.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Callable, Iterator
 
-from zoo.core.errors import Terminated
+from zoo.core.errors import Interrupted, Terminated
 
 
 def sigterm_raises():
@@ -26,6 +28,20 @@ def sigterm_raises():
 def restore_sigterm(previous) -> None:
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def stops_as_interrupted(describe: Callable[[str], str]) -> Iterator[None]:
+    """SIGTERM handled like Ctrl-C inside the block; either one leaves it as `Interrupted(describe(name), name)`
+    (name: SIGINT or SIGTERM), once the block's own `finally`s have removed their temporary files."""
+    previous = sigterm_raises()
+    try:
+        yield
+    except (KeyboardInterrupt, Terminated) as exc:
+        name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+        raise Interrupted(describe(name), name) from None
+    finally:
+        restore_sigterm(previous)
 
 
 class deferred_signals:

@@ -28,8 +28,8 @@ import torch
 from zoo.catalogue.backbone import Backbone, Preprocess
 from zoo.core import atomic
 from zoo.core.check import compare_outputs
-from zoo.core.errors import ExportError, Interrupted, Terminated, UsageError
-from zoo.core.interrupts import restore_sigterm, sigterm_raises
+from zoo.core.errors import ExportError, UsageError
+from zoo.core.interrupts import stops_as_interrupted
 from zoo.data.check_images import load_sample_inputs
 from zoo.data.images import decode_size
 from zoo.export.options import ExportOptions
@@ -226,14 +226,9 @@ def export(
     output = Path(output)
     check_output(output, o.mkdir)
     before = _stamps(output, o)
-    previous = sigterm_raises()  # SIGTERM as Ctrl-C: the `finally`s below remove the temporary files
-    try:
+    # SIGTERM as Ctrl-C: the `finally`s of the export remove the temporary files
+    with stops_as_interrupted(lambda name: f"interrupted ({name}); {_what_was_written(before, output, o)}"):
         return _export(source, output, o)
-    except (KeyboardInterrupt, Terminated) as exc:
-        signal_name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
-        raise Interrupted(f"interrupted ({signal_name}); {_what_was_written(before, output, o)}", signal_name) from None
-    finally:
-        restore_sigterm(previous)
 
 
 def _stamps(output: Path, o: ExportOptions) -> dict[Path, int | None]:

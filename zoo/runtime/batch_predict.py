@@ -28,8 +28,8 @@ from typing import IO, Any
 import numpy as np
 
 from zoo.core import atomic
-from zoo.core.errors import Interrupted, OutputError, Terminated, UsageError
-from zoo.core.interrupts import restore_sigterm, sigterm_raises
+from zoo.core.errors import OutputError, UsageError
+from zoo.core.interrupts import stops_as_interrupted
 from zoo.data.images import is_image_name
 from zoo.runtime import DEFAULT_TOP_K
 from zoo.runtime.predictions import check_top_k, results
@@ -302,16 +302,10 @@ def predict_many(
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             run(f)
 
-    previous = sigterm_raises()
-    try:
+    where = f"; {target} was not written (it is written whole, when every image is done)" if target else ""
+    with stops_as_interrupted(lambda _name: f"interrupted after {done} image(s){where}"):
         if target is None:
             run(None)
         else:
             atomic.atomic_write(target, write)
-    except (KeyboardInterrupt, Terminated) as exc:
-        signal_name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
-        where = f"; {target} was not written (it is written whole, when every image is done)" if target else ""
-        raise Interrupted(f"interrupted after {done} image(s){where}", signal_name) from None
-    finally:
-        restore_sigterm(previous)
     return Summary(done, errors, time.perf_counter() - start, str(target) if target else None)
