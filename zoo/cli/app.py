@@ -9,9 +9,7 @@ keeps its traceback.
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import sys
 from typing import Annotated, Any
 
@@ -43,21 +41,19 @@ class ZooGroup(TyperGroup):
             print_error(exc.format_message())
             code = exc.exit_code
         except SystemExit as exc:
+            # a closed stdout (`zoo list | head -1`): typer answers it with exit 1, a bug's code, and wraps stdout
+            # so that the interpreter's last flush stays quiet; it is 141, as a shell reports SIGPIPE
             if exc.code != 1 or not isinstance(sys.stdout, _click.utils.PacifyFlushWrapper):
                 raise
-            code = EXIT_SIGPIPE  # typer's own answer to a closed stdout (`zoo list | head -1`) is exit 1, a bug's
+            code = EXIT_SIGPIPE
         except (typer.Abort, KeyboardInterrupt):
             print_error("interrupted")
             code = EXIT_SIGINT
-        except OSError as exc:
-            if exc.errno == errno.EPIPE:  # `zoo list | head`: not a bug, and nothing left to say to that reader
-                sys.stdout = open(os.devnull, "w")  # the interpreter's last flush must not fail again
-                code = EXIT_SIGPIPE
-            elif exc.filename is None:
+        except OSError as exc:  # (a closed stdout never arrives here: typer answers it, see SystemExit above)
+            if exc.filename is None:
                 raise
-            else:
-                print_error(f"{exc.filename}: {exc.strerror or exc}")
-                code = EXIT_ENVIRONMENT
+            print_error(f"{exc.filename}: {exc.strerror or exc}")
+            code = EXIT_ENVIRONMENT
         if standalone_mode:
             sys.exit(code)
         return code

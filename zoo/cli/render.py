@@ -8,6 +8,7 @@ no emoji codes. When stdout is not a terminal, lines are not wrapped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -23,13 +24,10 @@ from zoo.catalogue import events
 
 class _Console(Console):
     def on_broken_pipe(self) -> None:
-        """The reader of stdout went away (`zoo list | head -1`): not a bug, so not rich's exit code 1."""
-        from zoo.core.errors import EXIT_SIGPIPE
-
+        """The reader of stdout went away (`zoo list | head -1`): as for any other write, the error goes to the
+        one place that answers it (zoo.cli.app), not to rich's own exit code 1."""
         self.quiet = True
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
-        raise SystemExit(EXIT_SIGPIPE)
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
 
 
 def _console(stderr: bool) -> Console:
