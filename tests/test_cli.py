@@ -127,13 +127,12 @@ def test_every_command_with_an_optional_value_flag_reads_it():
     """A field declared with flag_value (`--ema` alone) only works on a FlagValueCommand: none is forgotten."""
     import typer.main
 
-    from zoo.cli.options import _FLAG_VALUE, FlagValueCommand
+    from zoo.cli.options import FlagValueCommand, flag_value_of
 
     group = typer.main.get_command(app)
     with_flag_values = []
     for name, command in group.commands.items():
-        infos = [getattr(getattr(p, "type_descriptor", None), "parameter_info", None) for p in command.params]
-        if any(getattr(info, _FLAG_VALUE, None) for info in infos):
+        if any(flag_value_of(p) for p in command.params):
             with_flag_values.append(name)
             assert isinstance(command, FlagValueCommand), name
     assert {"finetune", "lr-find"} <= set(with_flag_values)

@@ -35,12 +35,19 @@ def _repeated(kind: Any) -> Any:
     return args[0] if typing.get_origin(kind) is tuple and len(args) == 2 and args[1] is Ellipsis else None
 
 
+def _flag(field: dataclasses.Field) -> str:
+    return "--" + field.name.replace("_", "-")
+
+
+def _negatable(field: dataclasses.Field, kind: Any) -> bool:
+    """A flag with its --no- form: on, off (or, for bool | None, the default the library picks)."""
+    return kind == bool | None or bool(field.metadata.get("negatable"))
+
+
 def _option(field: dataclasses.Field, kind: Any) -> Any:
-    flag = "--" + field.name.replace("_", "-")
+    flag = _flag(field)
     default = field.default
-    flags = [flag]
-    if kind == bool | None or field.metadata.get("negatable"):  # on, off (or the default the library picks)
-        flags = [f"{flag}/--no-{flag[2:]}"]
+    flags = [f"{flag}/--no-{flag[2:]}"] if _negatable(field, kind) else [flag]
     if _repeated(kind) is not None:  # typer takes a repeated flag as a list, None when not given
         kind, default = list[_repeated(kind)] | None, None
     info = typer.Option(
@@ -58,12 +65,19 @@ def _option(field: dataclasses.Field, kind: Any) -> Any:
 _FLAG_VALUE = "zoo_flag_value"  # on a typer.Option: (the value its flag alone gives, the type of a typed value)
 
 
+def flag_value_of(param: _click.Parameter) -> tuple[Any, type] | None:
+    """(the value the flag alone gives, the type of a typed value) of a command's option declared with a
+    flag_value, else None."""
+    info = getattr(getattr(param, "type_descriptor", None), "parameter_info", None)
+    return getattr(info, _FLAG_VALUE, None)
+
+
 def _fill_flag_values(command: _click.Command, args: list[str]) -> list[str]:
     """`args` with `--ema` written as `--ema=VALUE` (VALUE: its flag value) where the next argument is not a value
     of its type: at the end, before another option, or before a positional (`--ema resnet18 data/`)."""
     wanted = {}
     for param in command.params:
-        spec = getattr(getattr(getattr(param, "type_descriptor", None), "parameter_info", None), _FLAG_VALUE, None)
+        spec = flag_value_of(param)
         if spec is not None:
             wanted.update(dict.fromkeys(param.opts, spec))
     if not wanted:
@@ -161,10 +175,9 @@ def as_flags(cls: type, options: dict[str, Any], skip: tuple[str, ...] = ()) -> 
         value = options.get(field.name, field.default)
         if field.name in skip or value == field.default or value is None:
             continue
-        flag = "--" + field.name.replace("_", "-")
+        flag = _flag(field)
         if isinstance(value, bool):
-            negatable = hints[field.name] == bool | None or field.metadata.get("negatable")
-            flags += [flag] if value else ([f"--no-{flag[2:]}"] if negatable else [])
+            flags += [flag] if value else ([f"--no-{flag[2:]}"] if _negatable(field, hints[field.name]) else [])
         elif isinstance(value, tuple | list):
             for item in value:
                 flags += [flag, shlex.quote(str(item))]
