@@ -11,7 +11,7 @@ from zoo.cli.app import JsonFlag, app
 from zoo.cli.options import with_options
 from zoo.cli.render import check_table, note, out, print_json, print_table, table
 from zoo.core.errors import UsageError
-from zoo.export.options import ExportOptions
+from zoo.export.options import ExportOptions, check_destination
 from zoo.runtime import DEFAULT_TOP_K
 from zoo.runtime.onnx_io import PROVIDER_HELP, quiet_stdout
 from zoo.training.config import MANIFEST_OPTIONS, TrainConfig
@@ -119,7 +119,7 @@ def predict(
     from pathlib import Path
 
     from zoo.cli import render
-    from zoo.core.errors import DataError, UsageError
+    from zoo.core.errors import DataError
 
     if not model.endswith(".onnx"):  # a run or checkpoint: torch, the image files named
         hint = f"export the model first (zoo export {model} -o model.onnx) and predict with model.onnx"
@@ -178,12 +178,12 @@ def export(
     **options,
 ):
     """Export to ONNX and prove it: onnxruntime against torch on real images; a mismatch is an error."""
+    chosen = ExportOptions(**options)
+    check_destination(output, chosen)  # before the exporter (and torch) is imported
     from zoo.export.exporter import export as run_export
 
-    if output is None and options.get("triton_repo") is None:
-        raise UsageError("zoo export: give -o/--output FILE.onnx, or --triton-repo DIR to write the model into it")
     with quiet_stdout():  # libraries that print (the exporters, INT8 calibration) never reach stdout
-        report = run_export(source, output, ExportOptions(**options))
+        report = run_export(source, output, chosen)
     if as_json:
         print_json(report.to_dict())
         return

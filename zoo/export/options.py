@@ -93,6 +93,13 @@ class ExportOptions:
             execution_providers(self.provider)
 
 
+def check_destination(output, options: ExportOptions) -> None:
+    """Where the model goes: -o, or without it the --triton-repo it is written into; neither is a UsageError
+    (checked by the CLI before torch is imported, and by the library call)."""
+    if output is None and options.triton_repo is None:
+        raise UsageError("zoo export: give -o/--output FILE.onnx, or --triton-repo DIR to write the model into it")
+
+
 def fixed_batch(batch: str) -> int | None:
     """--batch as a number, None for 'dynamic'; UsageError for anything else."""
     if batch == "dynamic":

@@ -338,9 +338,9 @@ def export_into_repository(source: Path | str, options: ExportOptions) -> Export
     import tempfile
 
     from zoo.export.exporter import export
+    from zoo.export.options import check_destination
 
-    if options.triton_repo is None:
-        raise UsageError("zoo export: give -o/--output FILE.onnx, or --triton-repo DIR to write the model into it")
+    check_destination(None, options)
     beside = [f for f, on in (("--int8", options.int8), ("--fp16", options.fp16),
                               ("--keep-on-mismatch", options.keep_on_mismatch)) if on]  # fmt: skip
     if beside:
