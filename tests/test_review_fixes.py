@@ -27,18 +27,18 @@ def _help(name: str) -> str:
 def test_policy_help_names_every_builtin_policy_in_order():
     assert policies.BUILTIN_NAMES == tuple(policies.BUILTIN_HELP)
     assert _help("policy").startswith(f"Freeze policy: {', '.join(policies.BUILTIN_NAMES)}, or a named one")
-    assert policies.builtin_names(aliases=True)[:2] == ["feature-extract", "linear-probe"]
+    assert policies.builtin_names()[:2] == ["feature-extract", "linear-probe"]
 
 
 def test_every_builtin_form_and_alias_parses_and_the_error_lists_them(use_registry):
     registry = use_registry()
     examples = {"freeze:K": "freeze:1", "discriminative:F": "discriminative:0.5", "gradual:N": "gradual:2"}
-    for form in policies.builtin_names(aliases=True):
+    for form in policies.builtin_names():
         if form == "auto":
             continue
         text = examples.get(form, form.replace("cut:GROUP", "cut:stage1"))
         assert policies.parse_policy(text, registry).name == text
-    with pytest.raises(PolicyError, match="choose from " + ", ".join(policies.builtin_names(aliases=True))):
+    with pytest.raises(PolicyError, match="choose from " + ", ".join(policies.builtin_names())):
         policies.parse_policy("nonesuch", registry)
 
 

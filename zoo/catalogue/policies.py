@@ -159,14 +159,9 @@ ALIASES = {"linear-probe": "feature-extract"}  # another name -> the built-in po
 _FIELDS = {f.name for f in dataclasses.fields(Policy)} - {"name"}
 
 
-def builtin_names(aliases: bool = False) -> list[str]:
-    """The built-in policies' command-line forms; with `aliases`, each followed by its other names."""
-    names = []
-    for name in BUILTIN_NAMES:
-        names.append(name)
-        if aliases:
-            names += [alias for alias, target in ALIASES.items() if target == name]
-    return names
+def builtin_names() -> list[str]:
+    """The built-in policies' command-line forms, each followed by its other names (`linear-probe`)."""
+    return [n for name in BUILTIN_NAMES for n in (name, *(a for a, target in ALIASES.items() if target == name))]
 
 
 def _number(text: str, kind, policy: str, what: str):
@@ -239,7 +234,7 @@ def parse_policy(text: str, registry=None) -> Policy:
             )
         policy.check(f"plugin '{entry.source}', policy '{name}'")
         return policy
-    known = [*builtin_names(aliases=True), *sorted(tables), *sorted(registry.policies)]
+    known = [*builtin_names(), *sorted(tables), *sorted(registry.policies)]
     raise PolicyError(f"unknown policy '{text}'; choose from {', '.join(known)}")
 
 
