@@ -21,8 +21,8 @@ def test_list_table_and_json():
     sources = {}
     for d in data:
         sources[d["source"]] = sources.get(d["source"], 0) + 1
-    # 80 torchvision, efficientnet_lite0, 94 ONNX Model Zoo entries (and timm's, tested in its plugin)
-    assert sources["torchvision"] == 80 and sources["efficientnet_lite"] == 1 and sources["onnx"] == 94
+    # 80 torchvision, efficientnet_lite0/1/2, 94 ONNX Model Zoo entries (and timm's, tested in its plugin)
+    assert sources["torchvision"] == 80 and sources["efficientnet_lite"] == 3 and sources["onnx"] == 94
     assert next(d for d in data if d["name"] == "mnist-8")["source"] == "onnx"
     lite = next(d for d in data if d["name"] == "efficientnet_lite0")
     assert lite["source"] == "efficientnet_lite" and lite["weights"] == ["imagenet"]

@@ -9,7 +9,7 @@ from zoo.catalogue import registry as reg
 from zoo.core.errors import RegistryError, UnknownBackbone
 
 
-def test_every_torchvision_classifier_and_lite0_are_listed():
+def test_every_torchvision_classifier_and_the_lites_are_listed():
     import json
 
     from zoo_torchvision import DATA
@@ -17,7 +17,7 @@ def test_every_torchvision_classifier_and_lite0_are_listed():
     names = {m["name"] for m in json.loads(DATA.read_text())["models"]}
     listed = {s.name for s in reg.get_registry().list() if s.source in ("torchvision", "efficientnet_lite")}
     assert len(names) == 80
-    assert names | {"efficientnet_lite0"} == listed
+    assert names | {"efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"} == listed
     for family in (
         *TUTORIAL_MODELS,
         "mobilenet_v3_large",
@@ -38,7 +38,11 @@ def test_list_filters_by_glob_substring_tag_and_source():
     r = reg.get_registry()
     assert [s.name for s in r.list("resnet1*", source="torchvision")] == ["resnet101", "resnet152", "resnet18"]
     assert "resnet18-v1-7" in {s.name for s in r.list("resnet1*")}  # and the ONNX Model Zoo's
-    assert {s.name for s in r.list("lite", source="efficientnet_lite")} == {"efficientnet_lite0"}
+    assert {s.name for s in r.list("lite", source="efficientnet_lite")} == {
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+    }
     assert "efficientnet-lite4-11" in {s.name for s in r.list("lite")}  # the ONNX Model Zoo's, among others
     tutorial = {s.family for s in r.list(tag="tutorial")}
     assert tutorial == {
@@ -51,7 +55,11 @@ def test_list_filters_by_glob_substring_tag_and_source():
         "googlenet",
         "shufflenet_v2",
     }
-    assert [s.name for s in r.list(source="efficientnet_lite")] == ["efficientnet_lite0"]
+    assert [s.name for s in r.list(source="efficientnet_lite")] == [
+        "efficientnet_lite0",
+        "efficientnet_lite1",
+        "efficientnet_lite2",
+    ]
     assert r.list("resnet18", source="efficientnet_lite") == []
 
 
@@ -112,7 +120,7 @@ def test_load_plugins_env_restricts_plugins(monkeypatch):
     monkeypatch.setenv("ZOO_LOAD_PLUGINS", "efficientnet_lite")
     r = reg.build_registry()
     assert list(r.plugins) == ["efficientnet_lite"]
-    assert [s.name for s in r.list()] == ["efficientnet_lite0"]
+    assert [s.name for s in r.list()] == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
     monkeypatch.setenv("ZOO_LOAD_PLUGINS", "")
     assert reg.build_registry().list() == []
 

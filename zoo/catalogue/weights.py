@@ -31,6 +31,33 @@ def cache_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
+def hub_cache() -> Path:
+    """Where huggingface_hub keeps downloads: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub
+    (read now, not when huggingface_hub was imported)."""
+    if cache := os.environ.get("HF_HUB_CACHE"):
+        return Path(cache).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+HUB_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm loads from a hub repo, in its order
+
+
+def at_hand(weights: Weights) -> bool:
+    """Whether `weights` load without a download: a file:// file, a file in the torch cache, or a Hugging Face
+    hub repo (`hf-hub:ORG/NAME`) whose weights file is in the hub cache."""
+    url = weights.url or ""
+    if url.startswith("hf-hub:"):
+        snapshots = hub_cache() / f"models--{url[len('hf-hub:') :].replace('/', '--')}" / "snapshots"
+        return any(next(snapshots.glob(f"*/{name}"), None) for name in HUB_FILES)
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path)).is_file()
+    if parsed.scheme in ("http", "https"):
+        return (cache_dir() / os.path.basename(parsed.path)).is_file()
+    return False
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

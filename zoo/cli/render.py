@@ -173,9 +173,9 @@ def _new_progress():
 
 
 @contextlib.contextmanager
-def progress_bar(label: str, enabled: bool = True):
-    """A transient progress bar on stderr, when it is a terminal: yields `update(done, total)` (with the img/s
-    so far), or None when there is no bar to draw."""
+def progress_bar(label: str, enabled: bool = True, unit: str | None = "img"):
+    """A transient progress bar on stderr, when it is a terminal: yields `update(done, total, what=None)` (with the
+    `unit`/s so far, and `what` is being done now beside the label), or None when there is no bar to draw."""
     if not (enabled and err_console.is_terminal):
         yield None
         return
@@ -183,9 +183,10 @@ def progress_bar(label: str, enabled: bool = True):
     task = progress.add_task(label, total=None, rate="")
     started = time.perf_counter()
 
-    def update(done: int, total: int | None) -> None:
+    def update(done: int, total: int | None, what: str | None = None) -> None:
         rate = done / max(time.perf_counter() - started, 1e-9)
-        progress.update(task, completed=done, total=total, rate=f"{rate:.1f} img/s" if done else "")
+        shown = f"{rate:.1f} {unit}/s" if done and unit else ""
+        progress.update(task, completed=done, total=total, rate=shown, description=f"{label} {what or ''}".rstrip())
 
     progress.start()
     try:

@@ -37,11 +37,20 @@ def finetune(
         str | None,
         typer.Option(help="Continue the run in this folder from its last complete epoch (no BACKBONE, DATA)."),
     ] = None,
+    candidates: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="With BACKBONE 'auto': the backbones `zoo rank` chooses from (names, globs, NAME@cut:GROUP; "
+            "repeat it or separate with commas) [default: every backbone whose pretrained weights are at hand].",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final line.")] = False,
     as_json: JsonFlag = False,
     **options,
 ):
-    """Fine-tune a backbone on an image folder or a manifest with a freeze policy; writes runs/NAME/."""
+    """Fine-tune a backbone on an image folder or a manifest with a freeze policy; writes runs/NAME/. BACKBONE
+    'auto' ranks the candidates first (`zoo rank`) and fine-tunes the winner."""
     launch = LaunchConfig(**options_for(LaunchConfig, options))
     train_options = options_for(TrainConfig, options)
     renderer = RunRenderer(quiet=quiet or as_json)
@@ -52,6 +61,11 @@ def finetune(
             overrides = {k: train_options[k] for k in given(ctx, train_options)}
             result = run_finetune(None, launch, resume=resume, overrides=overrides, callback=renderer)
         else:
+            if candidates and backbone != "auto":
+                raise UsageError("--candidates: only with BACKBONE 'auto' (zoo finetune auto DATA --candidates ...)")
+            if backbone == "auto":
+                train_options = choose_backbone(data or "", candidates or [], train_options, given(ctx, train_options))
+                backbone = train_options.pop("backbone")
             cfg = TrainConfig(backbone=backbone or "", data=data or "", **train_options)
             result = run_finetune(cfg, launch, callback=renderer)
     finally:
@@ -70,6 +84,35 @@ def finetune(
     )
     if result.test:
         out(test_line(result.test))
+
+
+def choose_backbone(data: str, candidates: list[str], options: dict, typed: set[str]) -> dict:
+    """`zoo finetune auto`: rank the candidates (`zoo rank`) on the run's own split and sample seed; the options
+    with the winner as `backbone`, its policy (a cut, or zoo advise's pick) unless --policy was given, and the
+    ranking to keep in summary.json."""
+    from zoo.data.split import manifest_options
+    from zoo.select.rank import rank
+
+    names = [c for text in candidates for c in text.split(",") if c.strip()]
+    ranking = rank(data, names, seed=options["seed"], val_fraction=options["val_fraction"], labels=options["labels"],
+                   options=manifest_options(options), advise="policy" not in typed)  # fmt: skip
+    winner = ranking.winner
+    if winner is None:
+        reasons = "; ".join(f"{r.candidate}: {r.error}" for r in ranking.rows)
+        raise UsageError(f"zoo finetune auto: no candidate could be ranked ({reasons})")
+    chosen = dict(options, backbone=winner.backbone, ranking=ranking.to_dict())
+    if winner.cut and "policy" in typed and options["policy"] != ranking.policy:
+        raise UsageError(
+            f"zoo finetune auto: the winner is {winner.candidate}, the features after {winner.cut}, which only "
+            f"--policy {ranking.policy} trains; leave --policy out, or leave the cut candidates out"
+        )
+    if "policy" not in typed and ranking.policy:
+        chosen["policy"] = ranking.policy
+    note(
+        f"zoo rank: {winner.candidate} wins by {ranking.estimate} ({winner.scores[ranking.estimate]:.3f}) among "
+        f"{len(ranking.ranked)} candidates; fine-tuning it with --policy {chosen['policy']}"
+    )
+    return chosen
 
 
 @app.command("lr-find", cls=FlagValueCommand)

@@ -306,7 +306,7 @@ def measure(
     probes: dict[str, float] = {}
     usable = min(per_class.values()) >= 2
     if usable:
-        samples = _stratified_sample(split.train, MAX_IMAGES, seed)
+        samples = stratified_sample(split.train, MAX_IMAGES, seed)
         folds = max(2, min(FOLDS, min(per_class.values())))
         was_training = model.training
         target = MultiHot(len(split.classes)) if multi else None
@@ -346,7 +346,8 @@ def measure(
     )
 
 
-def _stratified_sample(samples, limit: int, seed: int):
+def stratified_sample(samples, limit: int, seed: int):
+    """At most about `limit` samples, each class (each label set) in its share and at least 2 of it; seeded."""
     if len(samples) <= limit:
         return samples
     import random

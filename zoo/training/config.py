@@ -174,6 +174,9 @@ class TrainConfig:
     dist_timeout: float = option(300.0, "Distributed: seconds to wait for another rank.", on_resume=APPLY)
     out: str = option("runs", "Folder that holds run folders.")
     name: str | None = option(None, "Run folder name [default: BACKBONE-POLICY].")
+    ranking: dict[str, Any] | None = option(  # noqa: RUF009 (its default is None; the field is never shared)
+        None, "`zoo finetune auto`: the ranking that chose the backbone (zoo rank's ranking.json).", cli=False
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.lr, str) and self.lr != "auto":  # from the command line: a number or 'auto'

@@ -172,6 +172,7 @@ def summary(setup: RunSetup, state: RunState, status: str, wall_seconds: float, 
         "plugin": choice.spec.source,
         "policy": choice.policy.to_dict(),
         "auto": choice.advice.to_dict() if choice.advice else None,
+        "ranking": cfg.ranking,  # `zoo finetune auto`: how the backbone was chosen
         "weights": choice.weights.label,
         "classes": setup.classes,
         "task": data.task.name,

@@ -13,10 +13,11 @@ import socket
 from pathlib import Path
 
 from zoo.catalogue.backbone import Backbone, Weights
+from zoo.catalogue.weights import HUB_FILES, hub_cache
 from zoo.core.errors import DownloadError, WeightsError
 
 HUB = "hf-hub:"
-FILES = ("model.safetensors", "pytorch_model.bin")  # what timm loads from a hub repo, in its order
+FILES = HUB_FILES
 
 
 def build(spec: Backbone, weights: Weights | None = None, arch: str = "", **kwargs):
@@ -35,15 +36,6 @@ def build(spec: Backbone, weights: Weights | None = None, arch: str = "", **kwar
     else:
         path = url_file(weights, name)
     return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
-
-
-def hub_cache() -> Path:
-    """Where huggingface_hub keeps downloads: $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub
-    (read now, not when huggingface_hub was imported)."""
-    if cache := os.environ.get("HF_HUB_CACHE"):
-        return Path(cache).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    return Path(home).expanduser() / "hub"
 
 
 def cached_file(repo: str) -> Path | None:
