@@ -156,3 +156,48 @@ def test_efficientnet_lite0_loads_real_imagenet_weights_offline():
         labels = {categories[i] for i in row.tolist()}
         hits += ("ant" if kind == "ants" else "bee") in labels
     assert hits >= 10, f"only {hits}/12 photos had the right insect in the top 5"
+
+
+def test_torch_home_decides_the_cache(served, tmp_path, monkeypatch):
+    root, base = served
+    digest = _tiny_checkpoint(root / "tiny-home.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "elsewhere"))  # read when zoo downloads, as torch.hub does
+    path = fetch(Weights(tag="demo", url=f"{base}/tiny-home.pth", sha256=digest), progress=False)
+    assert path == tmp_path / "elsewhere" / "hub" / "checkpoints" / "tiny-home.pth" == cache_dir() / path.name
+
+
+def test_torchvision_weights_come_through_a_mirror_named_in_the_registry(served, monkeypatch):
+    """A company mirror of download.pytorch.org in $ZOO_HOME/registry.toml's [mirrors]: zoo downloads (and checks)
+    torchvision's file from it, torchvision's builder then reads it from the torch cache; pytorch.org is never
+    asked (a lookup of any host but 127.0.0.1 fails the test)."""
+    import socket
+
+    from zoo.catalogue.registry import reset_registry, zoo_home
+
+    real_lookup = socket.getaddrinfo
+
+    def local_only(host, *args, **kwargs):
+        assert host in ("127.0.0.1", "localhost"), f"the download tried {host}"
+        return real_lookup(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", local_only)
+    root, base = served
+    torch.manual_seed(4)
+    state = create_model("resnet18", weights="none", check=False).state_dict()
+    (root / "torchvision").mkdir()
+    torch.save(state, root / "torchvision" / "resnet18-f37072fd.pth")
+    digest = hashlib.sha256((root / "torchvision" / "resnet18-f37072fd.pth").read_bytes()).hexdigest()
+    zoo_home().mkdir(parents=True, exist_ok=True)
+    (zoo_home() / "registry.toml").write_text(
+        f'[mirrors]\n"https://download.pytorch.org/models/" = "{base}/torchvision/"\n'
+    )
+    reset_registry()
+    try:
+        spec = get_registry().get("resnet18")
+        assert spec.weights[0].url == "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+        ours = dataclasses.replace(spec.weights[0], sha256=digest, hash_prefix=None)  # the mirror's copy is ours
+        model = create_model(dataclasses.replace(spec, weights=(ours,)), num_classes=4)
+    finally:
+        reset_registry()
+    assert torch.equal(model.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])
+    assert (cache_dir() / "resnet18-f37072fd.pth").is_file()

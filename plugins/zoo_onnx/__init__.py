@@ -66,6 +66,12 @@ def _label_file(name: str) -> tuple[str, ...]:
     return tuple(line.strip() for line in lines if line.strip())
 
 
+def urls_of(entry: dict[str, Any]) -> tuple[str, ...]:
+    """An entry's URLs, in the order they are tried: `url` is one URL or a list of them (mirrors of one file)."""
+    url = entry.get("url") or ()
+    return (url,) if isinstance(url, str) else tuple(str(u) for u in url)
+
+
 def preprocess_of(entry: dict[str, Any]) -> Preprocess:
     size = entry.get("input_size", [224, 224])
     size = (size, size) if isinstance(size, int) else tuple(size)
@@ -77,7 +83,8 @@ def preprocess_of(entry: dict[str, Any]) -> Preprocess:
 
 def spec_from_entry(name: str, entry: dict[str, Any]) -> Backbone:
     """The Backbone for one `[onnx.NAME]` entry: complete once imported, to be resolved otherwise."""
-    url = entry.get("url")
+    urls = urls_of(entry)
+    url = urls[0] if urls else ""
     layout = read_layout(name, entry)
     if layout:  # what the graph fixes, where the entry does not say
         entry = {"input_size": layout["input_size"], "channels": layout["channels"], **entry}
@@ -96,7 +103,7 @@ def spec_from_entry(name: str, entry: dict[str, Any]) -> Backbone:
         weights=(
             Weights(
                 tag="onnx",
-                url=url or "",
+                url=url,
                 sha256=entry.get("sha256"),
                 categories=labels_of(entry),
                 license=entry.get("license", ""),
@@ -106,7 +113,7 @@ def spec_from_entry(name: str, entry: dict[str, Any]) -> Backbone:
         default_weights="onnx",
         min_input_size=min(preprocess.input_size),
         atol=float(entry.get("atol", 1e-4)),
-        build_kwargs={"layout": entry.get("layout")},
+        build_kwargs={"layout": entry.get("layout"), "fallbacks": urls[1:]},
         notes=tuple(entry.get("notes", ())),
     )
     if layout is None:
@@ -116,7 +123,7 @@ def spec_from_entry(name: str, entry: dict[str, Any]) -> Backbone:
         head=layout["head"],
         groups=groups,
         num_params=layout.get("num_params"),
-        **{**common, "build_kwargs": {"layout": layout["layout"]}},
+        **{**common, "build_kwargs": {"layout": layout["layout"], "fallbacks": urls[1:]}},
     )
 
 

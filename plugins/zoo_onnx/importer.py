@@ -25,12 +25,13 @@ from zoo.catalogue.backbone import NAME, Backbone, Weights
 from zoo.catalogue.registry import get_registry, load_registry_data, read_registry_file, reset_registry, zoo_home
 from zoo.core.atomic import write_json, write_text
 from zoo.core.errors import ConversionError, DataError, DownloadError, OutputError, UsageError, WeightsError
-from zoo_onnx import model_dir, spec_from_entry
+from zoo_onnx import model_dir, spec_from_entry, urls_of
 from zoo_onnx.derive import ImportReport, derive
 from zoo_onnx.graph import external_files, load, prepare
 
 log = logging.getLogger(__name__)
 MAX_NAME = 64  # an imported model's name is also a folder name
+COPY_HINT = "copy the file to {target} (its sha256 is checked) and run again"  # the file is the model: no --weights
 
 
 def _floats(value: str | list[float] | None, flag: str) -> list[float] | None:
@@ -138,29 +139,33 @@ def import_file(
 
 def import_entry(name: str, check_data: str | Path | None = None, force: bool = False) -> ImportReport:
     """Import an `[onnx.NAME]` registry entry: download (sha256-checked), derive, verify, keep the layout."""
-    from zoo.catalogue.weights import fetch
+    from zoo.catalogue.weights import NotServed, fetch
 
     data, _ = load_registry_data()
     entry = data.get("onnx", {}).get(name)
     if entry is None:
         known = ", ".join(sorted(data.get("onnx", {}))) or "none"
         raise UsageError(f"{name}: not an .onnx file nor an [onnx.NAME] registry entry (entries: {known})")
-    if not entry.get("url"):
-        raise DataError(f"registry.toml [onnx.{name}]: no url")
+    urls = urls_of(entry)
+    if not urls or not all(urls):
+        raise DataError(f'registry.toml [onnx.{name}]: no url (give url = "https://..." or a list of mirrors)')
     check_integrity_setting(name, entry)
-    weights = Weights(tag=f"onnx.{name}", url=entry["url"], sha256=entry.get("sha256"))
+    weights = Weights(tag=f"onnx.{name}", url=urls[0], sha256=entry.get("sha256"))
     try:
-        path = fetch(weights)
+        path = fetch(weights, fallbacks=urls[1:])
     except DownloadError as exc:  # the file is the model itself: --weights does not apply here
         raise DownloadError(
-            f"[onnx.{name}]: cannot download {exc.url} ({exc.reason}); copy the file to {exc.target} "
-            "(its sha256 is checked) and run again",
+            f"[onnx.{name}]: cannot download it ({exc.reason}); {COPY_HINT.format(target=exc.target)}",
             exc.url,
             exc.reason,
             exc.target,
         ) from None
-    except WeightsError as exc:
-        raise WeightsError(f"[onnx.{name}] {entry['url']}: {exc}") from None
+    except NotServed as exc:
+        raise WeightsError(
+            f"[onnx.{name}]: no source served the file ({exc.summary}); {COPY_HINT.format(target=exc.target)}"
+        ) from None
+    except WeightsError as exc:  # the file in the cache is not the model
+        raise WeightsError(f"[onnx.{name}]: {exc}") from None
     where = f"{name} ({path})"
     prepared = prepare(load(path, where), where, input_size=entry.get("input_size"), layout=entry.get("layout"))
     report, layout_data = derive(name, entry, path, prepared, check_data, force, where)

@@ -5,7 +5,8 @@ only. Building a model is `zoo.model.build.create_model`.
 
 Data comes from two `registry.toml` files, the project's (shipped in the
 package) and the user's (`$ZOO_HOME/registry.toml`), which may add aliases,
-change defaults and override a backbone's data fields. The registry applies
+change defaults and override a backbone's data fields (and put mirrors in front
+of downloads: `[mirrors]`, read by zoo.catalogue.sources). The registry applies
 all of it, so every lookup sees the same spec.
 """
 
@@ -29,7 +30,7 @@ from zoo.core.errors import InvalidBackbone, RegistryError, UnknownBackbone
 log = logging.getLogger(__name__)
 
 _OVERRIDABLE = {"default_weights", "tags", "description", "atol", "min_input_size", "preprocess"}
-_TOP_LEVEL = {"aliases", "defaults", "backbones", "policies", "onnx"}
+_TOP_LEVEL = {"aliases", "defaults", "backbones", "policies", "onnx", "mirrors"}
 _DEFAULT_WEIGHTS = ("default", "none")
 
 
@@ -198,6 +199,9 @@ class Registry:
             )
         if defaults.get("weights", "default") not in _DEFAULT_WEIGHTS:
             raise RegistryError(f"registry.toml [defaults] weights = {defaults['weights']!r}: use 'default' or 'none'")
+        from zoo.catalogue.sources import mirror_rules
+
+        mirror_rules(data)  # a malformed [mirrors] fails here, named, not at the first download
         for alias, target in data.get("aliases", {}).items():
             if not isinstance(target, str):
                 raise RegistryError(f"registry.toml [aliases]: '{alias}' must name a backbone")

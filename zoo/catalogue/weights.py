@@ -2,8 +2,10 @@
 
 Downloads go to the normal torch hub cache (`$TORCH_HOME/hub/checkpoints`), the
 same file torchvision's own builders look for, and every file is checked
-against its sha256 (or torchvision's hash prefix) before it is used. Local
-files load with `weights_only=True`: zoo never unpickles arbitrary objects.
+against its sha256 (or torchvision's hash prefix) before it is used. Mirrors
+(ZOO_MIRROR, registry.toml's [mirrors], HF_ENDPOINT) are tried first and each
+URL of a file in turn: zoo.catalogue.sources. Local files load with
+`weights_only=True`: zoo never unpickles arbitrary objects.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import urllib.error
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -88,8 +90,22 @@ def verify(path: Path, weights: Weights, cached: bool = True) -> None:
         )
 
 
-def fetch(weights: Weights, progress: bool = True) -> Path:
-    """A verified local copy of `weights`: a file:// path, or a download into the torch cache."""
+class NotServed(WeightsError):
+    """A download whose sources all answered or failed, some with bytes that are not the file (its sha256 differs:
+    a Git LFS pointer, an HTML page, another file). `summary` says what each source did; `target` is the cache path
+    a copy of the file can be put at."""
+
+    def __init__(self, message: str, summary: str, target: Path):
+        super().__init__(message)
+        self.summary, self.target = summary, target
+
+
+def fetch(weights: Weights, progress: bool = True, fallbacks: Sequence[str] = ()) -> Path:
+    """A verified local copy of `weights`: a file:// path, or a download into the torch cache.
+
+    A download tries the user's mirrors first, then `weights.url`, then `fallbacks` (further URLs of the same
+    file), and keeps the first whose sha256 matches (zoo.catalogue.sources). When none does: DownloadError if
+    every source failed to answer, NotServed if some served other bytes."""
     parsed = urlparse(weights.url)
     if parsed.scheme == "file":
         path = Path(unquote(parsed.path))
@@ -104,34 +120,36 @@ def fetch(weights: Weights, progress: bool = True) -> Path:
         raise WeightsError(f"weights '{weights.tag}': unsupported URL {weights.url}")
     target = cache_dir() / os.path.basename(parsed.path)
     if not target.is_file():
-        _download(weights, target, progress)
+        _download(weights, target, progress, fallbacks)
     verify(target, weights)
     return target
 
 
-def _download(weights: Weights, target: Path, progress: bool) -> None:
-    import torch.hub
+def _download(weights: Weights, target: Path, progress: bool, fallbacks: Sequence[str]) -> None:
+    from zoo.catalogue.sources import NoSource, download
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("downloading %s to %s", weights.url, target)
+    way_out = f"put the file at {target}, or pass --weights PATH (a local file) or --weights none (random init)"
     try:
-        # writes to a temp file and moves it into place only once the hash prefix matched
-        torch.hub.download_url_to_file(weights.url, str(target), hash_prefix=None, progress=progress)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or exc
+        target.parent.mkdir(parents=True, exist_ok=True)
+        download((weights.url, *fallbacks), target, weights.sha256 or weights.hash_prefix, progress)
+    except NoSource as exc:
+        if exc.served:  # some source answered with other bytes: the sha256 refused them, not the network
+            raise NotServed(
+                f"cannot get weights '{weights.tag}': no source served the file ({exc.summary}); {way_out}",
+                exc.summary,
+                target,
+            ) from None
         raise DownloadError(
-            f"cannot download weights '{weights.tag}' from {weights.url} ({reason}); "
-            f"put the file at {target}, or pass --weights PATH (a local file) "
-            "or --weights none (random init)",
+            f"cannot download weights '{weights.tag}' ({exc.summary}); {way_out}", weights.url, exc.summary, target
+        ) from None
+    except OSError as exc:  # the cache folder itself
+        raise DownloadError(
+            f"cannot download weights '{weights.tag}' to {target} ({exc.strerror or exc}); set TORCH_HOME to a "
+            "writable folder",
             weights.url,
-            str(reason),
+            str(exc.strerror or exc),
             target,
         ) from None
-    try:
-        verify(target, weights)
-    except WeightsError:
-        target.unlink(missing_ok=True)  # a bad download must not poison the cache
-        raise
 
 
 def load_state_dict(path: Path | str) -> dict:

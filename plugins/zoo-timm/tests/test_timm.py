@@ -3,11 +3,16 @@ against the installed timm, check_backbone on a representative set, weights from
 
 from __future__ import annotations
 
+import hashlib
+import http.server
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from PIL import Image
@@ -169,8 +174,8 @@ def test_offline_without_the_file_is_one_line_naming_the_way_out(tmp_path, monke
     data = tmp_path / "data"
     for name, colour in (("a", (200, 40, 40)), ("b", (40, 40, 200))):
         (data / name).mkdir(parents=True)
-        for i in range(4):
-            Image.new("RGB", (40, 40), colour).save(data / name / f"{i}.png")
+        for i in range(4):  # each image its own shade: no duplicates across the split
+            Image.new("RGB", (40, 40), (colour[0], colour[1] + 10 * i, colour[2])).save(data / name / f"{i}.png")
     result = CliRunner().invoke(app, ["finetune", "timm/resnet18", str(data), "--weights", "a2_in1k", "--out",
                                       str(tmp_path / "runs")])  # fmt: skip
     assert result.exit_code == 5
@@ -196,3 +201,107 @@ def test_a_local_safetensors_checkpoint_loads_safely(tmp_path):
     model = create_model("timm/resnet18", num_classes=2, weights=tmp_path / "mine.safetensors")
     assert torch.equal(model.state_dict()["layer1.0.conv1.weight"], state["layer1.0.conv1.weight"])
     assert model.fc.out_features == 2  # the 7-class head of the file was dropped, and said so
+
+
+class LocalHub(http.server.BaseHTTPRequestHandler):
+    """The part of the Hugging Face hub that huggingface_hub's hf_hub_download talks to (file_download.py): HEAD
+    /REPO/resolve/REVISION/FILE answered with X-Repo-Commit, ETag and Content-Length (no X-Xet-Hash: a plain HTTP
+    download follows), then GET of the same URL for the bytes. A missing file is a 404 with X-Error-Code."""
+
+    files: ClassVar[dict[str, bytes]] = {}  # URL path -> bytes, set by the test
+    requests: ClassVar[list[tuple[str, str]]] = []  # (method, path) of every request, in order
+
+    def do_HEAD(self):
+        self._answer(with_body=False)
+
+    def do_GET(self):
+        self._answer(with_body=True)
+
+    def _answer(self, with_body: bool):
+        path = self.path.split("?")[0]
+        self.requests.append((self.command, path))
+        data = self.files.get(path)
+        if data is None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", "89abcdef0123456789abcdef0123456789abcdef")
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if with_body:
+            self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.slow
+def test_weights_download_through_the_hub_mirror_hf_endpoint_names(tmp_path, monkeypatch):
+    """HF_ENDPOINT names a hub mirror (https://hf-mirror.com in much of Asia, where huggingface.co is often out of
+    reach): zoo asks it, not huggingface.co, whether the hub can be reached, and downloads the checkpoint through it
+    into the Hugging Face cache, even when huggingface_hub was imported before HF_ENDPOINT was set."""
+    import huggingface_hub.constants
+    import timm
+    import torch
+    from safetensors.torch import save
+
+    from zoo.model.build import create_model
+
+    real_lookup = socket.getaddrinfo
+
+    def local_only(host, *args, **kwargs):  # huggingface.co, or any other host, would fail the test
+        assert host in ("127.0.0.1", "localhost"), f"the download tried {host}"
+        return real_lookup(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", local_only)
+    state = timm.create_model("test_convnext").state_dict()
+    state["stem.0.weight"].fill_(0.25)
+    checkpoint = "/timm/test_convnext.r160_in1k/resolve/main/model.safetensors"
+    LocalHub.files = {checkpoint: save({k: v.contiguous() for k, v in state.items()})}
+    LocalHub.requests = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LocalHub)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as if imported while offline
+    try:
+        model = create_model("timm/test_convnext", num_classes=3, weights="r160_in1k")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert torch.equal(model.state_dict()["stem.0.weight"], state["stem.0.weight"])
+    assert ("HEAD", checkpoint) in LocalHub.requests and ("GET", checkpoint) in LocalHub.requests
+    cached = list(
+        (tmp_path / "hub" / "models--timm--test_convnext.r160_in1k" / "snapshots").glob("*/model.safetensors")
+    )
+    assert len(cached) == 1 and cached[0].read_bytes() == LocalHub.files[checkpoint]
+
+
+@pytest.mark.slow
+def test_an_unreachable_hub_mirror_is_named_in_the_one_line_error(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from zoo.cli import app
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    data = tmp_path / "data"
+    for name, colour in (("a", (200, 40, 40)), ("b", (40, 40, 200))):
+        (data / name).mkdir(parents=True)
+        for i in range(4):  # each image its own shade: no duplicates across the split
+            Image.new("RGB", (40, 40), (colour[0], colour[1] + 10 * i, colour[2])).save(data / name / f"{i}.png")
+    result = CliRunner().invoke(app, ["finetune", "timm/test_convnext", str(data), "--weights", "r160_in1k", "--out",
+                                      str(tmp_path / "runs")])  # fmt: skip
+    assert result.exit_code == 5, result.output
+    line = result.stderr.strip()
+    assert line.count("\n") == 0 and f"(127.0.0.1:{port} cannot be reached)" in line, line
+    assert "huggingface.co" not in line and "--weights none" in line

@@ -1,22 +1,27 @@
 """Building a timm model, with its pretrained weights from the Hugging Face hub cache, the way timm users have them.
 
 A tag's weights are looked up in the Hugging Face cache first (no network at all when they are
-there), then downloaded by timm itself into that cache. Offline with the file not cached, the
-error names the model and tag, the cache, and the ways out: `--weights PATH` (a timm checkpoint,
-.pth or .safetensors, loaded with weights_only / safetensors) or `--weights none`.
+there), then downloaded by huggingface_hub, as timm does, into that cache from the hub that
+HF_ENDPOINT names (a mirror such as https://hf-mirror.com; huggingface.co when unset), unless
+HF_HUB_OFFLINE is set. Both are read when the model is built, not when huggingface_hub was imported.
+Offline with the file not cached, the error names the model and tag, the cache, and the ways out:
+`--weights PATH` (a timm checkpoint, .pth or .safetensors, loaded with weights_only / safetensors)
+or `--weights none`. The few tags whose weights are a plain URL go through zoo's own download, so
+ZOO_MIRROR and registry.toml's [mirrors] apply to them.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from zoo.catalogue.backbone import Backbone, Weights
-from zoo.catalogue.weights import HUB_FILES, hub_cache
+from zoo.catalogue.sources import HUB, hub_endpoint, hub_offline
+from zoo.catalogue.weights import HUB_FILES, fetch, hub_cache
 from zoo.core.errors import DownloadError, WeightsError
 
-HUB = "hf-hub:"
+HF_HUB = "hf-hub:"  # a tag's url: `hf-hub:ORG/NAME`, a repo on the hub
 FILES = HUB_FILES
 
 
@@ -29,10 +34,10 @@ def build(spec: Backbone, weights: Weights | None = None, arch: str = "", **kwar
     # the tag's own classifier, or 1000 classes where the tag has none (a head zoo replaces anyway)
     kwargs["num_classes"] = weights.num_classes or 1000
     name = f"{arch}.{weights.tag}"
-    if weights.url.startswith(HUB):
-        path = cached_file(weights.url[len(HUB) :])
+    if weights.url.startswith(HF_HUB):
+        path = cached_file(weights.url[len(HF_HUB) :])
         if path is None:
-            path = download(weights.url[len(HUB) :], name)
+            path = download(weights.url[len(HF_HUB) :], name)
     else:
         path = url_file(weights, name)
     return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
@@ -50,37 +55,37 @@ def cached_file(repo: str) -> Path | None:
 
 
 def download(repo: str, name: str) -> Path:
-    """The repo's weights downloaded into the Hugging Face cache (huggingface_hub, as timm does)."""
+    """The repo's weights downloaded into the Hugging Face cache by huggingface_hub, as timm does, from the hub
+    HF_ENDPOINT names (passed explicitly: huggingface_hub reads the variable once, when it is imported)."""
+    import huggingface_hub.constants
     from huggingface_hub import hf_hub_download
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    if offline or not _reachable("huggingface.co"):
-        why = "HF_HUB_OFFLINE is set" if offline else "huggingface.co cannot be reached"
-        raise _offline(name, f"hf-hub:{repo}", why, hub_cache() / f"models--{repo.replace('/', '--')}")
+    where = hub_cache() / f"models--{repo.replace('/', '--')}"
+    if hub_offline():
+        raise _offline(name, f"hf-hub:{repo}", "HF_HUB_OFFLINE is set", where)
+    endpoint = hub_endpoint()
+    parsed = urlparse(endpoint)
+    if not _reachable(parsed.hostname or "", parsed.port or (80 if parsed.scheme == "http" else 443)):
+        mirror = "" if endpoint != HUB else "; HF_ENDPOINT can name a mirror"
+        raise _offline(name, f"hf-hub:{repo}", f"{parsed.netloc or endpoint} cannot be reached{mirror}", where)
+    # huggingface_hub read HF_HUB_OFFLINE when it was imported; it is unset now, and huggingface_hub must agree
+    huggingface_hub.constants.HF_HUB_OFFLINE = False
     errors = []
     for filename in FILES:
         try:
-            return Path(hf_hub_download(repo, filename, cache_dir=hub_cache(), library_name="timm"))
+            return Path(hf_hub_download(repo, filename, cache_dir=hub_cache(), library_name="timm", endpoint=endpoint))
         except Exception as exc:  # the next file name, then a one-line error
             errors.append(f"{filename}: {type(exc).__name__}")
-    raise _offline(name, f"hf-hub:{repo}", "; ".join(errors), hub_cache() / f"models--{repo.replace('/', '--')}")
+    raise _offline(name, f"hf-hub:{repo} at {endpoint}", "; ".join(errors), where)
 
 
 def url_file(weights: Weights, name: str) -> Path:
-    """A tag whose weights are a plain URL (a few older ones): timm's torch hub cache, downloaded if missing."""
-    import torch.hub
-
-    target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-    if target.is_file():
-        return target
-    host = weights.url.split("/")[2] if "://" in weights.url else ""
-    if not _reachable(host):
-        raise _offline(name, weights.url, f"{host} cannot be reached", target)
+    """A tag whose weights are a plain URL (a few older ones): timm's torch hub cache, downloaded if missing,
+    through zoo's download (the user's mirrors first, a timeout per source)."""
     try:
-        torch.hub.download_url_to_file(weights.url, str(target), progress=False)
-    except Exception as exc:
-        raise _offline(name, weights.url, f"{type(exc).__name__}: {exc}", target) from None
-    return target
+        return fetch(Weights(tag=name, url=weights.url, sha256=weights.sha256), progress=False)
+    except DownloadError as exc:
+        raise _offline(name, weights.url, exc.reason, Path(exc.target)) from None
 
 
 def _offline(name: str, source: str, why: str, where: Path) -> DownloadError:
