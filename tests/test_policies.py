@@ -183,6 +183,8 @@ def test_cut_puts_a_new_head_on_an_inner_group(tmp_path, tiny_registry):
     state = _state(result.run_dir)
     assert state["fc.weight"].shape == (2, 16)  # stage1 has 16 channels
     assert not any(k.startswith("stage2") for k in state)
+    # the cut model's groups before the new head are frozen and fixed: trained on their cached activations
+    assert result.summary["cache"]["boundary"] == "stage1" and all(row["cached"] for row in result.history)
     from zoo.model.checkpoint import load_model
 
     model, _ = load_model(result.run_dir)

@@ -40,6 +40,8 @@ class _GroupTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if qualname in self.leaves or (self.leaf_classes and isinstance(m, self.leaf_classes)):
             return True
+        if isinstance(m, Pool):  # a cut model's pooling (`cut_model`) branches on the input's rank: never traced into
+            return True
         return super().is_leaf_module(m, qualname)
 
 
