@@ -65,6 +65,14 @@ def test_export_run_writes_verified_model_metadata_and_report(run, tmp_path):
     assert meta.extra["check"]["passed"] is True
     # a dynamic batch axis: batch 5 runs too
     assert Predictor(tmp_path / "model.onnx").logits(np.zeros((5, 3, 32, 32), np.float32)).shape == (5, 2)
+    # the run keeps the report of a model exported outside its folder: its report.html and `zoo runs` show it
+    from zoo.report.folder import RunFolder
+
+    recorded = json.loads((result.run_dir / "exports.json").read_text())
+    assert [e["path"] for e in recorded] == [str(tmp_path / "model.onnx")]
+    assert [e["path"] for e in RunFolder(result.run_dir).exports()] == [str(tmp_path / "model.onnx")]
+    export(result.run_dir, tmp_path / "model.onnx")  # exported again to the same file: still one entry
+    assert len(json.loads((result.run_dir / "exports.json").read_text())) == 1
 
 
 @pytest.mark.slow

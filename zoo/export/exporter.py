@@ -34,7 +34,7 @@ from zoo.data.check_images import load_sample_inputs
 from zoo.data.images import decode_size
 from zoo.export.options import ExportOptions
 from zoo.export.outputs import check_output, is_ours, move_model, sidecars
-from zoo.export.report import REPORT_MARK, ExportReport, mismatch_error
+from zoo.export.report import REPORT_MARK, ExportReport, mismatch_error, record_export
 from zoo.export.sources import model_source
 from zoo.model.build import split_outputs
 from zoo.runtime.onnx_io import exporter_order, needs_external_data, ort_session, write_onnx
@@ -275,6 +275,8 @@ def _export(source: str | Path, output: Path, o: ExportOptions) -> ExportReport:
         run_dir = run_dir if run_dir.is_dir() else run_dir.parent
         events.Reporter(run_dir=str(run_dir.resolve())).emit(events.EXPORTED, path=report.path,
                                                               report=report.to_dict())  # fmt: skip
+        if (run_dir / "config.json").is_file():  # a run folder: its report and `zoo runs` list the model
+            record_export(run_dir, report.to_dict())
     return report
 
 

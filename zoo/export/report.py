@@ -3,13 +3,36 @@ error a mismatch becomes."""
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from zoo.core.check import CheckResult
 from zoo.core.errors import ExportError
 
+log = logging.getLogger(__name__)
+
 REPORT_MARK = "zoo_report"  # a key every report zoo writes has: how zoo knows a .json beside a model is its own
+EXPORTS_FILE = "exports.json"  # in a run folder: the report of every model exported from the run, wherever it went
+
+
+def record_export(run_dir: Path, report: dict[str, Any]) -> None:
+    """Keep `report` in RUN/exports.json (one entry per model path, the newest), so that the run's report and
+    `zoo runs` show a model exported anywhere (`-o ../model.onnx`), not only into the run folder."""
+    from zoo.core.atomic import write_json
+
+    path = run_dir / EXPORTS_FILE
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    except (OSError, ValueError):
+        entries = []
+    entries = [e for e in entries if isinstance(e, dict) and e.get("path") != report.get("path")] + [report]
+    try:
+        write_json(path, entries)
+    except OSError as exc:  # a read-only run folder: the model is verified and written all the same
+        log.warning("could not record the export in %s (%s)", path, exc.strerror or exc)
 
 
 @dataclass

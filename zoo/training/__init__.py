@@ -4,5 +4,5 @@ Config, the trainer and its launch (torchrun, DDP), device and precision, optimi
 frozen-prefix cache, EMA, mixing, the LR finder, the run folder and its records, tasks, loaders, plots,
 `zoo evaluate`, and `zoo advise` (which `--policy auto` runs inside a run: docs/architecture.md).
 
-Imports zoo.model, zoo.data, zoo.runtime, zoo.catalogue and zoo.core; never zoo.export or zoo.serve.
+Imports zoo.report, zoo.model, zoo.data, zoo.runtime, zoo.catalogue and zoo.core; never zoo.export or zoo.serve.
 """

@@ -1,4 +1,5 @@
 """What a run records about itself: its checkpoints, the plan it starts with, summary.json, the config it keeps,
+the per-image predictions of val and test (their file format is `zoo.report.predictions`),
 and `FinetuneResult`, which reads a finished run back.
 
 Each function reads a run's `RunSetup` (what it was built from) and `RunState` (where it stands) and writes
@@ -229,3 +230,19 @@ def stored(report: dict[str, Any]) -> dict[str, Any]:
 
     kept = {k: v for k, v in report.items() if k != "confusion_matrix" or len(v) <= 100}
     return json.loads(json.dumps(kept, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))
+
+
+def image_predictions(setup: RunSetup, samples, targets: np.ndarray, probs: np.ndarray, thresholds=None):
+    """Each image's prediction of a split (`samples`, in the order the probabilities came in), as the run folder
+    keeps it for the report (`zoo.report.predictions`: the one definition of the file)."""
+    from zoo.report.predictions import ImagePredictions
+
+    return ImagePredictions.from_probabilities([s.path for s in samples], targets, probs, setup.classes, thresholds,
+                                               setup.data.task.multi_label)  # fmt: skip
+
+
+def predictions_file(split: str) -> str:
+    """The name of a split's predictions file in the run folder (predictions-val.npz, predictions-test.npz)."""
+    from zoo.report.predictions import file_name
+
+    return file_name(split)
