@@ -34,14 +34,22 @@ HYMENOPTERA = ROOT.parent / "shared" / "data" / "hymenoptera"
 POLICIES = ["feature-extract", "freeze:2", "freeze:4", "finetune", "scratch"]
 
 
-def digits(root: Path, train: int = 40, val: int = 15) -> Path:
+def digits(root: Path, train: int = 40, val: int = 15, test: int = 0) -> Path:
+    """scikit-learn's digits at 64x64 as DATA/train|val[|test]/<digit>/, `train`, `val` and `test` per class."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
     rng = np.random.default_rng(0)
     for label in range(10):
         idx = rng.permutation(np.flatnonzero(d.target == label))
-        for split, chosen in (("train", idx[:train]), ("val", idx[train : train + val])):
+        parts = (
+            ("train", idx[:train]),
+            ("val", idx[train : train + val]),
+            ("test", idx[train + val : train + val + test]),
+        )
+        for split, chosen in parts:
+            if not len(chosen):  # no test/ folder unless asked for
+                continue
             folder = root / split / str(label)
             folder.mkdir(parents=True, exist_ok=True)
             for i in chosen:

@@ -23,6 +23,8 @@ import torch
 
 from zoo.core.check import all_close
 from zoo.core.errors import CutError
+from zoo.training.shared import active as sharing_active
+from zoo.training.shared import shared
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +247,7 @@ class BoundaryCache:
         disk_dir: Path | None = None,
         progress=None,
         sample_weights=None,
+        share_key=None,
     ):
         self.model, self.spec, self.groups, self.device, self.loaders = model, spec, groups, device, loaders
         self.sample_weights = sample_weights  # train labels -> draw weights (`--balance sampler`), or None
@@ -252,6 +255,8 @@ class BoundaryCache:
         self.mode, self.engine, self.augmented_copies, self.augment = mode, engine, augmented_copies, augment
         self.train_bn, self.channels_last, self.seed, self.disk_dir = train_bn, channels_last, seed, disk_dir
         self.progress = progress  # progress(phase, done, total)
+        self.share_key = share_key  # with the boundary, the key of these activations inside `shared.sharing()`
+        self.shared = False  # the activations belong to `shared.sharing()`: never released by this run
         self.train: FeatureCache | None = None
         self.val: FeatureCache | None = None
         self.suffix = None
@@ -293,13 +298,19 @@ class BoundaryCache:
             if self.progress:
                 self.progress(f"caching {boundary}", done, total)
 
-        # its own RNG stream: a resumed run recomputes the cache without shifting the training's random numbers
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed + 1000 * k)
-            runner = PrefixRunner(prefix, self.device, self.engine, images, self.channels_last, self.spec.atol)
-            train_loader = self.loaders.loader(self.train_samples, train_aug, False, gen, epoch=0)  # rank's shard
-            train = compute_cache(runner, train_loader, copies, disk_dir=self.disk_dir, progress=progress)
-            val = compute_cache(runner, self.loaders.loader(self.val_samples), 1, disk_dir=self.disk_dir)
+        def compute() -> tuple[FeatureCache, FeatureCache]:
+            # its own RNG stream: a resumed run recomputes the cache without shifting the training's random numbers
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed + 1000 * k)
+                runner = PrefixRunner(prefix, self.device, self.engine, images, self.channels_last, self.spec.atol)
+                train_loader = self.loaders.loader(self.train_samples, train_aug, False, gen, epoch=0)  # its shard
+                train = compute_cache(runner, train_loader, copies, disk_dir=self.disk_dir, progress=progress)
+                val = compute_cache(runner, self.loaders.loader(self.val_samples), 1, disk_dir=self.disk_dir)
+            return train, val
+
+        key = None if self.share_key is None else ("activations", self.share_key, k, copies)
+        (train, val), reused = shared(key, compute) if key is not None else (compute(), False)
+        self.shared = key is not None and sharing_active()  # kept by `sharing()`, which releases it
         self.train, self.val, self.suffix, self.k = train, val, suffix, k
         self.info = {
             "boundary": boundary,
@@ -308,6 +319,7 @@ class BoundaryCache:
             "megabytes": round((train.nbytes + val.nbytes) / 1e6, 1),
             "seconds": round(train.seconds + val.seconds, 2),
             "on_disk": train.on_disk,
+            "shared": reused,  # computed by an earlier run of this process (zoo tune's trials)
         }
 
     def batches(self, train: bool, epoch: int, batch_size: int, generator: torch.Generator | None):
@@ -318,9 +330,10 @@ class BoundaryCache:
             yield [t.to(self.device, non_blocking=True) for t in tensors], target.to(self.device)
 
     def drop(self) -> None:
-        if self.train is not None:
+        if self.train is not None and not self.shared:  # shared activations are released by `sharing()`
             self.train.release()
             self.val.release()
+        self.shared = False
         self.train = self.val = self.suffix = None
         if self.disk_dir is not None:
             folders = [self.disk_dir] + ([self.disk_dir.parent] if self.disk_dir.name.startswith("rank") else [])
