@@ -1,8 +1,10 @@
 """Does `zoo rank` pick the backbone that really fine-tunes best? Every candidate ranked, then trained, per dataset.
 
-    python bench/rank_validation.py             # about 40 minutes on 2 cores
-    python bench/rank_validation.py --quick     # a smoke run: fewer epochs, ants/bees and digits only
+    python bench/rank_validation.py             # about an hour on 2 cores
+    python bench/rank_validation.py --quick     # a smoke run: 3 epochs
+    python bench/rank_validation.py --datasets digits --add    # one dataset, added to the last results
     python bench/rank_validation.py --table     # re-render docs/rank.md from bench/results/rank_validation.json
+    python bench/rank_validation.py --limits    # logme's ranking from 20 to 160 images against all of them
 
 Datasets (no download):
 - ants/bees: ../shared/data/hymenoptera (photos, like ImageNet);
@@ -49,6 +51,7 @@ HYMENOPTERA = ROOT.parent / "shared" / "data" / "hymenoptera"
 MNIST = ROOT.parent / "shared" / "models" / "mnist-8.onnx"
 LITES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 REVALIDATE = ["feature-extract", "freeze:2", "freeze:4", "finetune"]
+LIMITS = (20, 40, 80, 160)  # --limits: sample sizes, against the whole train split
 
 
 def orientation(root: Path) -> Path:
@@ -92,7 +95,7 @@ def finetune(candidate: str, data: Path, policy: str | None, epochs: int, out: P
     name, _, cut = candidate.partition("@cut:")
     policy = f"cut:{cut}" if cut else policy
     start = time.perf_counter()
-    r = zoo.finetune(name, data, policy=policy, epochs=epochs, out=str(out), seed=0)
+    r = zoo.finetune(name, data, policy=policy, epochs=epochs, out=str(out), seed=0, report=False)
     return {"policy": policy, "best_val_acc": r.best_val_acc, "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -111,7 +114,7 @@ def weighted_tau(scores: dict[str, float], truth: dict[str, float]) -> float | N
     return float(weightedtau([scores[c] for c in common], [truth[c] for c in common]).statistic)
 
 
-def evaluate_dataset(name: str, data: Path, cands: list[str], epochs: int, out: Path) -> dict:
+def evaluate_dataset(name: str, data: Path, cands: list[str], epochs: int, out: Path, body_epochs: int) -> dict:
     from zoo.select.rank import rank
 
     start = time.perf_counter()
@@ -125,7 +128,7 @@ def evaluate_dataset(name: str, data: Path, cands: list[str], epochs: int, out: 
             continue
         fe[c] = finetune(c, data, "feature-extract", epochs, out / name)
         policy = None if "@cut:" in c else advised(c, data)
-        adv[c] = fe[c] if policy in (None, "feature-extract") else finetune(c, data, policy, epochs, out / name)
+        adv[c] = fe[c] if policy in (None, "feature-extract") else finetune(c, data, policy, body_epochs, out / name)
         print(name, c, fe[c], adv[c], file=sys.stderr, flush=True)
     truths = {
         "feature-extract": {c: r["best_val_acc"] for c, r in fe.items()},
@@ -150,7 +153,7 @@ def evaluate_dataset(name: str, data: Path, cands: list[str], epochs: int, out: 
         "advised": adv,
         "tau": taus,
         "picks": picks,
-        "revalidate": revalidate(data, epochs, out / f"{name}-advise"),
+        "revalidate": revalidate(data, body_epochs, out / f"{name}-advise"),
     }
 
 
@@ -163,30 +166,82 @@ def revalidate(data: Path, epochs: int, out: Path) -> dict:
     return {"auto": auto, "runs": runs, "gap_points": round(100 * (best - runs[auto]), 2)}
 
 
+def limit_sweep(data: Path, cands: list[str], limits=LIMITS) -> dict:
+    """logme's scores from a --limit sample of the train split, and from all of it (`all`): from how few images
+    the ranking holds is worked out at render time, against all images and against the fine-tuned accuracies."""
+    from zoo.select.rank import rank
+
+    def logme_of(ranking) -> dict[str, float]:
+        return {r.candidate: r.scores["logme"] for r in ranking.ranked if "logme" in r.scores}
+
+    full = rank(data, cands, advise=False, use_cache=False)
+    found = {"all": {"images": full.images, "logme": logme_of(full), "seconds": full.seconds}}
+    for limit in limits:
+        if limit >= full.images:
+            continue
+        ranking = rank(data, cands, limit=limit, advise=False, use_cache=False)
+        found[str(limit)] = {"images": ranking.images, "logme": logme_of(ranking), "seconds": ranking.seconds}
+        print(data.name, limit, ranking.images, f"{ranking.seconds:.0f} s", file=sys.stderr, flush=True)
+    return found
+
+
+def limits() -> dict:
+    """--limits: the sweep on every dataset, with the candidates of the main run; kept in rank_limits.json (apart,
+    so that it can run beside the main run)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        os.environ["ZOO_HOME"] = str(tmp / "zoo-home")
+        cands = candidates(import_candidates(tmp / "zoo-home"))
+        datasets = {"ants/bees": HYMENOPTERA, "digits": digits(tmp / "digits"), "orientation": orientation(tmp / "o")}
+        return {name: limit_sweep(data, cands) for name, data in datasets.items()}
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-doc", action="store_true")
     parser.add_argument("--table", action="store_true")
+    parser.add_argument("--limits", action="store_true", help="add the --limit sweep to the last run's results")
+    parser.add_argument("--datasets", nargs="+", default=["ants/bees", "digits", "orientation"],
+                        choices=["ants/bees", "digits", "orientation"])  # fmt: skip
+    parser.add_argument("--add", action="store_true", help="keep the datasets already in the results")
+    parser.add_argument("--part", default="", help="write bench/results/rank_validation-PART.json instead (a run "
+                        "beside another); --table merges every part into the results")  # fmt: skip
+    parser.add_argument("--body-epochs", type=int, default=5, help="epochs of policies that train pretrained groups")
     args = parser.parse_args(argv)
     results = ROOT / "bench" / "results" / "rank_validation.json"
-    if args.table:
-        record = json.loads(results.read_text())
+    swept = ROOT / "bench" / "results" / "rank_limits.json"
+    if args.limits:
+        swept.write_text(json.dumps(limits(), indent=2) + "\n")
+    if args.table or args.limits:
+        record = json.loads(results.read_text()) if results.exists() else None
+        if record is None:
+            return 0
+        for part in sorted(results.parent.glob("rank_validation-*.json")):  # runs made beside the main one
+            record["datasets"].update(json.loads(part.read_text())["datasets"])
+        if swept.exists():
+            for name, sweep in json.loads(swept.read_text()).items():
+                if name in record["datasets"]:
+                    record["datasets"][name]["limits"] = sweep
         publish("rank_validation", record, render(record), update_doc=not args.no_doc)
         return 0
     epochs = 3 if args.quick else args.epochs
+    body_epochs = min(epochs, args.body_epochs)
+    record = json.loads(results.read_text()) if args.add and results.exists() else {"datasets": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         os.environ["ZOO_HOME"] = str(tmp / "zoo-home")
         imported = import_candidates(tmp / "zoo-home")
         cands = candidates(imported)
-        datasets = {"ants/bees": HYMENOPTERA, "digits": digits(tmp / "digits")}
-        if not args.quick:
-            datasets["orientation"] = orientation(tmp / "orientation")
-        found = {n: evaluate_dataset(n.replace("/", "-"), d, cands, epochs, tmp / "runs") for n, d in datasets.items()}
-    record = {"date": time.strftime("%Y-%m-%d"), "epochs": epochs, "candidates": cands, "datasets": found}
-    publish("rank_validation", record, render(record), update_doc=not args.no_doc)
+        builders = {"ants/bees": lambda: HYMENOPTERA, "digits": lambda: digits(tmp / "digits"),
+                    "orientation": lambda: orientation(tmp / "orientation")}  # fmt: skip
+        for name in args.datasets:
+            found = evaluate_dataset(name.replace("/", "-"), builders[name](), cands, epochs, tmp / "runs", body_epochs)
+            record = {**record, "date": time.strftime("%Y-%m-%d"), "epochs": epochs, "body_epochs": body_epochs,
+                      "candidates": cands, "datasets": {**record["datasets"], name: found}}  # fmt: skip
+            name_ = f"rank_validation-{args.part}" if args.part else "rank_validation"
+            publish(name_, record, render(record), update_doc=not args.no_doc and not args.part)  # after each dataset
     return 0
 
 
@@ -196,8 +251,10 @@ def _f(value, fmt: str = "{:.2f}") -> str:
 
 def render(record: dict) -> str:
     lines = [
-        f"Measured {record['date']} on 2 CPU cores: {len(record['candidates'])} candidates, each fine-tuned "
-        f"{record['epochs']} epochs per policy with zoo's defaults otherwise; rank with no feature cache.",
+        f"Measured {record['date']} on 2 CPU cores: {len(record['candidates'])} candidates, each fine-tuned with "
+        f"feature-extract (or its cut) for {record['epochs']} epochs and with the policy zoo advise picks (when it "
+        f"trains pretrained groups: {record.get('body_epochs', record['epochs'])} epochs), zoo's defaults otherwise; "
+        "rank with no feature cache.",
         "",
         "Weighted Kendall tau of each estimate against the fine-tuned val accuracy (feature-extract / the policy "
         "zoo advise picks), 1 = the same order:",
@@ -219,13 +276,15 @@ def render(record: dict) -> str:
         "fine-tuning every candidate:",
         "",
         "| dataset | pick | best (advised) | gap FE / advised (points) | rank (s) | fine-tune all, FE / advised (s) "
-        "| rank / fine-tune |",
+        "| rank / every distinct fine-tuning run |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
     for name, d in record["datasets"].items():
         pick = d["picks"]["logme"]
         best = max(d["advised"], key=lambda c: d["advised"][c]["best_val_acc"])
-        total = d["finetune_fe_seconds"] + d["finetune_advised_seconds"]
+        # every distinct run once: an advised policy that is feature-extract is the same run
+        extra = sum(a["seconds"] for c, a in d["advised"].items() if a["policy"] != d["feature_extract"][c]["policy"])
+        total = d["finetune_fe_seconds"] + extra
         lines.append(
             f"| {name} | `{pick['advised']['pick']}` | `{best}` ({d['advised'][best]['best_val_acc']:.4f}) | "
             f"{pick['feature-extract']['gap_points']:.2f} / {pick['advised']['gap_points']:.2f} | "
@@ -247,6 +306,17 @@ def render(record: dict) -> str:
                 f"{_f(s.get('probe'), '{:.3f}')} | {_f(r['ms_per_image'], '{:.1f}')} | "
                 f"{d['feature_extract'][c]['best_val_acc']:.4f} | {a['best_val_acc']:.4f} (`{a['policy']}`) |"
             )
+        if "limits" in d:
+            truth = {c: r["best_val_acc"] for c, r in d["advised"].items()}
+            everything = d["limits"]["all"]
+            sweep = "; ".join(
+                f"{v['images']} images: tau {_f(weighted_tau(v['logme'], everything['logme']))} vs all, "
+                f"{_f(weighted_tau(v['logme'], truth))} vs truth, {v['seconds']:.0f} s"
+                for k, v in d["limits"].items()
+                if k != "all"
+            )
+            whole = f"{_f(weighted_tau(everything['logme'], truth))} vs truth, {everything['seconds']:.0f} s"
+            lines += ["", f"--limit sweep (logme): {sweep}; all {everything['images']}: tau {whole}."]
         v = d["revalidate"]
         runs = ", ".join(f"`{p}` {acc:.4f}" for p, acc in sorted(v["runs"].items(), key=lambda kv: -kv[1]))
         lines += ["", f"zoo advise on efficientnet_lite0 picks `{v['auto']}`: {runs}; "

@@ -159,12 +159,14 @@ def render(record: dict) -> str:
         ]
     for name, rows in record.get("benefit", {}).items():
         lines += [f"**{name}** (test accuracy, evaluated once after training; {TRIALS} trials per study)", "",
-                  "| seed | default test | tuned test | tuned: best trial val / its run's val | study (s) |",
-                  "|---:|---:|---:|---:|---:|"]  # fmt: skip
+                  "| seed | default test | tuned test | tuned: best trial val / its run's val | default run (s) | "
+                  "study (s) | study / default run | pruned |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
         for r in rows:
             lines.append(
                 f"| {r['seed']} | {r['default_test_acc']:.4f} | {r['tuned_test_acc']:.4f} | "
-                f"{r['tuned_val_best_trial']:.4f} / {r['tuned_val_final']:.4f} | {r['tune_seconds']:.0f} |"
+                f"{r['tuned_val_best_trial']:.4f} / {r['tuned_val_final']:.4f} | {r['default_seconds']:.0f} | "
+                f"{r['tune_seconds']:.0f} | {r['tune_seconds'] / r['default_seconds']:.2f}x | {r['pruned']} |"
             )
         d = np.mean([r["default_test_acc"] for r in rows])
         t = np.mean([r["tuned_test_acc"] for r in rows])

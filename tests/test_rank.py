@@ -149,6 +149,7 @@ def test_multi_label_data_is_ranked_by_logme_and_the_probe(ranked_registry, tmp_
     assert all("single-label" in row.missing[e] for e in ("hscore", "gbc", "leep"))
 
 
+@pytest.mark.slow
 def test_rank_cli_table_files_and_next_command(ranked_registry, data, tmp_path):
     out = tmp_path / "out"
     result = runner.invoke(app, ["rank", str(data), "tiny_a", "tiny_b", "tiny_none", "--out", str(out)])
@@ -192,6 +193,7 @@ def test_rank_cli_one_class_and_no_pretrained_candidate(ranked_registry, tmp_pat
     assert result.exit_code == 3 and "random features rank nothing" in result.output
 
 
+@pytest.mark.slow
 def test_finetune_auto_trains_the_winner_and_keeps_the_ranking(ranked_registry, data, tmp_path):
     args = ["finetune", "auto", str(data), "--candidates", "tiny_a,tiny_b", "--epochs", "1", "--out", str(tmp_path)]
     result = runner.invoke(app, [*args, "--json"])
@@ -225,3 +227,36 @@ def test_features_match_the_model_and_source_probabilities_sum_to_one(ranked_reg
     with torch.no_grad():
         expected = torch.softmax(create_model(spec, weights=choice).eval()(x), 1).numpy()
     assert np.allclose(found.source_probs[:4], expected, atol=1e-4)
+
+
+def test_a_named_candidate_downloads_its_weights_then_it_is_at_hand(use_registry, served, data):
+    """A user with a network names a candidate whose weights are not cached: they download (here from 127.0.0.1)
+    into the torch cache, as for `zoo finetune`, and from then on the default candidate set has it."""
+    import torch
+
+    root, base = served
+    torch.manual_seed(5)
+    torch.save(build_tiny(None).state_dict(), root / "tiny_web-5e11.pt")
+    digest = hashlib.sha256((root / "tiny_web-5e11.pt").read_bytes()).hexdigest()
+    weights = Weights(tag="pre", url=f"{base}/tiny_web-5e11.pt", sha256=digest, categories=CATEGORIES)
+    registry = use_registry(("web", plugin_module("web", tiny_spec("tiny_web", weights=(weights,),
+                                                                  default_weights="pre"))))  # fmt: skip
+    with pytest.raises(UsageError, match="no installed backbone has its pretrained weights at hand"):
+        select_candidates([], None, None, 1, registry)  # nothing within 1 parameter
+    assert "tiny_web" not in {c.label for c in select_candidates([], None, None, None, registry)}
+    ranking = rank(data, ["tiny_web"], advise=False)
+    assert ranking.winner is not None and ranking.winner.candidate == "tiny_web", ranking.rows[0].error
+    assert "tiny_web" in {c.label for c in select_candidates([], None, None, None, registry)}
+
+
+def test_hub_weights_are_at_hand_when_the_hub_cache_has_them(tmp_path, monkeypatch):
+    from zoo.catalogue.weights import at_hand
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    weights = Weights(tag="in1k", url="hf-hub:timm/tiny_net.in1k")
+    assert not at_hand(weights)
+    snapshot = tmp_path / "hub" / "models--timm--tiny_net.in1k" / "snapshots" / "0123abc"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"weights")
+    assert at_hand(weights)
+    assert not at_hand(Weights(tag="x", url="hf-hub:timm/other.in1k"))

@@ -26,6 +26,7 @@ __all__ = [
     "get_registry",
     "hookimpl",
     "predict",
+    "rank",
 ]
 
 
@@ -37,6 +38,7 @@ _LAZY = {
     "FinetuneResult": "zoo.training.train",
     "evaluate": "zoo.training.evaluate",
     "predict": "zoo.training.evaluate",
+    "rank": "zoo.select.rank",
 }
 
 

@@ -110,12 +110,15 @@ def rank(
     write_ranking(ranking, folder)
     if as_json:
         print_json(ranking.to_dict() | {"folder": str(folder)})
-        return
-    show_ranking(ranking)
-    out(f"ranking.json and ranking.png: {folder} ({ranking.seconds:.1f} s)")
-    if ranking.winner is None:
-        out(("no candidate could be ranked", "bold"), ": see the reasons above")
+    else:
+        show_ranking(ranking)
+        out(f"ranking.json and ranking.png: {folder} ({ranking.seconds:.1f} s)")
+    if ranking.winner is None:  # every candidate is a row with its reason: exit code 3 (input), as for bad data
+        if not as_json:
+            out(("no candidate could be ranked", "bold"), ": see the reasons above")
         raise typer.Exit(3)
+    if as_json:
+        return
     if ranking.advice:
         out(f"zoo advise on {ranking.winner.backbone}: {ranking.advice['quadrant']} -> {ranking.policy}")
     manifest = " ".join(as_flags(TrainConfig, {k: options[k] for k in MANIFEST_OPTIONS}))

@@ -20,6 +20,7 @@ def write_ranking(ranking, folder: Path) -> list[Path]:
 def plot(ranking, path: Path) -> None:
     """The ranking's estimate against ms/image (log scale), each candidate named, the Pareto front joined."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -38,6 +39,10 @@ def plot(ranking, path: Path) -> None:
             ax.annotate(r.candidate, (r.ms_per_image, r.scores[est]), textcoords="offset points", xytext=(4, 4),
                         fontsize=7)  # fmt: skip
         ax.set_xscale("log")
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.margins(x=0.2, y=0.1)  # room for the names of the candidates at the edges
         ax.set_xlabel("ms per image (batch 1, this machine)")
         ax.set_ylabel(f"{est} (higher transfers better)")
         ax.set_title(f"{len(rows)} candidates on {ranking.images} images of {Path(ranking.data).name}")
