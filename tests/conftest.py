@@ -97,7 +97,8 @@ def _gc_scans_only_new_objects(_gc_frozen_after_collection):
     gc.freeze()
 
 
-_DRAW_PICTURES = {"now": False}
+_DRAW_PICTURES = {"now": False, "report": False}
+_REPORT_MODULES = ("test_report", "test_report_browser", "test_runs", "test_explain")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -115,17 +116,28 @@ def _run_pictures_switch():
         if _DRAW_PICTURES["now"]:
             drawn(*args, **kwargs)
 
+    import zoo.report.page
+
+    written = zoo.report.page.write_report
+
+    def write_report(*args, **kwargs):  # the run's report.html (Grad-CAM included): likewise, only where checked
+        if _DRAW_PICTURES["report"]:
+            return written(*args, **kwargs)
+        return types.SimpleNamespace(path=args[0] / "report.html-not-written-in-this-test")
+
     _DRAW_PICTURES["now"] = False
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(zoo.training.plots, "write_all", write_all)
+        patch.setattr(zoo.report.page, "write_report", write_report)
         yield
 
 
 @pytest.fixture(autouse=True)
 def _no_run_pictures(request, _run_pictures_switch):
     _DRAW_PICTURES["now"] = request.node.get_closest_marker("plots") is not None
+    _DRAW_PICTURES["report"] = _DRAW_PICTURES["now"] or request.module.__name__.split(".")[-1] in _REPORT_MODULES
     yield
-    _DRAW_PICTURES["now"] = False
+    _DRAW_PICTURES["now"] = _DRAW_PICTURES["report"] = False
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ torch.
 
 from __future__ import annotations
 
-from zoo.cli import catalogue, deploy, selecting, serving, training  # noqa: F401  (each registers its commands on `app`, in this order)
+from zoo.cli import auditing, catalogue, deploy, reporting, selecting, serving, training, tuning  # noqa: F401  (each registers its commands on `app`, in this order)
 from zoo.cli.app import app
 
 

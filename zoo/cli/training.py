@@ -84,6 +84,8 @@ def finetune(
     )
     if result.test:
         out(test_line(result.test))
+    if result.summary.get("report"):
+        out(f"report: {result.run_dir / result.summary['report']}")
 
 
 def choose_backbone(data: str, candidates: list[str], options: dict, typed: set[str]) -> dict:

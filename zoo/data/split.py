@@ -11,6 +11,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -50,6 +51,7 @@ class DataSplit:
     test: list[Sample] = field(default_factory=list)
     multi_label: bool = False
     manifest: dict[str, Any] | None = None  # file, rows, bad_rows, columns, how it was read
+    digests: dict[Path, bytes] = field(default_factory=dict)  # each usable file's decoded pixels, hashed
 
     def samples(self, which: str) -> list[Sample]:
         return {"train": self.train, "val": self.val, "test": self.test}[which]
@@ -105,15 +107,15 @@ class _Decoder:
     """Decodes each file once: usable images are kept in `decoded` (up to CACHE_LIMIT_BYTES), others listed."""
 
     def __init__(self, min_short_side: int, decoded: dict[Path, Image.Image] | None):
-        self.min_short_side, self.decoded = min_short_side, decoded
+        self.min_short_side, self.decoded, self.kept_bytes, self.digests = min_short_side, decoded, 0, {}
         self.skipped: list[tuple[Path, str]] = []
-        self.kept_bytes = 0
 
     def usable(self, path: Path, where: str = "") -> bool:
         img, reason = try_decode(path, self.min_short_side)
         if reason:
             self.skipped.append((path, f"{where}{reason}"))
             return False
+        self.digests[path] = hashlib.sha256(b"%dx%d:" % img.size + img.tobytes()).digest()[:16]  # exact duplicates
         if self.decoded is not None and self.kept_bytes < CACHE_LIMIT_BYTES:
             self.decoded[path] = small = shrink(img, self.min_short_side)
             self.kept_bytes += small.width * small.height * 3
@@ -156,16 +158,15 @@ def load(
 
 
 def load_for_run(config: dict[str, Any], min_short_side: int, decoded: dict | None = None) -> DataSplit:
-    """The data a run trained on, from its config (export's INT8 calibration, verify, evaluate)."""
-    return load(
-        config["data"],
-        config.get("labels"),
-        manifest_options(config),
-        config["val_fraction"],
-        config["seed"],
-        min_short_side,
-        decoded,
-    )
+    """The data a run trained on, from its config (export's INT8 calibration, verify, evaluate): without the files
+    its --exclude-from left out."""
+    args = (config["data"], config.get("labels"), manifest_options(config), config["val_fraction"], config["seed"])
+    split = load(*args, min_short_side, decoded)
+    if config.get("exclude_from"):
+        from zoo.data.cleaning import exclude_listed  # (cleaning imports this module)
+
+        split = exclude_listed(split, Path(config["exclude_from"]).expanduser())
+    return split
 
 
 def manifest_options(config: Any) -> manifests.ManifestOptions:
@@ -243,7 +244,7 @@ def scan(
     if not val:  # the stratified split leaves a class's only image in train, whatever --val-fraction says
         raise DataError(f"{root}: the validation set is empty: every class has a single image; give each 2+, or a val/")
     _warn_skipped(skipped, root)
-    return DataSplit(root, classes, train, val, layout, skipped, test)
+    return DataSplit(root, classes, train, val, layout, skipped, test, digests=decoder.digests)
 
 
 def check_fraction(val_fraction: float) -> None:
@@ -335,7 +336,7 @@ def scan_manifest(
         shown = "; ".join(f"{why}" for _, why in skipped[:10])
         more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
         log.warning("%s: skipped %d of %d row(s): %s%s", m.file, len(bad_rows), m.total, shown, more)
-    return DataSplit(m.root, classes, train, val, "manifest", skipped, test, m.multi_label, info)
+    return DataSplit(m.root, classes, train, val, "manifest", skipped, test, m.multi_label, info, decoder.digests)
 
 
 def multilabel_split(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

@@ -206,6 +206,28 @@ def extract(spec, choice, cut: str | None, samples: list, decoded: dict, target_
     return Features(features, source, runner.engine, ms, time.perf_counter() - start)
 
 
+def cached_features(
+    spec,
+    choice,
+    cut: str | None,
+    samples: list,
+    classes: list[str],
+    store: FeatureStore,
+    decoded: dict | None = None,
+    target_fn=None,
+) -> Features:
+    """`extract`'s features of `samples` for (spec, choice, cut), read from `store` when it has them under the key
+    `zoo rank` uses (so rank and audit on the same samples share them), else computed and kept there."""
+    pre = spec.preprocess_for(choice.tag)
+    key = cache_key(spec, choice.tag, cut or HEAD, pre, fingerprint(samples, classes))
+    hit = store.load(key)
+    if hit is not None:
+        return hit[0]
+    found = extract(spec, choice, cut, samples, decoded or {}, target_fn)
+    store.save(key, found, {})
+    return found
+
+
 def _has_source_classifier(weights) -> bool:
     return bool(weights is not None and (weights.categories or (weights.num_classes or 0) > 0))
 

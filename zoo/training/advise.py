@@ -173,70 +173,70 @@ def boundary_features(model, spec, loader) -> dict[str, Any]:
 def probe_accuracy(features, labels, folds: int = FOLDS, seed: int = 0, l2: float = 1e-3) -> float:
     """Stratified k-fold accuracy of an L2 logistic regression on standardised features; for (n, C) multi-hot
     labels, k-fold mAP of one-vs-rest logistic regressions (seeded random folds)."""
+    scores = out_of_fold_logits(features, labels, folds, seed, l2)
+    if labels.ndim == 2:
+        from zoo.core.metrics import mean_average_precision
+
+        return mean_average_precision(labels.numpy(), scores.numpy())[0]
+    return int((scores.argmax(1) == labels).sum()) / len(labels)
+
+
+def out_of_fold_logits(features, labels, folds: int = FOLDS, seed: int = 0, l2: float = 1e-3):
+    """Each image's logits from the probe fitted on the other folds: (n, C). Single-label: stratified folds and
+    a softmax probe; (n, C) multi-hot labels: seeded random folds and a probe with one sigmoid per label. The one
+    fold/fit routine behind `probe_accuracy` (zoo advise, zoo rank) and `zoo audit`'s label issues."""
     import torch
 
-    if labels.ndim == 2:
-        return _probe_map(features, labels, folds, seed, l2)
-    n_classes = int(labels.max()) + 1
-    gen = torch.Generator().manual_seed(seed)
-    fold_of = torch.empty(len(labels), dtype=torch.long)
-    for c in range(n_classes):
-        idx = (labels == c).nonzero().flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        fold_of[idx] = torch.arange(len(idx)) % folds
-    correct = 0
+    multi = labels.ndim == 2
+    fold_of = _folds(labels, folds, seed)
+    n_out = labels.shape[1] if multi else int(labels.max()) + 1
+    scores = torch.zeros(len(labels), n_out)
     for f in range(folds):
         train, test = fold_of != f, fold_of == f
         if not test.any():
             continue
-        x, y = features[train], labels[train]
-        mean, std = x.mean(0), x.std(0) + 1e-6
-        x = (x - mean) / std
-        w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
-        b = torch.zeros(n_classes, requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], lr=1, max_iter=100, line_search_fn="strong_wolfe")
-
-        def closure(opt=opt, x=x, y=y, w=w, b=b):
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(x @ w + b, y) + l2 * (w * w).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        with torch.no_grad():
-            pred = (((features[test] - mean) / std) @ w + b).argmax(1)
-        correct += int((pred == labels[test]).sum())
-    return correct / len(labels)
-
-
-def _probe_map(features, targets, folds: int, seed: int, l2: float) -> float:
-    """Cross-validated mAP of a linear BCE probe on every label at once (pooled out-of-fold scores)."""
-    import torch
-
-    from zoo.core.metrics import mean_average_precision
-
-    gen = torch.Generator().manual_seed(seed)
-    fold_of = torch.randperm(len(targets), generator=gen) % folds
-    scores = torch.zeros_like(targets, dtype=torch.float32)
-    for f in range(folds):
-        train, test = fold_of != f, fold_of == f
-        x, y = features[train], targets[train].float()
-        mean, std = x.mean(0), x.std(0) + 1e-6
-        x = (x - mean) / std
-        w = torch.zeros(x.shape[1], y.shape[1], requires_grad=True)
-        b = torch.zeros(y.shape[1], requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], lr=1, max_iter=100, line_search_fn="strong_wolfe")
-
-        def closure(opt=opt, x=x, y=y, w=w, b=b):
-            opt.zero_grad()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y) + l2 * (w * w).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
+        target = labels[train].float() if multi else labels[train]
+        mean, std, w, b = _fit_probe(features[train], target, n_out, multi, l2)
         with torch.no_grad():
             scores[test] = ((features[test] - mean) / std) @ w + b
-    return mean_average_precision(targets.numpy(), scores.numpy())[0]
+    return scores
+
+
+def _folds(labels, folds: int, seed: int):
+    """Each image's fold: per class, a seeded shuffle dealt round-robin; multi-label, a seeded permutation."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    if labels.ndim == 2:
+        return torch.randperm(len(labels), generator=gen) % folds
+    fold_of = torch.empty(len(labels), dtype=torch.long)
+    for c in range(int(labels.max()) + 1):
+        idx = (labels == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        fold_of[idx] = torch.arange(len(idx)) % folds
+    return fold_of
+
+
+def _fit_probe(x, y, n_out: int, multi: bool, l2: float):
+    """(mean, std, w, b): an L2-regularised linear probe on standardised x, fitted by LBFGS (cross-entropy, or
+    binary cross-entropy per label for multi-hot y)."""
+    import torch
+
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    x = (x - mean) / std
+    w = torch.zeros(x.shape[1], n_out, requires_grad=True)
+    b = torch.zeros(n_out, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=100, line_search_fn="strong_wolfe")
+    loss_fn = torch.nn.functional.binary_cross_entropy_with_logits if multi else torch.nn.functional.cross_entropy
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(x @ w + b, y) + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return mean, std, w.detach(), b.detach()
 
 
 def advise(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from zoo.catalogue.policies import BUILTIN_NAMES as POLICIES
@@ -71,6 +72,14 @@ class TrainConfig:
         None,
         "Multi-label: sigmoid outputs, one threshold per label tuned on val, an image may get several labels or "
         "none [default: multi-label when a manifest cell holds several labels].",
+    )
+    exclude_from: str | None = option(
+        None, "Leave out the images this CSV lists in its path column (`zoo audit`'s audit.csv, edited or not)."
+    )
+    strict_data: bool = option(
+        False,
+        "Stop, instead of warning, when an image has the same pixels as an image of another split (leakage).",
+        on_resume=APPLY,
     )
     balance: str = option(
         "auto",
@@ -174,6 +183,16 @@ class TrainConfig:
     dist_timeout: float = option(300.0, "Distributed: seconds to wait for another rank.", on_resume=APPLY)
     out: str = option("runs", "Folder that holds run folders.")
     name: str | None = option(None, "Run folder name [default: BACKBONE-POLICY].")
+    report: bool = option(
+        True, "Write RUN/report.html at the end of the run (`zoo report RUN` writes it again later).",
+        on_resume=APPLY, negatable=True,
+    )  # fmt: skip
+    trial: bool = option(
+        False,
+        "A trial of `zoo tune`: the run folder keeps config.json, metrics.csv and summary.json only (no checkpoints "
+        "or pictures), and the test split is left for the best configuration's run.",
+        cli=False,
+    )
     ranking: dict[str, Any] | None = option(  # noqa: RUF009 (its default is None; the field is never shared)
         None, "`zoo finetune auto`: the ranking that chose the backbone (zoo rank's ranking.json).", cli=False
     )
@@ -242,6 +261,8 @@ class TrainConfig:
             raise UsageError(f"--val-fraction {self.val_fraction}: must be between 0 and 1")
         if not self.backbone or not self.data:
             raise UsageError("zoo finetune needs BACKBONE and DATA (or --resume RUN_DIR)")
+        if self.exclude_from is not None and not Path(self.exclude_from).expanduser().is_file():
+            raise UsageError(f"--exclude-from {self.exclude_from}: no such file (give the audit.csv of `zoo audit`)")
 
     def check_distributed(self, world: int, device_type: str) -> None:
         """What a run on `world` workers needs of its options: the launcher checks before it starts any worker,

@@ -23,6 +23,7 @@ from zoo.catalogue.policies import Policy, RunPlan, parse_policy
 from zoo.catalogue.registry import get_registry
 from zoo.core.errors import CheckpointError
 from zoo.data import balance
+from zoo.data.cleaning import check_leaks, exclude_listed
 from zoo.data.images import decode_size
 from zoo.data.split import DataSplit, load, manifest_options
 from zoo.model.build import GroupMap, WeightsChoice, choose_weights, create_model, split_outputs
@@ -36,6 +37,7 @@ from zoo.training.loaders import Loaders, default_workers, predates_train_size, 
 from zoo.training.mixing import make_mixer
 from zoo.training.optim import Optimizer, Schedule, base_lr, weight_decay
 from zoo.training.runs import RunLock, new_run_dir
+from zoo.training.shared import shared
 from zoo.training.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -284,10 +286,21 @@ def _place(cfg: TrainConfig) -> Placement:
 
 def _scan(cfg: TrainConfig, spec: Backbone) -> Data:
     pre = spec.preprocess_for(choose_weights(spec, cfg.weights).tag)
-    decoded: dict = {}
-    t = time.perf_counter()
-    split = load(cfg.data, cfg.labels, manifest_options(cfg), cfg.val_fraction, cfg.seed, decode_size(pre), decoded)
-    seconds = time.perf_counter() - t
+    options = manifest_options(cfg)
+    size = decode_size(pre)
+
+    def scan():
+        decoded: dict = {}
+        t = time.perf_counter()
+        split = load(cfg.data, cfg.labels, options, cfg.val_fraction, cfg.seed, size, decoded)
+        return split, decoded, time.perf_counter() - t
+
+    # inside zoo tune's `sharing()`, every trial on the same data and split reuses the first one's scan
+    key = ("scan", cfg.data, cfg.labels, options, cfg.val_fraction, cfg.seed, size)
+    (split, decoded, seconds), _ = shared(key, scan)
+    if cfg.exclude_from:  # a copy: the scan may be shared with other trials
+        split = exclude_listed(split, Path(cfg.exclude_from).expanduser())
+    check_leaks(split, cfg.data, cfg.strict_data)
     task = Task(split.multi_label, len(split.classes))
     chosen = balance.choose(cfg.balance, list(split.counts("train").values()), len(split.train), task.multi_label)
     return Data(split, decoded, seconds, task, chosen, balance.select_metric(cfg.select_by, chosen))
@@ -344,6 +357,10 @@ def _optimizer(cfg: TrainConfig, choice: Choice, lr: float | None) -> Optimizer:
 def _cache(setup: RunSetup) -> BoundaryCache:
     cfg, dist, data = setup.cfg, setup.dist, setup.data
     sampler = data.balance.mode == "sampler"
+    # what the activations depend on besides the boundary: the same key inside `sharing()` means the same tensors
+    share_key = (setup.choice.spec.name, setup.choice.weights.label, cfg.data, cfg.labels, manifest_options(cfg),
+                 cfg.exclude_from, cfg.val_fraction, cfg.seed, cfg.cache_engine, cfg.cache_augmented, setup.augment,
+                 setup.channels_last, str(setup.device), dist.rank, dist.world)  # fmt: skip
     return BoundaryCache(
         setup.model, setup.choice.spec, setup.choice.groups, setup.device, setup.loaders, data.split.train,
         shard(data.split.val, dist), mode="off" if setup.mixer else cfg.cache, engine=cfg.cache_engine,
@@ -352,4 +369,5 @@ def _cache(setup: RunSetup) -> BoundaryCache:
         disk_dir=setup.run_dir / "cache" / (f"rank{dist.rank}" if dist.enabled else ""),
         progress=lambda phase, done, total: setup.report.progress(phase, done, total),
         sample_weights=(lambda labels: data.task.sample_weights(labels, data.balance)) if sampler else None,
+        share_key=share_key,
     )  # fmt: skip

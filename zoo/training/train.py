@@ -136,15 +136,16 @@ class Trainer:
             targets_ = np.stack(unshard(dist.gather(list(targets_)), total))
         return loss_sum / total, probs_, targets_
 
-    def _evaluate(self) -> tuple[dict[str, float], dict[str, Any]]:
-        """The epoch's val metrics (multi-label: at thresholds tuned on val now), and the full report."""
+    def _evaluate(self) -> tuple[dict[str, float], dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+        """The epoch's val metrics (multi-label: at thresholds tuned on val now), the full report, and the
+        (targets, probabilities) of the val images (kept in the run folder when the epoch is the best)."""
         setup = self.setup
         setup.model.eval()
         module = setup.cache.suffix if setup.cache.active else setup.model
         loss, probs, targets = self._predict(module, setup.batches(False, 0), len(setup.split.val))
         report = setup.data.task.report(targets, probs, setup.classes)
         metrics = {"val_loss": float(loss), **{f"val_{k}": float(report[k]) for k in record.METRICS if k in report}}
-        return {**metrics, "val_images": len(setup.split.val)}, report
+        return {**metrics, "val_images": len(setup.split.val)}, report, (targets, probs)
 
     def _test(self) -> dict[str, Any] | None:
         """The best checkpoint's figures on the test split, once, after training (they never pick anything)."""
@@ -158,6 +159,9 @@ class Trainer:
         batches = setup.on_device(setup.loaders.loader(shard(test, setup.dist)))
         loss, probs, targets = self._predict(setup.model, batches, len(test))
         report = setup.data.task.report(targets, probs, setup.classes, state.best_report.get("thresholds"))
+        if setup.dist.is_main:
+            predicted = record.image_predictions(setup, test, targets, probs, state.best_report.get("thresholds"))
+            predicted.write(setup.run_dir / record.predictions_file("test"))
         return record.stored({"images": len(test), "loss": loss, **{k: v for k, v in report.items() if k != "preds"}})
 
     # --- the loop -----------------------------------------------------------------------------------------------
@@ -179,13 +183,16 @@ class Trainer:
                 if self._epoch(epoch):
                     status = "early-stopped"
                     break
-            state.test_report = self._test()
+            state.test_report = None if cfg.trial else self._test()
         except (KeyboardInterrupt, Terminated) as exc:
             name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
             stopped = Interrupted(record.kept(state, setup.run_dir, epoch), name)
             raise self._stopped("interrupted", started, stopped) from None
         except TrainingDiverged as exc:
             raise self._stopped("diverged", started, exc) from None
+        except BaseException:  # a callback that stops the run (zoo tune prunes a trial), or a bug: let go of the folder
+            setup.close()
+            raise
         finally:
             setup.cache.drop()
             restore_sigterm(previous)
@@ -208,7 +215,7 @@ class Trainer:
         setup.cache.ensure(setup.choice.plan.frozen_at(epoch))
         row = {"epoch": epoch + 1, **self._train_epoch(epoch)}
         with setup.ema.applied(setup.model) if setup.ema else contextlib.nullcontext():
-            metrics, report = self._evaluate()  # --ema: the averaged weights are the ones evaluated
+            metrics, report, scores = self._evaluate()  # --ema: the averaged weights are the ones evaluated
         row.update(metrics)
         row["lr"] = setup.optimizer.lr_now
         row["cached"] = setup.cache.active
@@ -219,10 +226,10 @@ class Trainer:
             if improved:
                 state.best_acc, state.best_epoch, state.best_value = metrics["val_acc"], epoch + 1, value
                 state.best_report = record.stored(report)
-                if setup.split.test:
+                if setup.split.test and not cfg.trial:
                     state.best_state = setup.evaluated_state()
             if setup.dist.is_main:
-                self._save(epoch + 1, improved, row)
+                self._save(epoch + 1, improved, row, scores, report.get("thresholds"))
         if received:
             raise Terminated() if received[0] == "SIGTERM" else KeyboardInterrupt()
         setup.report.emit(events.EPOCH_ENDED, row=state.history[-1], improved=improved, epochs=cfg.epochs,
@@ -247,12 +254,18 @@ class Trainer:
             setup.lock.release()
         return error
 
-    def _save(self, epoch: int, improved: bool, row: dict) -> None:
+    def _save(self, epoch: int, improved: bool, row: dict, scores: tuple, thresholds: list | None) -> None:
         run_dir = self.setup.run_dir
+        if self.setup.cfg.trial:  # a zoo tune trial keeps its metrics only
+            write_metrics(run_dir, self.state.history)
+            return
         ckpt = record.checkpoint(self.setup, self.state, epoch)
         write_checkpoint(run_dir / "last.pt", ckpt)
         if improved:
             write_checkpoint(run_dir / "best.pt", ckpt)
+            # each val image's prediction at the best epoch: the report's gallery, confusion matrix, calibration
+            predicted = record.image_predictions(self.setup, self.setup.split.val, *scores, thresholds)
+            predicted.write(run_dir / record.predictions_file("val"))
         write_metrics(run_dir, self.state.history)
         if self.writer is None:
             self.writer = tensorboard_writer(run_dir)
@@ -268,7 +281,7 @@ class Trainer:
         summary = record.summary(setup, state, status, time.perf_counter() - started, reason)
         if not setup.dist.is_main:
             return summary
-        if state.history and state.best_report.get("preds") is not None:
+        if state.history and state.best_report.get("preds") is not None and not setup.cfg.trial:
             from zoo.training import plots
 
             try:
@@ -276,10 +289,23 @@ class Trainer:
                                 setup.data.decoded, setup.data.select_by)  # fmt: skip
             except Exception as exc:  # a plot must never lose a finished run
                 log.warning("could not draw plots: %s: %s", type(exc).__name__, exc)
+        if setup.cfg.report and state.history and not setup.cfg.trial:
+            self._report(summary)
         write_summary(setup.run_dir, summary)  # last: a summary that says completed means every file is there
         if status in ("completed", "early-stopped"):
             setup.report.emit(events.FINISHED, summary=summary)
         return summary
+
+    def _report(self, summary: dict[str, Any]) -> None:
+        """RUN/report.html (zoo.report), from the run folder and the summary about to be written."""
+        from zoo.report import write_report
+
+        try:
+            written = write_report(self.setup.run_dir, summary=summary)
+        except Exception as exc:  # a report must never lose a finished run; `zoo report RUN` can write it later
+            log.warning("could not write report.html: %s: %s", type(exc).__name__, exc)
+            return
+        summary["report"] = written.path.name
 
 
 def finetune(backbone: str, data: str | Path, *, callback: events.Callback | None = None, **options) -> FinetuneResult:
