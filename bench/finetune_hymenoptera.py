@@ -38,9 +38,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "hymenoptera"
 
 
-def tutorial_loop(data: Path, feature_extract: bool, epochs: int, curve: list | None = None) -> dict:
+def tutorial_loop(
+    data: Path, feature_extract: bool, epochs: int, curve: list | None = None, stop_at: float | None = None
+) -> dict:
     """The tutorial's train_model(), line for line in spirit, on efficientnet_lite0. `curve` collects each epoch's
-    val accuracy with the seconds since the start (bench/time_to_accuracy.py)."""
+    val accuracy with the seconds since the start (bench/time_to_accuracy.py); `stop_at` ends the loop after the
+    first epoch whose val accuracy reaches it (bench/fe_wall.py: time to a given accuracy)."""
     start = time.perf_counter()
     spec = zoo.get_backbone("efficientnet_lite0")
     mean, std = list(spec.preprocess.mean), list(spec.preprocess.std)
@@ -95,6 +98,8 @@ def tutorial_loop(data: Path, feature_extract: bool, epochs: int, curve: list | 
                     curve.append({"epoch": len(curve) + 1, "seconds": time.perf_counter() - start, "val_acc": acc})
                 if acc > best_acc:
                     best_acc, best_wts = acc, copy.deepcopy(model.state_dict())
+        if stop_at is not None and best_acc >= stop_at - 1e-9:
+            break
     model.load_state_dict(best_wts)
     return {
         "best_val_acc": best_acc,

@@ -68,9 +68,10 @@ def test_a_signal_while_the_last_files_are_written_waits_for_them(tmp_path, tiny
 
     images = make_images(tmp_path / "data", per_class=6)
     original = zoo.training.plots.write_all
+    run_process = os.getpid()  # the plots are drawn in a child process: the run's own process gets the Ctrl-C
 
     def interrupted_plots(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the pictures are drawn
+        os.kill(run_process, signal.SIGINT)  # Ctrl-C while the pictures are drawn
         return original(*args, **kwargs)
 
     monkeypatch.setattr(zoo.training.plots, "write_all", interrupted_plots)

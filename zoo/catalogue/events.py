@@ -12,6 +12,7 @@ and a library caller gets nothing printed unless it passes a callback.
 | `epoch_ended` | after validation | the epoch's metrics row |
 | `best_improved` | the best checkpoint was replaced | epoch, metric, value |
 | `early_stopped` | patience ran out | epoch, patience |
+| `trained` | training and evaluation are over, before the plots and report are drawn | summary (its figures final) |
 | `finished` | the run folder is complete | summary |
 | `interrupted` | Ctrl-C, SIGTERM or a diverged loss | summary, reason |
 | `exported` | `zoo export` wrote a verified model | path, report |
@@ -28,10 +29,11 @@ PROGRESS = "progress"
 EPOCH_ENDED = "epoch_ended"
 BEST_IMPROVED = "best_improved"
 EARLY_STOPPED = "early_stopped"
+TRAINED = "trained"
 FINISHED = "finished"
 INTERRUPTED = "interrupted"
 EXPORTED = "exported"
-KINDS = (STARTED, PROGRESS, EPOCH_ENDED, BEST_IMPROVED, EARLY_STOPPED, FINISHED, INTERRUPTED, EXPORTED)
+KINDS = (STARTED, PROGRESS, EPOCH_ENDED, BEST_IMPROVED, EARLY_STOPPED, TRAINED, FINISHED, INTERRUPTED, EXPORTED)
 
 
 @dataclass(frozen=True)

@@ -7,17 +7,22 @@ from typing import Annotated
 
 import typer
 
+from zoo.catalogue import events
 from zoo.catalogue.events import metric_name
 from zoo.cli.app import JsonFlag, app
 from zoo.cli.options import FlagValueCommand, as_flags, given, options_for, with_options
 from zoo.cli.render import RunRenderer, check_table, note, out, print_json, print_table, table, test_line
 from zoo.core.errors import UsageError
+from zoo.core.timing import mark
 from zoo.training.config import MANIFEST_OPTIONS, LaunchConfig, TrainConfig
 
 
 def run_finetune(*args, **kwargs):
     """The library call behind `zoo finetune` (patched by the CLI tests, which assert what it receives)."""
-    from zoo.training.launch import run_finetune as run
+    from zoo.core.timing import phase
+
+    with phase("imports"):  # torch and the training code: the first of `zoo finetune`'s phases
+        from zoo.training.launch import run_finetune as run
 
     return run(*args, **kwargs)
 
@@ -54,12 +59,21 @@ def finetune(
     launch = LaunchConfig(**options_for(LaunchConfig, options))
     train_options = options_for(TrainConfig, options)
     renderer = RunRenderer(quiet=quiet or as_json)
+    shown: list[str] = []
+
+    def callback(event) -> None:
+        renderer(event)
+        if event.kind == events.TRAINED and not as_json:  # the result now, before the plots and report are drawn
+            renderer.close()
+            show_result(event.data["summary"], event.run_dir)
+            shown.append(event.run_dir)
+
     try:
         if resume is not None:
             if backbone is not None or data is not None:
                 raise UsageError("--resume continues a run with its own BACKBONE and DATA; leave them out")
             overrides = {k: train_options[k] for k in given(ctx, train_options)}
-            result = run_finetune(None, launch, resume=resume, overrides=overrides, callback=renderer)
+            result = run_finetune(None, launch, resume=resume, overrides=overrides, callback=callback)
         else:
             if candidates and backbone != "auto":
                 raise UsageError("--candidates: only with BACKBONE 'auto' (zoo finetune auto DATA --candidates ...)")
@@ -67,25 +81,35 @@ def finetune(
                 train_options = choose_backbone(data or "", candidates or [], train_options, given(ctx, train_options))
                 backbone = train_options.pop("backbone")
             cfg = TrainConfig(backbone=backbone or "", data=data or "", **train_options)
-            result = run_finetune(cfg, launch, callback=renderer)
+            result = run_finetune(cfg, launch, callback=callback)
     finally:
         renderer.close()
     if as_json:
         print_json(result.summary | {"run_dir": str(result.run_dir)})
         return
-    metric = result.select_by
-    best = f"best val acc {result.best_val_acc:.4f}"
-    if metric != "acc":
-        best = f"best {metric_name('val_' + metric)} {result.best_value:.4f} (val acc {result.best_val_acc:.4f})"
-    out(
-        ("done", "bold"),
-        f": {best} at epoch {result.best_epoch} ({result.epochs_run} epoch{'s' if result.epochs_run != 1 else ''}, "
-        f"{result.summary.get('wall_seconds', 0):.1f} s) -> {result.run_dir}",
-    )
-    if result.test:
-        out(test_line(result.test))
+    if not shown:  # (a distributed run's events stay in its processes)
+        figures = {"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch}
+        show_result({**result.summary, **figures, "epochs_run": result.epochs_run}, result.run_dir)
     if result.summary.get("report"):
         out(f"report: {result.run_dir / result.summary['report']}")
+
+
+def show_result(summary: dict, run_dir) -> None:
+    """The result line (and the test split's), from the run's summary."""
+    metric = summary.get("select_by", "acc")
+    acc = summary["best_val_acc"]
+    best = f"best val acc {acc:.4f}"
+    if metric != "acc":
+        best = f"best {metric_name('val_' + metric)} {summary.get('best_value', acc):.4f} (val acc {acc:.4f})"
+    epochs = summary.get("epochs_run", 0)
+    out(
+        ("done", "bold"),
+        f": {best} at epoch {summary.get('best_epoch')} ({epochs} epoch{'s' if epochs != 1 else ''}, "
+        f"{summary.get('wall_seconds', 0):.1f} s) -> {run_dir}",
+    )
+    if summary.get("test"):
+        out(test_line(summary["test"]))
+    mark("printed")
 
 
 def choose_backbone(data: str, candidates: list[str], options: dict, typed: set[str]) -> dict:

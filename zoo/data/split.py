@@ -11,7 +11,6 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -24,11 +23,11 @@ from PIL import Image
 
 from zoo.core.errors import DataError, UsageError
 from zoo.data import manifest as manifests
-from zoo.data.images import EXTENSIONS, is_image_name, shrink, try_decode
+from zoo.data.decoder import Decoder, ScanMemo, memo_file
+from zoo.data.images import EXTENSIONS, is_image_name
 
 log = logging.getLogger(__name__)
 
-CACHE_LIMIT_BYTES = 4 << 30  # keep decoded images in memory up to this size
 _SYSTEM_TREES = ("/proc", "/sys", "/dev")
 
 
@@ -52,6 +51,7 @@ class DataSplit:
     multi_label: bool = False
     manifest: dict[str, Any] | None = None  # file, rows, bad_rows, columns, how it was read
     digests: dict[Path, bytes] = field(default_factory=dict)  # each usable file's decoded pixels, hashed
+    memo: Any = field(default=None, repr=False, compare=False)  # zoo.data.decoder.ScanMemo: saved once a run starts
 
     def samples(self, which: str) -> list[Sample]:
         return {"train": self.train, "val": self.val, "test": self.test}[which]
@@ -103,25 +103,6 @@ def image_files(folder: Path) -> list[Path]:
     return [p for p in walk_files(folder) if is_image_name(p)]
 
 
-class _Decoder:
-    """Decodes each file once: usable images are kept in `decoded` (up to CACHE_LIMIT_BYTES), others listed."""
-
-    def __init__(self, min_short_side: int, decoded: dict[Path, Image.Image] | None):
-        self.min_short_side, self.decoded, self.kept_bytes, self.digests = min_short_side, decoded, 0, {}
-        self.skipped: list[tuple[Path, str]] = []
-
-    def usable(self, path: Path, where: str = "") -> bool:
-        img, reason = try_decode(path, self.min_short_side)
-        if reason:
-            self.skipped.append((path, f"{where}{reason}"))
-            return False
-        self.digests[path] = hashlib.sha256(b"%dx%d:" % img.size + img.tobytes()).digest()[:16]  # exact duplicates
-        if self.decoded is not None and self.kept_bytes < CACHE_LIMIT_BYTES:
-            self.decoded[path] = small = shrink(img, self.min_short_side)
-            self.kept_bytes += small.width * small.height * 3
-        return True
-
-
 def load(
     data: Path | str,
     labels: Path | str | None = None,
@@ -130,26 +111,28 @@ def load(
     seed: int = 0,
     min_short_side: int = 256,
     decoded: dict[Path, Image.Image] | None = None,
+    memo: bool = False,
 ) -> DataSplit:
-    """The data of a run: a folder, a manifest file, or a folder with `labels` (a manifest of its images)."""
+    """The data of a run: a folder, a manifest file, or a folder with `labels` (a manifest of its images). With
+    `memo`, files an earlier scan checked and that have not changed are not decoded again (zoo.data.scan_memo)."""
     data = Path(data).expanduser()
     options = options or manifests.ManifestOptions()
     if labels is not None:
         if not _is_dir(data):
             raise DataError(f"{data}: no such folder (with --labels, DATA is the folder the manifest's paths are in)")
-        return scan_manifest(labels, data, options, val_fraction, seed, min_short_side, decoded)
+        return scan_manifest(labels, data, options, val_fraction, seed, min_short_side, decoded, memo)
     if data.is_file():
         if not manifests.is_manifest(data):
             raise DataError(
                 f"{data}: a file, not a folder or a manifest; pass an image folder or a "
                 f"{'/'.join(manifests.SUFFIXES)} manifest"
             )
-        return scan_manifest(data, None, options, val_fraction, seed, min_short_side, decoded)
+        return scan_manifest(data, None, options, val_fraction, seed, min_short_side, decoded, memo)
     given = [f"--{k.replace('_', '-')}" for k in ("path_column", "label_column", "split_column", "label_sep")
              if getattr(options, k) is not None]  # fmt: skip
     if given:
         raise UsageError(f"{', '.join(given)}: only for a manifest (DATA a .csv/.tsv file, or --labels FILE)")
-    split = scan(data, val_fraction, seed, min_short_side, decoded)
+    split = scan(data, val_fraction, seed, min_short_side, decoded, memo)
     if options.multi_label:
         split.multi_label = True
         for which in ("train", "val", "test"):
@@ -183,34 +166,36 @@ def scan(
     seed: int = 0,
     min_short_side: int = 256,
     decoded: dict[Path, Image.Image] | None = None,
+    memo: bool = False,
 ) -> DataSplit:
     """Scan, validate and split an image folder; raise DataError for a folder that cannot be trained on.
 
     Every file is decoded once to check it; when `decoded` is given, the decoded images
     (short side at least `min_short_side`) are stored in it, so training decodes nothing again.
+    With `memo`, the files an earlier scan checked, unchanged since, are not decoded (their pixels are decoded
+    later by whatever needs them).
     """
     root = Path(root).expanduser()
     if not _is_dir(root):
         raise DataError(f"{root}: no such folder; expected DATA/<class>/*.jpg or DATA/train + DATA/val")
     check_fraction(val_fraction)
     train_dir, val_dir, test_dir = root / "train", root / "val", root / "test"
-    decoder = _Decoder(min_short_side, decoded)
+    decoder = Decoder(min_short_side, decoded, ScanMemo(memo_file(root, min_short_side)) if memo else None)
     skipped = decoder.skipped
 
     def load_folder(folder: Path) -> dict[str, list[Path]]:
         out = {}
         for class_dir in class_dirs(folder):
             check_class_dir(class_dir, root)
-            good = []
+            candidates = []
             for path in walk_files(class_dir):
                 if path.name.startswith("."):
                     continue
                 if not is_image_name(path):
                     skipped.append((path, "not an image file extension"))
                     continue
-                if decoder.usable(path):
-                    good.append(path)
-            out[class_dir.name] = good
+                candidates.append(path)
+            out[class_dir.name] = [p for p, ok in zip(candidates, decoder.check(candidates), strict=True) if ok]
         return out
 
     def labelled(files: dict[str, list[Path]], classes: list[str], where: Path) -> list[Sample]:
@@ -244,7 +229,7 @@ def scan(
     if not val:  # the stratified split leaves a class's only image in train, whatever --val-fraction says
         raise DataError(f"{root}: the validation set is empty: every class has a single image; give each 2+, or a val/")
     _warn_skipped(skipped, root)
-    return DataSplit(root, classes, train, val, layout, skipped, test, digests=decoder.digests)
+    return DataSplit(root, classes, train, val, layout, skipped, test, digests=decoder.digests, memo=decoder.memo)
 
 
 def check_fraction(val_fraction: float) -> None:
@@ -267,20 +252,23 @@ def scan_manifest(
     seed: int = 0,
     min_short_side: int = 256,
     decoded: dict[Path, Image.Image] | None = None,
+    memo: bool = False,
 ) -> DataSplit:
     """A manifest's rows as a train/val/test split; every bad row and unusable file skipped with its line."""
     check_fraction(val_fraction)
     m = manifests.read(file, root, options)
-    decoder = _Decoder(min_short_side, decoded)
+    decoder = Decoder(min_short_side, decoded, ScanMemo(memo_file(m.file, min_short_side)) if memo else None)
     skipped = decoder.skipped
     for line, cell, why in m.bad:
         skipped.append((m.root / cell if cell else m.file, f"line {line}: {why}"))
-    rows = []
+    named = []
     for row in m.rows:
         if not is_image_name(row.path):
             skipped.append((row.path, f"line {row.line}: not an image file extension"))
-        elif decoder.usable(row.path, f"line {row.line}: "):
-            rows.append(row)
+        else:
+            named.append(row)
+    usable = decoder.check([r.path for r in named], [f"line {r.line}: " for r in named])
+    rows = [row for row, ok in zip(named, usable, strict=True) if ok]
     skipped.sort(key=lambda item: int(item[1].split(":", 1)[0].split()[1]))
     if not rows:
         first = f" (first: {skipped[0][1]})" if skipped else ""
@@ -336,7 +324,8 @@ def scan_manifest(
         shown = "; ".join(f"{why}" for _, why in skipped[:10])
         more = f"; and {len(skipped) - 10} more" if len(skipped) > 10 else ""
         log.warning("%s: skipped %d of %d row(s): %s%s", m.file, len(bad_rows), m.total, shown, more)
-    return DataSplit(m.root, classes, train, val, "manifest", skipped, test, m.multi_label, info, decoder.digests)
+    return DataSplit(m.root, classes, train, val, "manifest", skipped, test, m.multi_label, info, decoder.digests,
+                     decoder.memo)  # fmt: skip
 
 
 def multilabel_split(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:

@@ -24,6 +24,22 @@ def write_checkpoint(path: Path, ckpt: dict[str, Any]) -> Path:
     return atomic.torch_save(path, {"format": FORMAT, **ckpt})
 
 
+def copy_checkpoint(source: Path, path: Path) -> Path:
+    """`path` as the same checkpoint as `source`, atomically: a hard link where the file system has them (no second
+    write; `source` is later replaced by a new file, never rewritten in place), else a copy."""
+    import os
+    import shutil
+
+    return atomic.atomic_write(path, lambda tmp: _link_or_copy(source, tmp, os, shutil))
+
+
+def _link_or_copy(source: Path, tmp: Path, os, shutil) -> None:
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+
+
 def find_checkpoint(path: Path | str, prefer: str = "best.pt") -> Path:
     """A checkpoint file from a run folder (best.pt, else last.pt) or a file path."""
     path = Path(path).expanduser()

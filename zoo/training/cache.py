@@ -23,6 +23,7 @@ import torch
 
 from zoo.core.check import all_close
 from zoo.core.errors import CutError
+from zoo.core.timing import phase
 from zoo.training.shared import active as sharing_active
 from zoo.training.shared import shared
 
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 MEMORY_LIMIT = 2 << 30  # activations larger than this go to a memory-mapped file on disk
 ORT_MIN_IMAGES = 48  # below this, exporting the prefix (about 1.5 s) costs more than onnxruntime saves
+CHECK_BATCH = 4  # images onnxruntime is checked on against torch eager (several times slower on the CPU)
 
 
 @dataclass
@@ -43,6 +45,7 @@ class FeatureCache:
     seconds: float = 0.0
     on_disk: bool = False
     files: list[Path] = field(default_factory=list)
+    stored: bool = False  # read from an earlier run's store (zoo.training.store), not computed
 
     @property
     def n(self) -> int:
@@ -81,15 +84,22 @@ class FeatureCache:
             f.unlink(missing_ok=True)
 
 
-def _ort_session(prefix, example: torch.Tensor, n_outputs: int):
-    """The prefix exported to ONNX and loaded in onnxruntime, or None when it cannot be.
+def _ort_session(prefix, example: torch.Tensor, n_outputs: int, stored: Path | None = None):
+    """The prefix exported to ONNX and loaded in onnxruntime, or None when it cannot be. With `stored` (the
+    store's file for this prefix), an earlier run's export is loaded instead, and a new export is kept there.
 
     Any failure means None, not only zoo's ExportError (write_onnx) and ModelFileError (ort_session): onnx reading
     the file back, a full temp folder or an exporter bug also only cost speed, since torch computes the same cache.
     """
     from zoo.runtime.onnx_io import ort_session, write_onnx
 
-    with tempfile.TemporaryDirectory() as tmp:
+    threads = torch.get_num_threads()
+    if stored is not None and stored.is_file():
+        try:
+            return ort_session(stored, threads=threads)  # checked against torch by the caller, as a new export
+        except Exception as exc:
+            log.info("stored prefix %s unusable (%s): exporting it again", stored, exc)
+    with phase("export"), tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "prefix.onnx"
         try:
             # TorchScript first: it exports a prefix in a fraction of the dynamo exporter's time
@@ -100,7 +110,12 @@ def _ort_session(prefix, example: torch.Tensor, n_outputs: int):
                 output_names=tuple(f"out{i}" for i in range(n_outputs)),
                 exporter="torchscript",
             )
-            return ort_session(path, threads=torch.get_num_threads())
+            session = ort_session(path, threads=threads)
+            if stored is not None:
+                from zoo.training.store import keep_file
+
+                keep_file(path, stored)
+            return session
         except Exception as exc:  # an exporter gap only costs speed: torch computes the cache
             log.info(
                 "onnxruntime cache engine unavailable (%s: %s); using torch",
@@ -121,11 +136,13 @@ class PrefixRunner:
         images: int = 0,
         channels_last: bool = False,
         atol: float = 1e-4,
+        prefix_file: Path | None = None,
     ):
         if engine == "auto":
             engine = "onnxruntime" if device.type == "cpu" and images >= ORT_MIN_IMAGES else "torch"
         self.prefix, self.device, self.engine, self.channels_last = prefix.eval(), device, engine, channels_last
         self.atol = atol  # the backbone's tolerance, as for its export check
+        self.prefix_file = prefix_file  # where the store keeps this prefix's export, or None
         self.session = None
         self.checked = engine != "onnxruntime"
 
@@ -135,18 +152,23 @@ class PrefixRunner:
         return [o.float().cpu() for o in self.prefix(images.to(self.device, non_blocking=True))]
 
     def __call__(self, images: torch.Tensor) -> list[torch.Tensor]:
-        if not self.checked:  # first batch: export, then compare with torch before trusting it
+        if not self.checked:  # first batch: export, then compare with torch (on a few images) before trusting it
             self.checked = True
-            reference = self._torch(images)
-            self.session = _ort_session(self.prefix, images[:2].to(self.device), len(reference))
+            check = images[:CHECK_BATCH]
+            reference = self._torch(check)
+            self.session = _ort_session(self.prefix, images[:2].to(self.device), len(reference), self.prefix_file)
             if self.session is not None:
-                got = self.session.run(None, {"input": images.numpy()})
+                got = self.session.run(None, {"input": check.numpy()})
                 if all_close([r.numpy() for r in reference], got, self.atol):
+                    if len(images) > len(check):
+                        got = self.session.run(None, {"input": images.numpy()})
                     return [torch.from_numpy(o) for o in got]
                 log.info("onnxruntime prefix differs from torch; computing the cache with torch")
                 self.session = None
+                if self.prefix_file is not None:
+                    self.prefix_file.unlink(missing_ok=True)  # a stored export that disagrees is not used again
             self.engine = "torch"
-            return reference
+            return reference if len(images) == len(check) else self._torch(images)
         if self.session is not None:
             return [torch.from_numpy(o) for o in self.session.run(None, {"input": images.numpy()})]
         return self._torch(images)
@@ -248,6 +270,7 @@ class BoundaryCache:
         progress=None,
         sample_weights=None,
         share_key=None,
+        stores=None,
     ):
         self.model, self.spec, self.groups, self.device, self.loaders = model, spec, groups, device, loaders
         self.sample_weights = sample_weights  # train labels -> draw weights (`--balance sampler`), or None
@@ -257,6 +280,8 @@ class BoundaryCache:
         self.progress = progress  # progress(phase, done, total)
         self.share_key = share_key  # with the boundary, the key of these activations inside `shared.sharing()`
         self.shared = False  # the activations belong to `shared.sharing()`: never released by this run
+        # (zoo.training.store's PrefixStore, ActivationStore): kept between processes; None: this run only
+        self.prefix_store, self.activation_store = stores or (None, None)
         self.train: FeatureCache | None = None
         self.val: FeatureCache | None = None
         self.suffix = None
@@ -271,6 +296,17 @@ class BoundaryCache:
         if self.mode == "off" or k == 0 or self.train_bn:
             return False
         return self.augment == "none" or self.augmented_copies > 0
+
+    @property
+    def copies(self) -> int:
+        return self.augmented_copies if self.augmented_copies and self.augment != "none" else 1
+
+    def stored(self, k: int) -> bool:
+        """Whether an earlier run kept this run's activations at boundary k (then no image need be decoded)."""
+        if not self.wanted(k) or self.activation_store is None:
+            return False
+        key = self.activation_store.key(k, self.train_samples, self.val_samples, self.copies)
+        return self.activation_store.has(key)
 
     def ensure(self, k: int) -> None:
         """Compute (or recompute, when the boundary moved) the train and val activations at group boundary k."""
@@ -288,7 +324,7 @@ class BoundaryCache:
             log.info("frozen-prefix cache off: %s", exc)
             return
         self.model.eval()
-        copies = self.augmented_copies if self.augmented_copies and self.augment != "none" else 1
+        copies = self.copies
         train_aug = self.augment if copies > 1 else "none"
         gen = torch.Generator().manual_seed(self.seed + 1000 * k)
         images = len(self.train_samples) * copies + len(self.val_samples)
@@ -298,14 +334,25 @@ class BoundaryCache:
             if self.progress:
                 self.progress(f"caching {boundary}", done, total)
 
+        stored_key = None
+        if self.activation_store is not None:
+            stored_key = self.activation_store.key(k, self.train_samples, self.val_samples, copies)
+
         def compute() -> tuple[FeatureCache, FeatureCache]:
+            stored = self.activation_store.read(stored_key, copies) if stored_key else None
+            if stored is not None:
+                return stored
+            prefix_file = self.prefix_store.path(k) if self.prefix_store is not None else None
             # its own RNG stream: a resumed run recomputes the cache without shifting the training's random numbers
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed + 1000 * k)
-                runner = PrefixRunner(prefix, self.device, self.engine, images, self.channels_last, self.spec.atol)
+                runner = PrefixRunner(prefix, self.device, self.engine, images, self.channels_last, self.spec.atol,
+                                      prefix_file)  # fmt: skip
                 train_loader = self.loaders.loader(self.train_samples, train_aug, False, gen, epoch=0)  # its shard
                 train = compute_cache(runner, train_loader, copies, disk_dir=self.disk_dir, progress=progress)
                 val = compute_cache(runner, self.loaders.loader(self.val_samples), 1, disk_dir=self.disk_dir)
+            if stored_key and not train.on_disk and not val.on_disk:
+                self.activation_store.keep(stored_key, train, val, boundary)
             return train, val
 
         key = None if self.share_key is None else ("activations", self.share_key, k, copies)
@@ -320,6 +367,7 @@ class BoundaryCache:
             "seconds": round(train.seconds + val.seconds, 2),
             "on_disk": train.on_disk,
             "shared": reused,  # computed by an earlier run of this process (zoo tune's trials)
+            "stored": train.stored,  # read from what an earlier run kept (zoo.training.store)
         }
 
     def batches(self, train: bool, epoch: int, batch_size: int, generator: torch.Generator | None):

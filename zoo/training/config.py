@@ -35,7 +35,7 @@ OPTIMIZER_DEFAULTS = {"adamw": OptimizerDefaults(1e-3, 3e-4, 0.05), "sgd": Optim
 OPTIMIZERS = tuple(OPTIMIZER_DEFAULTS)
 SCHEDULES = ("cosine", "step")
 AUGMENTS = ("none", "light", "strong")
-CACHE_MODES = ("auto", "off")
+CACHE_MODES = ("auto", "memory", "off")
 CACHE_ENGINES = ("auto", "torch", "onnxruntime")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 # full fine-tuning trains on crops this much smaller than the eval input (torchvision's 176-for-224 recipe, FixRes):
@@ -159,7 +159,11 @@ class TrainConfig:
         "multiple of 16 and at least the model's smallest input (160 for 224), as torchvision's and timm's recipes "
         "train below the test size; else the input size].",
     )
-    cache: str = option("auto", "Frozen-prefix activation cache: auto or off.")
+    cache: str = option(
+        "auto",
+        "Frozen-prefix activation cache: auto (kept in ZOO_HOME/cache for later runs on the same data), memory "
+        "(this run only) or off.",
+    )
     cache_augmented: int = option(0, "Cache K augmented copies of the train set (with --augment light/strong).")
     cache_engine: str = option("auto", f"Engine for the frozen prefix: {', '.join(CACHE_ENGINES)}.", on_resume=APPLY)
     train_bn: bool = option(False, "Let BatchNorm in frozen groups update its statistics.")

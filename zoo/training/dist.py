@@ -156,5 +156,7 @@ class DDPWrapper:
     def release(self) -> None:
         """Drop the wrapper (its reducer and gradient hooks) while the process group is still alive: a DDP
         object destroyed at interpreter exit, after the group, can abort the process."""
+        if self._wrapped is None:  # (a run on one process never made one: nothing to collect)
+            return
         self._wrapped, self._key = None, None
         gc.collect()

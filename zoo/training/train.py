@@ -22,7 +22,8 @@ import torch
 from zoo.catalogue import events
 from zoo.core.errors import Interrupted, ResumeError, Terminated, TrainingDiverged
 from zoo.core.interrupts import deferred_signals, restore_sigterm, sigterm_raises
-from zoo.model.checkpoint import last_checkpoint, read_checkpoint, write_checkpoint
+from zoo.core.timing import phase
+from zoo.model.checkpoint import copy_checkpoint, last_checkpoint, read_checkpoint, write_checkpoint
 from zoo.model.freeze import apply_trainable
 from zoo.training import record
 from zoo.training.config import RESUMABLE, TrainConfig
@@ -174,7 +175,8 @@ class Trainer:
             state.lr_found = lr_find.find_and_record(setup)
             setup.set_lr(state.lr_found["suggestion"])
         if setup.dist.is_main:
-            write_config(setup.run_dir, record.saved_config(cfg))
+            with phase("files"):
+                write_config(setup.run_dir, record.saved_config(cfg))
         setup.report.emit(events.STARTED, **record.started(setup, state))
         status, epoch = "completed", state.start_epoch
         previous = sigterm_raises()
@@ -183,7 +185,8 @@ class Trainer:
                 if self._epoch(epoch):
                     status = "early-stopped"
                     break
-            state.test_report = None if cfg.trial else self._test()
+            with phase("evaluate"):
+                state.test_report = None if cfg.trial else self._test()
         except (KeyboardInterrupt, Terminated) as exc:
             name = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
             stopped = Interrupted(record.kept(state, setup.run_dir, epoch), name)
@@ -212,9 +215,11 @@ class Trainer:
         setup, state, cfg = self.setup, self.state, self.setup.cfg
         select_by = setup.data.select_by
         setup.optimizer.add_trainable(epoch)
-        setup.cache.ensure(setup.choice.plan.frozen_at(epoch))
-        row = {"epoch": epoch + 1, **self._train_epoch(epoch)}
-        with setup.ema.applied(setup.model) if setup.ema else contextlib.nullcontext():
+        with phase("cache"):  # holds "export": the prefix to onnxruntime
+            setup.cache.ensure(setup.choice.plan.frozen_at(epoch))
+        with phase("train"):
+            row = {"epoch": epoch + 1, **self._train_epoch(epoch)}
+        with phase("evaluate"), setup.ema.applied(setup.model) if setup.ema else contextlib.nullcontext():
             metrics, report, scores = self._evaluate()  # --ema: the averaged weights are the ones evaluated
         row.update(metrics)
         row["lr"] = setup.optimizer.lr_now
@@ -229,7 +234,8 @@ class Trainer:
                 if setup.split.test and not cfg.trial:
                     state.best_state = setup.evaluated_state()
             if setup.dist.is_main:
-                self._save(epoch + 1, improved, row, scores, report.get("thresholds"))
+                with phase("files"):
+                    self._save(epoch + 1, improved, row, scores, report.get("thresholds"))
         if received:
             raise Terminated() if received[0] == "SIGTERM" else KeyboardInterrupt()
         setup.report.emit(events.EPOCH_ENDED, row=state.history[-1], improved=improved, epochs=cfg.epochs,
@@ -262,7 +268,7 @@ class Trainer:
         ckpt = record.checkpoint(self.setup, self.state, epoch)
         write_checkpoint(run_dir / "last.pt", ckpt)
         if improved:
-            write_checkpoint(run_dir / "best.pt", ckpt)
+            copy_checkpoint(run_dir / "last.pt", run_dir / "best.pt")
             # each val image's prediction at the best epoch: the report's gallery, confusion matrix, calibration
             predicted = record.image_predictions(self.setup, self.setup.split.val, *scores, thresholds)
             predicted.write(run_dir / record.predictions_file("val"))
@@ -281,17 +287,23 @@ class Trainer:
         summary = record.summary(setup, state, status, time.perf_counter() - started, reason)
         if not setup.dist.is_main:
             return summary
+        if status in ("completed", "early-stopped"):  # the figures are final: the CLI prints its result line now
+            setup.report.emit(events.TRAINED, summary=summary)
+        plotted = None
         if state.history and state.best_report.get("preds") is not None and not setup.cfg.trial:
             from zoo.training import plots
 
-            try:
-                plots.write_all(setup.run_dir, state.history, setup.classes, setup.split.val, state.best_report,
-                                setup.data.decoded, setup.data.select_by)  # fmt: skip
-            except Exception as exc:  # a plot must never lose a finished run
-                log.warning("could not draw plots: %s: %s", type(exc).__name__, exc)
+            # drawn in a child process while this one writes the report (about 1 s less to wait here)
+            plotted = plots.write_all_beside(setup.run_dir, state.history, setup.classes, setup.split.val,
+                                             state.best_report, setup.data.decoded, setup.data.select_by)  # fmt: skip
         if setup.cfg.report and state.history and not setup.cfg.trial:
-            self._report(summary)
-        write_summary(setup.run_dir, summary)  # last: a summary that says completed means every file is there
+            with phase("report"):
+                self._report(summary)
+        if plotted is not None:
+            with phase("plots"):  # what is left of the drawing once the report is written
+                plotted()
+        with phase("files"):
+            write_summary(setup.run_dir, summary)  # last: a summary that says completed means every file is there
         if status in ("completed", "early-stopped"):
             setup.report.emit(events.FINISHED, summary=summary)
         return summary
