@@ -28,7 +28,7 @@ from zoo.data.cleaning import check_leaks, exclude_listed
 from zoo.data.decoder import decode_into
 from zoo.data.images import decode_size
 from zoo.data.split import DataSplit, load, manifest_options
-from zoo.model.build import GroupMap, WeightsChoice, choose_weights, create_model, split_outputs
+from zoo.model.build import GroupMap, WeightsChoice, choose_weights, split_outputs
 from zoo.model.checkpoint import resumed_policy
 from zoo.training.cache import BoundaryCache
 from zoo.training.config import CPU_BATCH, GPU_BATCH, TrainConfig
@@ -39,7 +39,7 @@ from zoo.training.loaders import Loaders, default_workers, predates_train_size, 
 from zoo.training.mixing import make_mixer
 from zoo.training.optim import Optimizer, Schedule, base_lr, weight_decay
 from zoo.training.runs import RunLock, new_run_dir
-from zoo.training.shared import shared
+from zoo.training.shared import built_model, shared
 from zoo.training.store import stores_for
 from zoo.training.tasks import Task
 
@@ -330,11 +330,6 @@ def _decode_what_is_needed(setup: RunSetup) -> None:
         log.info("decoded %d image(s) the scan's memo vouched for", added)
 
 
-def _build(spec: Backbone, classes: int, weights: str) -> tuple[nn.Module, WeightsChoice]:
-    choice = choose_weights(spec, weights)
-    return create_model(spec, num_classes=classes, weights=choice, check=False), choice
-
-
 def _choose(cfg: TrainConfig, spec: Backbone, data: Data, resume: dict[str, Any] | None) -> Choice:
     """The policy, parsed once; the model, built once (also for `auto`, which measures it first)."""
     advice, model = None, None
@@ -344,7 +339,7 @@ def _choose(cfg: TrainConfig, spec: Backbone, data: Data, resume: dict[str, Any]
         from zoo.training.advise import measure, require_pretrained
 
         require_pretrained(spec, choose_weights(spec, cfg.weights))
-        model, weights = _build(spec, len(data.classes), cfg.weights)
+        model, weights = built_model(spec, len(data.classes), cfg.weights)
         pre = spec.preprocess_for(weights.tag)
         advice = measure(model, spec, data.split, data.decoded, pre, seed=cfg.seed)
         for line in advice.evidence:
@@ -353,7 +348,7 @@ def _choose(cfg: TrainConfig, spec: Backbone, data: Data, resume: dict[str, Any]
     else:
         policy = parse_policy(cfg.policy)
     if model is None:
-        model, weights = _build(spec, len(data.classes), cfg.weights if policy.pretrained else "none")
+        model, weights = built_model(spec, len(data.classes), cfg.weights if policy.pretrained else "none")
     pre = spec.preprocess_for(weights.tag)
     if policy.cut:
         from zoo.model.cut import cut_model

@@ -297,8 +297,8 @@ class Trainer:
             plotted = plots.write_all_beside(setup.run_dir, state.history, setup.classes, setup.split.val,
                                              state.best_report, setup.data.decoded, setup.data.select_by)  # fmt: skip
         if setup.cfg.report and state.history and not setup.cfg.trial:
-            with phase("report"):
-                self._report(summary)
+            with phase("report"), _threads(torch.get_num_threads() - 1 if plotted is not None else None):
+                self._report(summary)  # (one core is the plots' while they are drawn)
         if plotted is not None:
             with phase("plots"):  # what is left of the drawing once the report is written
                 plotted()
@@ -318,6 +318,18 @@ class Trainer:
             log.warning("could not write report.html: %s: %s", type(exc).__name__, exc)
             return
         summary["report"] = written.path.name
+
+
+@contextlib.contextmanager
+def _threads(count: int | None):
+    """torch's intra-op threads set to `count` (at least 1) inside, as they were after; None: unchanged."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(max(1, count))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def finetune(backbone: str, data: str | Path, *, callback: events.Callback | None = None, **options) -> FinetuneResult:
