@@ -69,6 +69,10 @@ app = typer.Typer(
 )
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+# the data argument of the commands that read a data set as `zoo finetune` does (advise, rank, audit, tune)
+DataArgument = Annotated[
+    str, typer.Argument(help="Image folder (DATA/<class>/*.jpg or DATA/train + DATA/val) or a CSV/TSV manifest.")
+]
 
 
 def _print_version(wanted: bool) -> None:

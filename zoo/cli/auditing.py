@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from zoo.cli.app import JsonFlag, app
+from zoo.cli.app import DataArgument, JsonFlag, app
 from zoo.cli.options import FlagValueCommand, as_flags, with_options
 from zoo.cli.render import note, out, print_json, print_table, progress_bar, table
 from zoo.training.config import MANIFEST_OPTIONS, TrainConfig
@@ -78,9 +78,7 @@ def fix_mmap_threshold() -> None:
 @app.command(cls=FlagValueCommand)
 @with_options(TrainConfig, only=MANIFEST_OPTIONS)
 def audit(
-    data: Annotated[
-        str, typer.Argument(help="Image folder (DATA/<class>/*.jpg or DATA/train + DATA/val) or a CSV/TSV manifest.")
-    ],
+    data: DataArgument,
     model: Annotated[
         str | None,
         typer.Option(

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from zoo.cli.app import JsonFlag, app
+from zoo.cli.app import DataArgument, JsonFlag, app
 from zoo.cli.options import FlagValueCommand, as_flags, with_options
 from zoo.cli.render import note, out, print_json, print_table, progress_bar, table
 from zoo.select.names import DEFAULT_ESTIMATE, DEFAULT_LIMIT, ESTIMATE_NAMES
@@ -50,9 +50,7 @@ def show_ranking(ranking) -> None:
 @app.command(cls=FlagValueCommand)
 @with_options(TrainConfig, only=MANIFEST_OPTIONS)
 def rank(
-    data: Annotated[
-        str, typer.Argument(help="Image folder (DATA/<class>/*.jpg or DATA/train + DATA/val) or a CSV/TSV manifest.")
-    ],
+    data: DataArgument,
     candidates: Annotated[
         list[str] | None,
         typer.Argument(

@@ -9,7 +9,7 @@ import typer
 
 from zoo.catalogue import events
 from zoo.catalogue.events import metric_name
-from zoo.cli.app import JsonFlag, app
+from zoo.cli.app import DataArgument, JsonFlag, app
 from zoo.cli.options import FlagValueCommand, as_flags, given, options_for, with_options
 from zoo.cli.render import RunRenderer, check_table, note, out, print_json, print_table, table, test_line
 from zoo.core.errors import UsageError
@@ -174,9 +174,7 @@ def lr_find(
 @with_options(TrainConfig, only=MANIFEST_OPTIONS)
 def advise(
     backbone: Annotated[str, typer.Argument(help="Backbone name or alias, with pretrained weights.")],
-    data: Annotated[
-        str, typer.Argument(help="Image folder (DATA/<class>/*.jpg or DATA/train + DATA/val) or a CSV/TSV manifest.")
-    ],
+    data: DataArgument,
     weights: Annotated[str, typer.Option(help="Pretrained weights tag or file.")] = "default",
     large_per_class: Annotated[int, typer.Option(help="Images in every class from which data counts as large.")] = 500,
     as_json: JsonFlag = False,
