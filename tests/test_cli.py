@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -136,3 +137,24 @@ def test_every_command_with_an_optional_value_flag_reads_it():
             with_flag_values.append(name)
             assert isinstance(command, FlagValueCommand), name
     assert {"finetune", "lr-find"} <= set(with_flag_values)
+
+
+def test_shell_completion_offers_commands_flags_and_backbone_names_without_torch():
+    """`zoo --install-completion` installs what bash runs on TAB: the same program, with _ZOO_COMPLETE set."""
+    code = (
+        "import os, sys; from zoo.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "assert 'torch' not in sys.modules, 'completion imported torch'\n"
+    )
+
+    def complete(words: str) -> list[str]:
+        env = dict(os.environ, _ZOO_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD=str(len(words.split()) - 1))
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert complete("zoo fine") == ["finetune"]
+    assert "--policy" in complete("zoo finetune --pol")
+    assert complete("zoo finetune efficientnet_lite") == ["efficientnet_lite0", "efficientnet_lite1",
+                                                           "efficientnet_lite2"]  # fmt: skip
+    assert "resnet18" in complete("zoo info resnet1")

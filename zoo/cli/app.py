@@ -63,12 +63,29 @@ app = typer.Typer(
     cls=ZooGroup,
     help="Model-zoo registry, fine-tuner and verified ONNX exporter for image classification.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion and --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help text is printed as written: `[default: ...]` and `:name:` stay literal
 )
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+
+
+def complete_backbone(incomplete: str) -> list[str]:
+    """Shell completion of a BACKBONE argument: the registry's names and aliases (no torch is imported)."""
+    from zoo.catalogue.registry import get_registry
+
+    try:
+        registry = get_registry()
+        names = set(registry.backbones) | set(getattr(registry, "aliases", {}) or {})
+    except Exception:  # completion must never print a traceback into the user's shell
+        return []
+    return sorted(n for n in names if n.startswith(incomplete))
+
+
+BackboneArgument = Annotated[
+    str, typer.Argument(help="Backbone name or alias (`zoo list`).", autocompletion=complete_backbone)
+]
 # the data argument of the commands that read a data set as `zoo finetune` does (advise, rank, audit, tune)
 DataArgument = Annotated[
     str, typer.Argument(help="Image folder (DATA/<class>/*.jpg or DATA/train + DATA/val) or a CSV/TSV manifest.")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.text import Text
 
-from zoo.cli.app import JsonFlag, app
+from zoo.cli.app import JsonFlag, app, complete_backbone
 from zoo.cli.render import count, note, out, print_columns, print_json, print_table, table
 
 
@@ -75,7 +75,7 @@ def _summary(s) -> dict[str, Any]:
 
 @app.command()
 def info(
-    name: Annotated[str, typer.Argument(help="Backbone name or alias.")],
+    name: Annotated[str, typer.Argument(help="Backbone name or alias.", autocompletion=complete_backbone)],
     as_json: JsonFlag = False,
 ):
     """Show a backbone's full spec: head, layer groups with parameter counts, preprocessing, weights."""

@@ -9,7 +9,7 @@ import typer
 
 from zoo.catalogue import events
 from zoo.catalogue.events import metric_name
-from zoo.cli.app import DataArgument, JsonFlag, app
+from zoo.cli.app import BackboneArgument, DataArgument, JsonFlag, app, complete_backbone
 from zoo.cli.options import FlagValueCommand, as_flags, given, options_for, with_options
 from zoo.cli.render import RunRenderer, check_table, note, out, print_json, print_table, table, test_line
 from zoo.core.errors import UsageError
@@ -31,7 +31,9 @@ def run_finetune(*args, **kwargs):
 @with_options(TrainConfig, LaunchConfig)
 def finetune(
     ctx: typer.Context,
-    backbone: Annotated[str | None, typer.Argument(help="Backbone name or alias (`zoo list`).")] = None,
+    backbone: Annotated[
+        str | None, typer.Argument(help="Backbone name or alias (`zoo list`).", autocompletion=complete_backbone)
+    ] = None,
     data: Annotated[
         str | None,
         typer.Argument(
@@ -144,8 +146,8 @@ def choose_backbone(data: str, candidates: list[str], options: dict, typed: set[
 @app.command("lr-find", cls=FlagValueCommand)
 @with_options(TrainConfig)
 def lr_find(
-    backbone: Annotated[str, typer.Argument(help="Backbone name or alias (`zoo list`).")],
-    data: Annotated[str, typer.Argument(help="Image folder or CSV/TSV manifest, as for finetune.")],
+    backbone: BackboneArgument,
+    data: DataArgument,
     as_json: JsonFlag = False,
     **options,
 ):
@@ -173,7 +175,9 @@ def lr_find(
 @app.command()
 @with_options(TrainConfig, only=MANIFEST_OPTIONS)
 def advise(
-    backbone: Annotated[str, typer.Argument(help="Backbone name or alias, with pretrained weights.")],
+    backbone: Annotated[
+        str, typer.Argument(help="Backbone name or alias, with pretrained weights.", autocompletion=complete_backbone)
+    ],
     data: DataArgument,
     weights: Annotated[str, typer.Option(help="Pretrained weights tag or file.")] = "default",
     large_per_class: Annotated[int, typer.Option(help="Images in every class from which data counts as large.")] = 500,

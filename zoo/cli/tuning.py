@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from zoo.catalogue.events import metric_name
-from zoo.cli.app import DataArgument, JsonFlag, app
+from zoo.cli.app import BackboneArgument, DataArgument, JsonFlag, app
 from zoo.cli.options import FlagValueCommand, given, options_for, with_options
 from zoo.cli.render import out, print_json, print_table, progress_bar, table, test_line
 from zoo.core.metrics import SELECTABLE
@@ -22,7 +22,7 @@ _FIXED = tuple(f.name for f in cli_fields(TrainConfig) if f.name not in ("select
 @with_options(TrainConfig, only=_FIXED)
 def tune(
     ctx: typer.Context,
-    backbone: Annotated[str, typer.Argument(help="Backbone name or alias (`zoo list`).")],
+    backbone: BackboneArgument,
     data: DataArgument,
     trials: Annotated[int, typer.Option(help="Trials to run (more trials of a resumed study).")] = 30,
     timeout: Annotated[float | None, typer.Option(help="Stop starting trials after this many seconds.")] = None,
