@@ -34,8 +34,18 @@ def _weights(tmp_path):
 
 
 def _run(tmp_path, data, name, **extra):
-    options = {"epochs": 2, "batch_size": 8, "workers": 0, "policy": "feature-extract", "weights": _weights(tmp_path),
-               "cache_engine": "onnxruntime", "out": str(tmp_path / "runs"), "name": name, "report": False, **extra}
+    options = {
+        "epochs": 2,
+        "batch_size": 8,
+        "workers": 0,
+        "policy": "feature-extract",
+        "weights": _weights(tmp_path),
+        "cache_engine": "onnxruntime",
+        "out": str(tmp_path / "runs"),
+        "name": name,
+        "report": False,
+        **extra,
+    }
     return finetune("tiny", data, **options)  # fmt: skip
 
 
@@ -102,7 +112,7 @@ def test_a_stored_prefix_that_disagrees_with_torch_is_dropped(tmp_path, tiny_reg
     _run(tmp_path, make_images(tmp_path / "a", per_class=10, seed=1), "a")
     (prefix,) = _cache_files("prefix")
     torch.manual_seed(5)
-    other = build_tiny(tiny_spec(), num_classes=2).eval()  # another model's prefix under this model's key: its output differs
+    other = build_tiny(tiny_spec(), num_classes=2).eval()  # another prefix under this key: its output differs
     from zoo.catalogue.registry import get_registry
     from zoo.model.cut import cut_at
 
