@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 
@@ -335,3 +336,24 @@ def test_a_model_over_2_gb_keeps_its_weights_beside_the_file(run, tmp_path, monk
     assert Predictor(tmp_path / "big.onnx").predict([image])[0]["top"][0]["label"] in ("cats", "dogs")
     assert export(result.run_dir, tmp_path / "big.onnx").passed  # its own files: overwritten, not refused
     assert verify(tmp_path / "big.onnx", result.run_dir).passed
+
+
+def test_a_second_export_to_the_same_file_stops_while_the_first_writes(run, tmp_path):
+    """Two concurrent exports to one -o must not both say "verified" while the last writer wins."""
+    import fcntl
+
+    result, _, _ = run
+    output = tmp_path / "m.onnx"
+    lock = tmp_path / ".m.onnx.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    os.write(fd, b"pid 12345")
+    fcntl.flock(fd, fcntl.LOCK_EX)  # an export in progress
+    try:
+        busy = runner.invoke(app, ["export", str(result.run_dir), "-o", str(output)])
+    finally:
+        os.close(fd)
+    assert busy.exit_code != 0 and "another zoo export is writing it (pid 12345)" in busy.output
+    assert not output.exists()
+    done = runner.invoke(app, ["export", str(result.run_dir), "-o", str(output)])  # the lock released: it goes on
+    assert done.exit_code == 0, done.output
+    assert output.exists() and not lock.exists()

@@ -15,6 +15,7 @@ The options are `zoo.export.options.ExportOptions`, taken as it or as keyword ar
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -28,7 +29,7 @@ import torch
 from zoo.catalogue.backbone import Backbone, Preprocess
 from zoo.core import atomic
 from zoo.core.check import compare_outputs
-from zoo.core.errors import ExportError, UsageError
+from zoo.core.errors import ExportError, RunLocked, UsageError
 from zoo.core.interrupts import stops_as_interrupted
 from zoo.data.check_images import load_sample_inputs
 from zoo.data.images import decode_size
@@ -227,8 +228,44 @@ def export(
     check_output(output, o.mkdir)
     before = _stamps(output, o)
     # SIGTERM as Ctrl-C: the `finally`s of the export remove the temporary files
-    with stops_as_interrupted(lambda name: f"interrupted ({name}); {_what_was_written(before, output, o)}"):
+    with (
+        one_writer(output),
+        stops_as_interrupted(lambda name: f"interrupted ({name}); {_what_was_written(before, output, o)}"),
+    ):
         return _export(source, output, o)
+
+
+@contextlib.contextmanager
+def one_writer(output: Path):
+    """One export at a time to `output` (and its INT8, fp16 and report files): a second one, while the first runs,
+    stops with one line instead of both reporting "verified" and the last writer silently winning. flock on
+    `.NAME.lock` beside it, released (and removed) when the export ends, or by the system if the process dies."""
+    import fcntl
+
+    lock = output.with_name(f".{output.name}.lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 300).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise RunLocked(
+                f"{output}: another zoo export is writing it ({holder}); wait for it to finish or choose another -o"
+            ) from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock).st_ino:  # still the file at that path: not one a finishing
+                break  # export has just removed
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()}".encode())
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def _stamps(output: Path, o: ExportOptions) -> dict[Path, int | None]:
