@@ -79,3 +79,25 @@ def test_sigterm_during_int8_keeps_the_verified_model_only(trained, tmp_path):
     assert line.endswith(f"written whole and verified: {out / 'm.onnx'}; not written: {out / 'm.int8.onnx'}"), line
     assert sorted(p.name for p in out.iterdir()) == ["m.json", "m.onnx"]  # fp32 verified and whole; no INT8, no temp
     assert list(tmp.glob("tmp*")) == []  # tempfile's folders (torch keeps its caches there too)
+
+
+def test_sigterm_during_zoo_import_leaves_nothing_imported(tmp_path):
+    """`zoo import` handles SIGTERM like Ctrl-C: the staged copy goes and the registry is untouched."""
+    from pathlib import Path
+
+    mnist = Path(__file__).resolve().parents[2] / "shared" / "models" / "mnist-8.onnx"
+    if not mnist.is_file():
+        pytest.skip(f"{mnist} is not here")
+    home = tmp_path / "home"
+    env = dict(os.environ, ZOO_HOME=str(home))
+    cmd = [sys.executable, "-m", "zoo", "import", str(mnist), "--name", "digits", "--std", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list((home / "onnx").glob("tmp*/files/*.onnx")):
+        time.sleep(0.002)
+    assert proc.poll() is None, f"the import ended before its staged copy appeared: {proc.communicate()}"
+    code, err = _stop(proc)
+    assert _check_stopped(code, err).endswith("; nothing was imported")
+    assert list((home / "onnx").glob("tmp*")) == []
+    registry = home / "registry.toml"
+    assert not registry.exists() or "digits" not in registry.read_text()

@@ -9,6 +9,7 @@ import typer
 
 from zoo.cli.render import check_table, count, note, out, print_json, print_table
 from zoo.core.errors import ConversionMismatch, UsageError
+from zoo.core.interrupts import stops_as_interrupted
 
 
 def import_(
@@ -31,21 +32,25 @@ def import_(
     from zoo_onnx.importer import import_entry, import_file
 
     is_file = source.endswith(".onnx") or Path(source).exists()
-    try:
-        if is_file:
-            if not name:
-                raise UsageError(f"{source}: pass --name NAME for the new backbone")
-            report = import_file(
-                source, name, mean, std, input_size, layout, labels, check_data, force, replace, description
-            )
-        else:
-            if any(v is not None for v in (name, mean, std, input_size, layout, labels, description)):
-                raise UsageError(f"{source}: a registry entry's settings live in registry.toml; options are for files")
-            report = import_entry(source, check_data, force)
-    except ConversionMismatch as exc:
-        if exc.report is not None and not as_json:
-            _table(exc.report, stderr=True)
-        raise
+    # SIGTERM as Ctrl-C: the download's partial file and the staged copy are removed, the registry is untouched
+    with stops_as_interrupted(lambda signal: f"interrupted ({signal}); nothing was imported"):
+        try:
+            if is_file:
+                if not name:
+                    raise UsageError(f"{source}: pass --name NAME for the new backbone")
+                report = import_file(
+                    source, name, mean, std, input_size, layout, labels, check_data, force, replace, description
+                )
+            else:
+                if any(v is not None for v in (name, mean, std, input_size, layout, labels, description)):
+                    raise UsageError(
+                        f"{source}: a registry entry's settings live in registry.toml; options are for files"
+                    )
+                report = import_entry(source, check_data, force)
+        except ConversionMismatch as exc:
+            if exc.report is not None and not as_json:
+                _table(exc.report, stderr=True)
+            raise
     if as_json:
         print_json(report.to_dict())
         return
