@@ -378,3 +378,44 @@ def test_docs_give_the_defaults_of_the_options():
     assert len(rows) >= 6
     for flag, value in rows:
         assert float(value) == defaults[flag], f"docs/serve.md says --{flag} {value}, the code {defaults[flag]}"
+
+
+def test_clients_that_trickle_their_body_hold_no_place_and_time_out(model, images):
+    """More slow uploads than --max-queue: a whole request still gets its answer, and each slow one a 408."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    flags = ["--port", str(port), "--max-queue", "2", "--body-timeout", "1.5"]
+    zoo = [sys.executable, "-c", "from zoo.cli import main; main()", "serve", str(model), *flags]
+    proc = subprocess.Popen(zoo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    body = images[0].read_bytes()
+    slow = []
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()
+        started = time.time()
+        for _ in range(5):  # headers, then a trickle of the body that never completes in time
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                      b"Content-Length: 100000\r\n\r\n--b\r\n")  # fmt: skip
+            slow.append(s)
+        time.sleep(0.3)
+        whole = httpx.post(f"{url}/predict", files={"file": ("a.jpg", body)}, timeout=30)
+        assert whole.status_code == 200, whole.text  # (before: 503, every place held by a slow upload)
+        for s in slow:
+            s.settimeout(30)
+            answer = ""
+            while not answer.endswith("}") and (chunk := s.recv(4096)):  # the head, then the JSON body
+                answer += chunk.decode(errors="replace")
+            assert answer.startswith("HTTP/1.1 408"), answer[:200]
+            assert "--body-timeout" in answer
+        assert time.time() - started < 20
+    finally:
+        for s in slow:
+            s.close()
+        proc.kill()
+        proc.wait()

@@ -51,6 +51,7 @@ from zoo.serve.inputs import MAX_IMAGES, Tensor, decode_image, infer_request
 from zoo.serve.options import ServeOptions
 
 RETRY_AFTER_S = 1  # what a refused client is told to wait: the queue turns over in well under a second
+RECEIVING_FACTOR = 4  # request bodies arriving at once, per place of --max-queue
 SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # histogram buckets
 
 
@@ -201,6 +202,7 @@ class _Service:
         self.image_shape = (info.preprocess.channels, *info.preprocess.input_size)
         self.labels, self.multi = list(info.labels), info.multi_label
         self.in_flight, self.is_ready = 0, False
+        self.receiving = 0  # request bodies still arriving
         self.batcher = Batcher(predictor.logits, options.max_batch_size, options.max_queue_delay_ms / 1000)
         self.metrics = Metrics(self.batcher, lambda: self.in_flight)
         self.batcher.on_batch = self.metrics.batch
@@ -245,6 +247,26 @@ class _Service:
         finally:
             self.in_flight -= 1
 
+    async def received(self, read):
+        """The request body read by `read` (a coroutine), within --body-timeout (408 beyond). A body that is still
+        arriving is not in flight; at most RECEIVING_FACTOR x --max-queue of them at once (503 beyond), so slow
+        clients hold neither the admitted places nor unbounded memory."""
+        if self.receiving >= RECEIVING_FACTOR * self.options.max_queue:
+            read.close()
+            raise HTTPException(
+                503, f"busy: {self.receiving} request bodies arriving; retry later",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )  # fmt: skip
+        self.receiving += 1
+        try:
+            return await asyncio.wait_for(read, self.options.body_timeout)
+        except TimeoutError:
+            raise HTTPException(
+                408, f"the request body did not arrive within {self.options.body_timeout:g} s (--body-timeout)"
+            ) from None
+        finally:
+            self.receiving -= 1
+
     async def in_thread(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.decoder, fn, *args)
 
@@ -285,8 +307,8 @@ class _Service:
         self.check_model(request)
         if "inference-header-content-length" in request.headers:
             raise HTTPException(400, "the binary tensor extension is not supported: send the tensor as JSON data")
+        body = await self.received(request.body())
         with self.admitted():
-            body = await request.body()
             request_id, batch = await self.in_thread(
                 infer_request, body, self.model_input, self.model_output, self.image_shape
             )
@@ -304,8 +326,8 @@ class _Service:
         top_k = request.query_params.get("top_k", str(DEFAULT_TOP_K))
         if not top_k.isdigit() or int(top_k) < 1:
             raise HTTPException(400, f"top_k {top_k!r}: a whole number >= 1")
+        names, datas = await self.received(_uploads(request))
         with self.admitted():
-            names, datas = await _uploads(request)
             arrays = await asyncio.gather(
                 *(
                     self.in_thread(decode_image, d, n, self.info, self.options.max_image_pixels)

@@ -30,8 +30,13 @@ class ServeOptions:
     )
     max_queue: int = option(
         64,
-        "Most requests admitted at once (receiving, decoding, waiting for a batch, running); one more gets 503 "
-        "with Retry-After.",
+        "Most requests admitted at once (decoding, waiting for a batch, running: a request counts once its body "
+        "has arrived); one more gets 503 with Retry-After. Bodies still arriving: at most 4x as many.",
+    )
+    body_timeout: float = option(
+        10.0,
+        "Seconds a client may take to send its request body (408 beyond): a client that trickles its upload holds "
+        "no place among the requests admitted.",
     )
     max_request_mb: float = option(32.0, "Largest request body, in MB (413 beyond).")
     max_image_pixels: int = option(
@@ -72,6 +77,7 @@ class ServeOptions:
             ("max-queue-delay-ms", self.max_queue_delay_ms),
             ("max-request-mb", self.max_request_mb),
             ("shutdown-timeout", self.shutdown_timeout),
+            ("body-timeout", self.body_timeout),
         ):
             if not math.isfinite(value):  # inf or nan would wait forever or compare false everywhere
                 raise UsageError(f"--{flag} {value}: must be a finite number")
@@ -85,6 +91,8 @@ class ServeOptions:
             )
         if self.shutdown_timeout < 0:
             raise UsageError(f"--shutdown-timeout {self.shutdown_timeout}: must be >= 0")
+        if self.body_timeout <= 0:
+            raise UsageError(f"--body-timeout {self.body_timeout}: must be > 0")
 
     @property
     def onnxruntime_threads(self) -> int:
