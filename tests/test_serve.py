@@ -133,6 +133,8 @@ def half_jpeg() -> bytes:
 
 IMAGE = np.zeros((1, 3, 32, 32), np.float32)
 HALF_JPEG = half_jpeg()
+BINARY_HEAD = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32],
+                                      "parameters": {"binary_data_size": 8}}]}).encode()  # fmt: skip
 BAD = [
     # (what, request kwargs for client.post, path, status, words in the error)
     ("malformed JSON", {"content": b'{"inputs": [}'}, "/v2/models/tiny/infer", 400, "malformed JSON"),
@@ -172,8 +174,11 @@ BAD = [
      "/predict", 400, ""),
     ("top_k 0", {"files": [("file", ("a.png", png_header(8, 8), "image/png"))], "params": {"top_k": "0"}},
      "/predict", 400, "top_k"),
-    ("binary tensors", {"content": b'{"inputs": []}\0\0', "headers": {"Inference-Header-Content-Length": "14"}},
-     "/v2/models/tiny/infer", 400, "binary tensor extension"),
+    ("binary data size", {"content": BINARY_HEAD + b"\0" * 8,
+                          "headers": {"Inference-Header-Content-Length": str(len(BINARY_HEAD))}},
+     "/v2/models/tiny/infer", 400, "bytes for FP32 shape"),
+    ("binary header length", {"content": b"{}", "headers": {"Inference-Header-Content-Length": "50"}},
+     "/v2/models/tiny/infer", 400, "the body has 2 bytes"),
     ("unknown model", {"json": infer_body(IMAGE)}, "/v2/models/nope/infer", 404, "unknown model"),
     ("unknown endpoint", {"json": {}}, "/v1/models/tiny:predict", 404, "no such endpoint"),
 ]  # fmt: skip
@@ -417,5 +422,38 @@ def test_clients_that_trickle_their_body_hold_no_place_and_time_out(model, image
     finally:
         for s in slow:
             s.close()
+        proc.kill()
+        proc.wait()
+
+
+def test_tritonclient_with_its_defaults_binary_tensors_and_the_model_config(model, images):
+    """Triton's own HTTP client, as a user calls it: binary tensor data both ways (its default), and
+    get_model_config; the logits are those of the JSON form."""
+    import tritonclient.http as triton
+
+    port = _free_port()
+    zoo = [sys.executable, "-c", "from zoo.cli import main; main()", "serve", str(model), "--port", str(port)]
+    proc = subprocess.Popen(zoo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        for _ in range(300):
+            try:
+                if client.is_server_ready():
+                    break
+            except Exception:
+                time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()
+        assert set(client.get_server_metadata()["extensions"]) >= {"binary_tensor_data", "model_configuration"}
+        config = client.get_model_config("tiny")
+        assert config["input"][0]["dims"] == [3, 32, 32] and config["output"][0]["dims"] == [2]
+        x = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
+        tensor = triton.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)  # binary_data=True: the binary tensor data extension
+        binary = client.infer("tiny", [tensor]).as_numpy("logits")
+        wanted = client.infer("tiny", [tensor], outputs=[triton.InferRequestedOutput("logits")]).as_numpy("logits")
+        as_json = httpx.post(f"http://127.0.0.1:{port}/v2/models/tiny/infer", json=infer_body(x)).json()
+        expected = np.asarray(as_json["outputs"][0]["data"], np.float32).reshape(3, 2)
+        assert binary.shape == (3, 2) and np.array_equal(binary, expected) and np.array_equal(wanted, expected)
+    finally:
         proc.kill()
         proc.wait()

@@ -34,8 +34,8 @@ except ModuleNotFoundError as exc:
 
 import asyncio
 import contextlib
+import json
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -48,93 +48,12 @@ from zoo.runtime.predictions import probabilities, results
 from zoo.runtime.predictor import Predictor
 from zoo.serve.batcher import Batcher, BatcherStopped
 from zoo.serve.inputs import MAX_IMAGES, Tensor, decode_image, infer_request
+from zoo.serve.middleware import CountRequests, LimitBody, Metrics
 from zoo.serve.options import ServeOptions
 
 RETRY_AFTER_S = 1  # what a refused client is told to wait: the queue turns over in well under a second
+EXTENSIONS = ("binary_tensor_data", "model_configuration")  # of the Open Inference Protocol, as Triton names them
 RECEIVING_FACTOR = 4  # request bodies arriving at once, per place of --max-queue
-SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # histogram buckets
-
-
-class Metrics:
-    """The server's Prometheus metrics, in a registry of its own (a process may build many apps)."""
-
-    def __init__(self, batcher: Batcher, in_flight) -> None:
-        self.registry = prom.CollectorRegistry()
-        r = self.registry
-        self.requests = prom.Counter("zoo_serve_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
-        self.latency = prom.Histogram(
-            "zoo_serve_request_duration_seconds", "Time to answer a request", ["endpoint"], buckets=SECONDS, registry=r
-        )
-        self.batch_size = prom.Histogram(
-            "zoo_serve_batch_size", "Images per model call", buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r
-        )
-        self.inference = prom.Histogram(
-            "zoo_serve_inference_duration_seconds", "Time of one model call", buckets=SECONDS, registry=r
-        )
-        prom.Gauge("zoo_serve_queue_depth", "Images waiting for a model call", registry=r).set_function(
-            lambda: batcher.depth
-        )
-        prom.Gauge("zoo_serve_requests_in_flight", "Requests admitted and not yet answered", registry=r).set_function(
-            in_flight
-        )
-
-    def batch(self, size: int, seconds: float) -> None:
-        self.batch_size.observe(size)
-        self.inference.observe(seconds)
-
-
-class _Count:
-    """ASGI middleware: every request counted by endpoint (its route's path) and status, and timed."""
-
-    def __init__(self, app, metrics: Metrics) -> None:
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), 500  # 500: an exception escaped before a response began
-
-        async def send_status(message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = scope.get("route")
-            endpoint = route.path if route is not None else "other"
-            self.metrics.requests.labels(endpoint, str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-
-
-class _LimitBody:
-    """ASGI middleware: a request body over `max_bytes` (declared or as it arrives) is a 413 before it is read."""
-
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        received = 0
-        too_large = HTTPException(
-            413, f"the request body is over this server's limit of {self.max_bytes / 2**20:g} MB (--max-request-mb)"
-        )
-
-        async def limited() -> dict:
-            nonlocal received
-            if declared.isdigit() and int(declared) > self.max_bytes:
-                raise too_large
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise too_large
-            return message
-
-        await self.app(scope, limited, send)
 
 
 def _error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -174,8 +93,8 @@ def create_app(predictor: Predictor, options: ServeOptions | None = None) -> Sta
     app = Starlette(
         routes=service.routes(),
         middleware=[
-            Middleware(_Count, metrics=service.metrics),
-            Middleware(_LimitBody, max_bytes=options.max_request_bytes),
+            Middleware(CountRequests, metrics=service.metrics),
+            Middleware(LimitBody, max_bytes=options.max_request_bytes),
         ],
         exception_handlers={
             HTTPException: _http_error,
@@ -215,6 +134,7 @@ class _Service:
             Route("/v2/health/ready", self.ready),
             Route("/v2/models/{model}", self.model_metadata),
             Route("/v2/models/{model}/ready", self.model_ready),
+            Route("/v2/models/{model}/config", self.model_config),
             Route("/v2/models/{model}/infer", self.infer, methods=["POST"]),
             Route("/predict", self.predict, methods=["POST"]),
             Route("/metrics", self.metrics_page),
@@ -284,7 +204,7 @@ class _Service:
     # the Open Inference Protocol (KServe v2)
 
     async def server_metadata(self, request: Request) -> Response:
-        return JSONResponse({"name": "zoo", "version": __version__, "extensions": []})
+        return JSONResponse({"name": "zoo", "version": __version__, "extensions": list(EXTENSIONS)})
 
     async def live(self, request: Request) -> Response:
         return JSONResponse({"live": True})
@@ -299,25 +219,46 @@ class _Service:
             "inputs": [self.model_input.to_dict()], "outputs": [self.model_output.to_dict()],
         })  # fmt: skip
 
+    async def model_config(self, request: Request) -> Response:
+        """The model configuration extension, as Triton's model config (what `get_model_config` reads)."""
+        self.check_model(request)
+
+        def tensor(t: Tensor, dims) -> dict:
+            return {"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": list(dims)}
+
+        return JSONResponse({
+            "name": self.name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
+            "max_batch_size": MAX_IMAGES, "input": [{**tensor(self.model_input, self.image_shape),
+                                                     "format": "FORMAT_NCHW"}],
+            "output": [tensor(self.model_output, self.model_output.shape[1:])],
+        })  # fmt: skip
+
     async def model_ready(self, request: Request) -> Response:
         self.check_model(request)
         return JSONResponse({"name": self.name, "ready": self.is_ready}, status_code=200 if self.is_ready else 503)
 
     async def infer(self, request: Request) -> Response:
         self.check_model(request)
-        if "inference-header-content-length" in request.headers:
-            raise HTTPException(400, "the binary tensor extension is not supported: send the tensor as JSON data")
+        header = request.headers.get("inference-header-content-length")
+        if header is not None and not header.isdigit():
+            raise HTTPException(400, f"Inference-Header-Content-Length {header!r}: a whole number of bytes")
         body = await self.received(request.body())
         with self.admitted():
-            request_id, batch = await self.in_thread(
-                infer_request, body, self.model_input, self.model_output, self.image_shape
-            )
+            request_id, batch, binary = await self.in_thread(
+                infer_request, body, self.model_input, self.model_output, self.image_shape,
+                int(header) if header is not None else None,
+            )  # fmt: skip
             logits = await self.run_model(list(batch))
         answer = {"model_name": self.name, "model_version": "1"}
         if request_id is not None:
             answer["id"] = request_id
         output = {"name": self.model_output.name, "datatype": "FP32", "shape": list(logits.shape)}
-        return JSONResponse({**answer, "outputs": [{**output, "data": logits.ravel().tolist()}]})
+        if not binary:
+            return JSONResponse({**answer, "outputs": [{**output, "data": logits.ravel().tolist()}]})
+        data = np.ascontiguousarray(logits, dtype="<f4").tobytes()  # the binary tensor data extension
+        head = json.dumps({**answer, "outputs": [{**output, "parameters": {"binary_data_size": len(data)}}]}).encode()
+        return Response(head + data, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(len(head))})  # fmt: skip
 
     # zoo's own
 

@@ -68,12 +68,21 @@ def decode_image(data: bytes, name: str, info: ModelMetadata, max_pixels: int) -
         raise HTTPException(400, f"{name}: cannot decode it ({type(exc).__name__}: {str(exc)[:160]})") from None
 
 
-def infer_request(body: bytes, model_input: Tensor, model_output: Tensor, image_shape: tuple[int, ...]):
-    """An Open Inference Protocol infer request: (its id or None, the input batch as (N, C, H, W) float32).
+def infer_request(body: bytes, model_input: Tensor, model_output: Tensor, image_shape: tuple[int, ...],
+                  header_length: int | None = None):  # fmt: skip
+    """An Open Inference Protocol infer request: (its id or None, the input batch as (N, C, H, W) float32, whether
+    the output goes back as binary data).
 
     One input, named as the model's, FP32, shaped [N, *image_shape] with 1 <= N <= MAX_IMAGES; `data` flat
-    (row-major) or nested; every value finite. Anything else is a 400 naming what is wrong.
+    (row-major) or nested, or, with the binary tensor data extension (`header_length`: the request's
+    Inference-Header-Content-Length), `binary_data_size` little-endian float32 bytes after the JSON; every value
+    finite. Anything else is a 400 naming what is wrong.
     """
+    binary = b""
+    if header_length is not None:
+        if not 0 < header_length <= len(body):
+            raise HTTPException(400, f"Inference-Header-Content-Length {header_length}: the body has {len(body)} bytes")
+        body, binary = body[:header_length], body[header_length:]
     try:
         request = json.loads(body)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -101,13 +110,13 @@ def infer_request(body: bytes, model_input: Tensor, model_output: Tensor, image_
     for out in request.get("outputs") or []:
         if not isinstance(out, dict) or out.get("name") != model_output.name:
             raise HTTPException(400, f"requested output {out!r}: this model's output is '{model_output.name}'")
-    try:
-        raw = np.asarray(tensor.get("data"))
-    except (ValueError, TypeError) as exc:
-        raise HTTPException(400, f"input data: not a list of numbers of one shape ({str(exc)[:120]})") from None
-    if raw.dtype.kind not in "iuf":  # strings, booleans or nulls would be cast silently: FP32 data is numbers
-        held = {"U": "strings", "b": "booleans"}.get(raw.dtype.kind, "nulls or mixed values")
-        raise HTTPException(400, f"input data: not a list of numbers of one shape (it holds {held})")
+    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        raw = _binary_input(binary, size, shape)
+    elif binary:
+        raise HTTPException(400, "binary data after the JSON, but the input has no 'binary_data_size' parameter")
+    else:
+        raw = _json_input(tensor)
     array = raw.astype(np.float32)
     if array.size != math.prod(shape):
         raise HTTPException(400, f"input data: {array.size} values for shape {shape} ({math.prod(shape)} needed)")
@@ -116,4 +125,33 @@ def infer_request(body: bytes, model_input: Tensor, model_output: Tensor, image_
     request_id = request.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise HTTPException(400, f"'id' {request_id!r}: must be a string")
-    return request_id, array.reshape(shape)
+    return request_id, array.reshape(shape), _binary_output(request)
+
+
+def _binary_input(binary: bytes, size, shape: list[int]) -> np.ndarray:
+    if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
+        raise HTTPException(400, f"binary_data_size {size!r}: {len(binary)} bytes follow the JSON")
+    if size != 4 * math.prod(shape):
+        raise HTTPException(400, f"input data: {size} bytes for FP32 shape {shape} ({4 * math.prod(shape)} needed)")
+    return np.frombuffer(binary, dtype="<f4")
+
+
+def _binary_output(request: dict) -> bool:
+    """Whether the output is asked for as binary data: its own `binary_data`, else the request's
+    `binary_data_output` (the binary tensor data extension)."""
+    wanted = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    for out in request.get("outputs") or []:
+        if "binary_data" in (out.get("parameters") or {}):
+            wanted = bool(out["parameters"]["binary_data"])
+    return wanted
+
+
+def _json_input(tensor: dict) -> np.ndarray:
+    try:
+        raw = np.asarray(tensor.get("data"))
+    except (ValueError, TypeError) as exc:
+        raise HTTPException(400, f"input data: not a list of numbers of one shape ({str(exc)[:120]})") from None
+    if raw.dtype.kind not in "iuf":  # strings, booleans or nulls would be cast silently: FP32 data is numbers
+        held = {"U": "strings", "b": "booleans"}.get(raw.dtype.kind, "nulls or mixed values")
+        raise HTTPException(400, f"input data: not a list of numbers of one shape (it holds {held})")
+    return raw
