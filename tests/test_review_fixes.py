@@ -74,11 +74,11 @@ def test_optimizer_defaults_are_one_table():
     from zoo.training.optim import base_lr, weight_decay
 
     assert OPTIMIZERS == tuple(OPTIMIZER_DEFAULTS) == ("adamw", "sgd")
-    assert base_lr(None, "adamw", head_only=True) == 1e-3 and base_lr(None, "adamw", head_only=False) == 3e-4
+    assert base_lr(None, "adamw", head_only=True) == 1e-2 and base_lr(None, "adamw", head_only=False) == 3e-4
     assert base_lr(None, "sgd", head_only=True) == base_lr(None, "sgd", head_only=False) == 1e-2
     assert base_lr(0.5, "sgd", head_only=True) == 0.5
     assert weight_decay(None, "adamw") == 0.05 and weight_decay(None, "sgd") == 1e-4 and weight_decay(0, "sgd") == 0
-    assert "[default: 0.001 (adamw) or 0.01 (sgd) when only the head trains, else 0.0003 or 0.01]" in _help("lr")
+    assert "[default: 0.01 (adamw) or 0.01 (sgd) when only the head trains, else 0.0003 or 0.01]" in _help("lr")
     assert "[default: 0.05 (adamw) or 0.0001 (sgd)]" in _help("weight_decay")
 
 
