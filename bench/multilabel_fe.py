@@ -126,8 +126,9 @@ def render(record: dict) -> str:
     ]
     for r in record["rows"]:
         z, old, p = r["zoo"], r["zoo_lr_1e-3"], r["probe"]
+        gap = 100 * (z["val_map"] - p["val_map"])
         lines.append(f"| {r['seed']} | {z['val_map']:.4f} | {z['best_epoch']} of {z['epochs']} | "
-                     f"{old['val_map']:.4f} | {p['val_map']:.4f} | {100 * (z['val_map'] - p['val_map']):+.2f} |")  # fmt: skip
+                     f"{old['val_map']:.4f} | {p['val_map']:.4f} | {gap:+.2f} |")  # fmt: skip
     gap = statistics.mean(r["zoo"]["val_map"] - r["probe"]["val_map"] for r in record["rows"])
     old = statistics.mean(r["zoo_lr_1e-3"]["val_map"] - r["probe"]["val_map"] for r in record["rows"])
     lines += ["", f"Mean gap to the probe: {100 * gap:+.2f} points of val mAP with the defaults, {100 * old:+.2f} "
