@@ -106,8 +106,12 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
             manifest = mosaics(Path(tmp) / f"data{seed}", seed=seed)
-            row = {"seed": seed, "zoo": zoo_run(manifest, Path(tmp) / "runs", seed),
-                   "zoo_lr_1e-3": zoo_run(manifest, Path(tmp) / "runs", seed, lr=1e-3), "probe": probe(manifest)}
+            row = {
+                "seed": seed,
+                "zoo": zoo_run(manifest, Path(tmp) / "runs", seed),
+                "zoo_lr_1e-3": zoo_run(manifest, Path(tmp) / "runs", seed, lr=1e-3),
+                "probe": probe(manifest),
+            }
             rows.append(row)
             print(row, file=sys.stderr, flush=True)
     record = {"date": time.strftime("%Y-%m-%d"), "rows": rows}
