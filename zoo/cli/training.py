@@ -89,6 +89,10 @@ def finetune(
     if as_json:
         print_json(result.summary | {"run_dir": str(result.run_dir)})
         return
+    if result.summary.get("status") == "written-on-another-node":  # (zoo.training.launch.ELSEWHERE)
+        out(("done", "bold"), ": this node's workers finished; the run folder is on the node that ran global rank 0 "
+            "(with --rdzv-endpoint, the rendezvous picks it; --node-rank 0 with --master-addr chooses it)")  # fmt: skip
+        return
     if not shown:  # (a distributed run's events stay in its processes)
         figures = {"best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch}
         show_result({**result.summary, **figures, "epochs_run": result.epochs_run}, result.run_dir)

@@ -77,7 +77,16 @@ def _launch_new(cfg: TrainConfig, launch: LaunchConfig) -> FinetuneResult:
     finally:
         if launch.node_rank != 0:
             shutil.rmtree(run_dir, ignore_errors=True)
+    if launch.nnodes > 1 and not (run_dir / "summary.json").is_file():
+        # with a c10d rendezvous every node starts as node 0 and the rendezvous decides which one hosts global rank
+        # 0: the one that writes the run folder. This node did not; its empty candidate folder goes.
+        if launch.node_rank == 0:
+            discard_if_unstarted(run_dir)
+        return FinetuneResult(run_dir, 0.0, 0, 0, [], [], {"status": ELSEWHERE})
     return FinetuneResult.from_run_dir(run_dir)
+
+
+ELSEWHERE = "written-on-another-node"  # the summary of a node whose workers did not include global rank 0
 
 
 def _launch_resume(run_dir: Path, launch: LaunchConfig, overrides: dict[str, Any]) -> FinetuneResult:
