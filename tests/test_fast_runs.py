@@ -259,3 +259,11 @@ def test_feature_extraction_imports_neither_torchvision_nor_matplotlib_and_times
                     "plots": ["confusion_matrix.png", "curves.png", "predictions.png"]}  # fmt: skip
     phases = {r["phase"] for r in json.loads(timings.read_text())["phases"]}
     assert {"registry", "scan", "model", "cache", "train", "evaluate", "files", "plots", "report"} <= phases
+
+
+def test_another_seed_on_fixed_splits_reads_the_same_activations(tmp_path, tiny_registry, monkeypatch):
+    """train/ and val/ folders fix the split: a run with another seed computes no activations."""
+    data = make_images(tmp_path / "data", per_class=10, layout="train/val")
+    _run(tmp_path, data, "seed0", seed=0)
+    monkeypatch.setattr("zoo.training.cache.compute_cache", lambda *a, **k: pytest.fail("computed again"))
+    assert _run(tmp_path, data, "seed1", seed=1).summary["cache"]["stored"] is True

@@ -90,9 +90,11 @@ def stores_for(setup) -> tuple[PrefixStore, ActivationStore] | None:
     prefix = {"backbone": choice.spec.name, "groups": groups, "weights": weights, "preprocess": choice.pre.to_dict(),
               "input": setup.loaders.train_size, "channels_last": setup.channels_last, "torch": torch.__version__,
               "onnxruntime": onnxruntime.__version__}  # fmt: skip
+    augmented = bool(cfg.cache_augmented) and setup.augment != "none"  # only augmented copies depend on the seed
     activations = {**prefix, "engine": cfg.cache_engine, "device": setup.device.type,
                    "decode": setup.loaders.short_side, "classes": setup.classes,
-                   "multi_label": setup.data.task.multi_label, "seed": cfg.seed, "augment": setup.augment}  # fmt: skip
+                   "multi_label": setup.data.task.multi_label, "seed": cfg.seed if augmented else None,
+                   "augment": setup.augment}  # fmt: skip
     return PrefixStore(prefix), ActivationStore(activations)
 
 
