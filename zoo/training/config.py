@@ -66,7 +66,9 @@ class TrainConfig:
                                      "[default: detected].")  # fmt: skip
     label_column: str | None = option(None, "Manifest: the column of labels [default: detected].")
     split_column: str | None = option(
-        None, "Manifest: the column of train/val/test [default: detected; without one, --val-fraction splits]."
+        None,
+        "Manifest: the column of train/val/test [default: detected; without one, the rows are split into train "
+        "and val].",
     )
     label_sep: str | None = option(
         None, "Manifest: what separates several labels in one cell [default: detected: | ; , or whitespace]."
