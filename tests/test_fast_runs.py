@@ -267,3 +267,20 @@ def test_another_seed_on_fixed_splits_reads_the_same_activations(tmp_path, tiny_
     _run(tmp_path, data, "seed0", seed=0)
     monkeypatch.setattr("zoo.training.cache.compute_cache", lambda *a, **k: pytest.fail("computed again"))
     assert _run(tmp_path, data, "seed1", seed=1).summary["cache"]["stored"] is True
+
+
+def test_a_batch_of_evaluation_transforms_in_threads_equals_one_by_one(tmp_path):
+    from zoo.training.loaders import EvalTransform, ImageDataset, build_transform
+
+    data = make_images(tmp_path / "data", per_class=6, size=70)
+    split = load(data)
+    pre = tiny_spec().preprocess
+    dataset = ImageDataset(split.train + split.val, EvalTransform(pre), {}, 48)
+    batch = dataset.__getitems__(list(range(len(dataset))))
+    assert all(torch.equal(a[0], dataset[i][0]) and a[1] == dataset[i][1] for i, a in enumerate(batch))
+    augmented = ImageDataset(split.train, build_transform(pre, "light"), {}, 48)
+    torch.manual_seed(3)
+    first = [x for x, _ in augmented.__getitems__([0, 1, 2])]
+    torch.manual_seed(3)
+    again = [augmented[i][0] for i in (0, 1, 2)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # random draws in the same order
