@@ -23,8 +23,11 @@ def pytest_unconfigure(config):
 
 @pytest.fixture(autouse=True)
 def _isolated_homes(tmp_path_factory, monkeypatch):
-    """No test reads or writes the user's zoo home, torch cache or Hugging Face cache."""
+    """No test reads or writes the user's zoo home, torch cache or Hugging Face cache, nor goes through the user's
+    mirrors (a test that wants one sets it)."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("ZOO_HOME", str(home / "zoo"))
     monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hf-hub"))
+    for name in ("ZOO_MIRROR", "HF_ENDPOINT", "HF_HUB_OFFLINE", "ZOO_TIMINGS"):
+        monkeypatch.delenv(name, raising=False)
