@@ -100,15 +100,17 @@ def test_auto_scans_the_data_and_builds_the_model_once(tmp_path, use_registry, m
     torch.save(build_tiny(None).state_dict(), path)
     spec = tiny_spec(weights=(Weights("w", path.as_uri(), sha256=sha256_of(path)),), default_weights="w")
     use_registry(("p", plugin_module("p", spec)))
+    import zoo.model.build
+
     counts = {"load": 0, "create_model": 0}
-    for name in counts:
-        original = getattr(zoo.training.setup, name)
+    for name, module in (("load", zoo.training.setup), ("create_model", zoo.model.build)):
+        original = getattr(module, name)
 
         def spy(*args, _original=original, _name=name, **kwargs):
             counts[_name] += 1
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(zoo.training.setup, name, spy)
+        monkeypatch.setattr(module, name, spy)
     data = make_images(tmp_path / "data", per_class=8)
     result = finetune("tiny", data, policy="auto", epochs=1, workers=0, out=str(tmp_path / "runs"))
     assert result.summary["auto"]["policy"] == result.summary["policy"]["name"]
