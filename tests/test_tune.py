@@ -168,6 +168,42 @@ def test_tune_cli_runs_a_study_then_refuses_to_start_it_again(tiny_registry, dat
     assert more.exit_code == 0 and len(json.loads(more.stdout)["trials"]) == 3
 
 
+class IntegrityError(Exception):  # the name sqlalchemy gives a duplicate schema-version row
+    pass
+
+
+@pytest.mark.parametrize("lost", [RuntimeError("(sqlite3.OperationalError) table studies already exists"),
+                                  IntegrityError("UNIQUE constraint failed: alembic_version.version_num")])  # fmt: skip
+def test_a_worker_that_loses_the_race_to_create_the_tables_opens_the_study_again(tmp_path, monkeypatch, lost):
+    """Workers started together on a new database: the one whose CREATE TABLE comes second opens it again."""
+    import optuna
+
+    from zoo.select.tune import StudyPlan, open_study
+
+    real, calls = optuna.create_study, []
+
+    def racing(**kwargs):
+        calls.append(kwargs["study_name"])
+        if len(calls) == 1:
+            raise lost
+        return real(**kwargs)
+
+    monkeypatch.setattr(optuna, "create_study", racing)
+    plan = StudyPlan(backbone="tiny", data=str(tmp_path), fixed={}, params=[], metric="accuracy",
+                     storage=f"sqlite:///{tmp_path / 'new.db'}", study="s", folder=str(tmp_path / "study"))  # fmt: skip
+    assert open_study(plan, create=True).study_name == "s" and calls == ["s", "s"]
+    calls.clear()
+
+    def broken(**kwargs):
+        calls.append(1)
+        raise RuntimeError("no such driver")
+
+    monkeypatch.setattr(optuna, "create_study", broken)
+    with pytest.raises(UsageError, match=r"cannot open it.*no such driver"):
+        open_study(plan, create=True)
+    assert calls == [1]  # other errors are not retried
+
+
 @pytest.mark.slow
 def test_two_processes_on_one_storage_share_the_study_without_duplicates(tmp_path):
     """Two `zoo tune` processes started against the same sqlite storage: one study, each trial once."""

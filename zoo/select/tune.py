@@ -121,6 +121,32 @@ def _sampler_and_pruner(plan: StudyPlan, worker: int):
     return sampler, pruner
 
 
+_SCHEMA_RETRIES = 5
+
+
+@contextlib.contextmanager
+def _creation_lock(storage: str):
+    """An exclusive flock beside a local sqlite file while optuna opens it: processes on this machine create
+    its schema one after another, not at once (servers and other machines are left to the retry above)."""
+    prefix = "sqlite:///"
+    if not storage.startswith(prefix) or storage == prefix + ":memory:":
+        yield
+        return
+    import fcntl
+
+    lock = Path(storage[len(prefix) :] + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # a read-only folder: optuna's own error about the database says more
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def open_study(plan: StudyPlan, create: bool, worker: int = 0):
     """The Optuna study in its storage: created (or loaded, when it exists and `create` allows)."""
     import optuna
@@ -129,10 +155,23 @@ def open_study(plan: StudyPlan, create: bool, worker: int = 0):
     Path(plan.folder).mkdir(parents=True, exist_ok=True)
     sampler, pruner = _sampler_and_pruner(plan, worker)
     try:
-        if create:
-            return optuna.create_study(study_name=plan.study, storage=plan.storage, direction="maximize",
-                                       sampler=sampler, pruner=pruner, load_if_exists=True)  # fmt: skip
-        return optuna.load_study(study_name=plan.study, storage=plan.storage, sampler=sampler, pruner=pruner)
+        for attempt in range(_SCHEMA_RETRIES + 1):
+            try:
+                with _creation_lock(plan.storage):
+                    if create:
+                        return optuna.create_study(study_name=plan.study, storage=plan.storage,
+                                                   direction="maximize", sampler=sampler, pruner=pruner,
+                                                   load_if_exists=True)  # fmt: skip
+                    return optuna.load_study(study_name=plan.study, storage=plan.storage, sampler=sampler,
+                                             pruner=pruner)  # fmt: skip
+            except Exception as exc:
+                # Workers started together against a new database (other machines on one server) race to
+                # create its tables and its schema version row: the loser sees "table ... already exists" or
+                # an IntegrityError from what the winner has just written; opening again finds it complete.
+                raced = "already exists" in str(exc) or type(exc).__name__ == "IntegrityError"
+                if attempt == _SCHEMA_RETRIES or not raced:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     except KeyError:
         raise UsageError(
             f"--resume: no study '{plan.study}' in {plan.storage}; leave --resume out to start it"
