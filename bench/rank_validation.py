@@ -143,8 +143,11 @@ def evaluate_dataset(name: str, data: Path, cands: list[str], epochs: int, out: 
             pick = max(scored, key=lambda c: (rows[c].scores[e], c))
             picks[e] = {t: {"pick": pick, "gap_points": 100 * (max(truth.values()) - truth[pick])}
                         for t, truth in truths.items()}  # fmt: skip
+    from zoo.training.config import OPTIMIZER_DEFAULTS
+
     return {
         "images": ranking.images,
+        "head_lr": OPTIMIZER_DEFAULTS["adamw"].head_lr,  # zoo's default then: the truth depends on it
         "rank_seconds": round(rank_seconds, 1),
         "finetune_fe_seconds": round(sum(r["seconds"] for r in fe.values()), 1),
         "finetune_advised_seconds": round(sum(r["seconds"] for r in adv.values()), 1),
@@ -254,7 +257,9 @@ def render(record: dict) -> str:
         f"Measured {record['date']} on 2 CPU cores: {len(record['candidates'])} candidates, each fine-tuned with "
         f"feature-extract (or its cut) for {record['epochs']} epochs and with the policy zoo advise picks (when it "
         f"trains pretrained groups: {record.get('body_epochs', record['epochs'])} epochs), zoo's defaults otherwise; "
-        "rank with no feature cache.",
+        "rank with no feature cache. Head-only runs used zoo's default AdamW LR of the day: "
+        + ", ".join(f"{n} {d.get('head_lr', 1e-3):g}" for n, d in record["datasets"].items())
+        + " (bench/head_lr.py has why it changed).",
         "",
         "Weighted Kendall tau of each estimate against the fine-tuned val accuracy (feature-extract / the policy "
         "zoo advise picks), 1 = the same order:",
