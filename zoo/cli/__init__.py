@@ -53,6 +53,9 @@ def leave(code) -> None:
 
     if "torch" not in sys.modules or not (code is None or isinstance(code, int)):
         return
+    loaders = sys.modules.get("zoo.training.loaders")
+    if loaders is not None:  # its idle transform threads would count as work still running
+        loaders.close_transform_pool()
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         return
     import atexit

@@ -148,6 +148,13 @@ class ImageDataset(torch.utils.data.Dataset):
 _POOL: list = []
 
 
+def close_transform_pool() -> None:
+    """Join the evaluation transforms' threads (idle between batches). A command calls it as it ends: live
+    non-daemon threads keep a process from leaving at once (`zoo.cli.leave`); the next batch makes a new pool."""
+    while _POOL:
+        _POOL.pop().shutdown(wait=True)
+
+
 def _transform_pool():
     """One thread pool for the evaluation transforms of the process (made on first use, never per batch)."""
     if not _POOL:
