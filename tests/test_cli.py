@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from zoo.cli import app
@@ -99,6 +100,7 @@ def test_python_dash_m_zoo():
     assert json.loads(result.stdout)[0]["name"] == "resnet18"
 
 
+@pytest.mark.slow
 def test_a_closed_stdout_is_exit_141_and_silent():
     """`zoo list | head -1`: the reader went away; that is neither a bug (exit 1) nor worth a line on stderr."""
     import os
@@ -139,6 +141,7 @@ def test_every_command_with_an_optional_value_flag_reads_it():
     assert {"finetune", "lr-find"} <= set(with_flag_values)
 
 
+@pytest.mark.slow
 def test_shell_completion_offers_commands_flags_and_backbone_names_without_torch():
     """`zoo --install-completion` installs what bash runs on TAB: the same program, with _ZOO_COMPLETE set."""
     code = (

@@ -51,6 +51,7 @@ def tags(tmp_path):
         "cut:stage1",
     ],
 )
+@pytest.mark.slow
 def test_multi_label_runs_with_every_policy(request, tmp_path, tiny_registry, tags, policy):
     result = finetune("tiny", tags, policy=policy, **_options(tmp_path))
     s = result.summary
@@ -105,6 +106,7 @@ def test_multi_label_resumes_exactly(tmp_path, tiny_registry, balance, policy, m
     assert whole.test == resumed.test and whole.test["images"] == 6
 
 
+@pytest.mark.slow
 def test_multi_label_evaluate_predict_export_and_runtime(tmp_path, tiny_registry, tags):
     result = finetune("tiny", tags, policy="finetune", **_options(tmp_path, epochs=3))
     thresholds = result.summary["thresholds"]
@@ -157,6 +159,7 @@ def test_a_run_keeps_its_data_absolute_so_evaluate_and_resume_work_from_anywhere
     assert resume_run(result.run_dir, epochs=2).epochs_run == 2
 
 
+@pytest.mark.slow
 def test_edited_thresholds_metadata_is_refused(tmp_path, tiny_registry, tags):
     from zoo.core.errors import ModelFileError
     from zoo.runtime.onnx_meta import write_props
@@ -229,6 +232,7 @@ def skewed(tmp_path):
 
 
 @pytest.mark.parametrize("balance", ["none", "loss", pytest.param("sampler", marks=pytest.mark.plots), "auto"])
+@pytest.mark.slow
 def test_every_balance_mode_keeps_the_cache(request, tmp_path, tiny_registry, skewed, balance):
     result = finetune("tiny", skewed, policy="feature-extract", balance=balance, **_options(tmp_path))
     s = result.summary

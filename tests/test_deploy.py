@@ -113,6 +113,7 @@ def test_embedding_refuses_what_it_cannot_do_in_one_line(run, tmp_path):
         check_embeddable(Preprocess(crop_mode="border"), 18)
 
 
+@pytest.mark.slow
 def test_an_unavailable_provider_is_one_line_naming_the_installed_ones(run, exported, tmp_path):
     result, _, _ = run
     plain, _ = exported
@@ -129,6 +130,7 @@ def test_an_unavailable_provider_is_one_line_naming_the_installed_ones(run, expo
     assert Predictor(plain, provider="cpu").session.get_providers() == ["CPUExecutionProvider"]
 
 
+@pytest.mark.slow
 def test_fp16_export_is_checked_against_torch_with_a_float16_tolerance(run, tmp_path):
     result, _, _ = run
     out = runner.invoke(app, ["export", str(result.run_dir), "-o", str(tmp_path / "m.onnx"), "--fp16", "--json"])
@@ -146,6 +148,7 @@ def test_fp16_export_is_checked_against_torch_with_a_float16_tolerance(run, tmp_
     assert len(rows) == 2 and rows[0]["top"][0]["label"] in ("cats", "dogs")
 
 
+@pytest.mark.slow
 def test_export_writes_a_triton_repository_that_triton_schema_parses(run, tmp_path):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2

@@ -267,6 +267,7 @@ def test_int8_retry_runs_on_a_real_model_with_the_photos_zoo_ships(tmp_path, mon
     assert (tmp_path / "m.int8.onnx").exists() and q["excluded"] == tries[-1]["excluded"]
 
 
+@pytest.mark.slow
 def test_int8_calibrates_on_any_number_of_images(run, tmp_path):
     """onnxruntime's histogram calibration stacks the batches: a smaller last batch must never reach it."""
     from zoo.data.check_images import generated_inputs
@@ -325,6 +326,7 @@ def test_a_shape_mismatch_on_the_first_batch_is_a_failed_check_not_a_crash():
     assert all(r.max_abs_diff == float("inf") and r.top1_agreement == 0.0 for r in rows)
 
 
+@pytest.mark.slow
 def test_a_model_over_2_gb_keeps_its_weights_beside_the_file(run, tmp_path, monkeypatch):
     """ONNX files hold at most 2 GB: larger weights go to NAME.onnx.data (the limit is lowered to test it)."""
     import zoo.runtime.onnx_io
@@ -340,6 +342,7 @@ def test_a_model_over_2_gb_keeps_its_weights_beside_the_file(run, tmp_path, monk
     assert verify(tmp_path / "big.onnx", result.run_dir).passed
 
 
+@pytest.mark.slow
 def test_a_second_export_to_the_same_file_stops_while_the_first_writes(run, tmp_path):
     """Two concurrent exports to one -o must not both say "verified" while the last writer wins."""
     import fcntl

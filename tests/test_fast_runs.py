@@ -223,6 +223,7 @@ print("not reached")
 
 
 @pytest.mark.parametrize("code, threads", [(0, "none"), (3, "none"), (0, "pool")])
+@pytest.mark.slow
 def test_leaving_early_keeps_the_exit_code_the_output_and_the_atexit_handlers(code, threads):
     """Also after the transform pool has run (every first feature-extract run): its idle threads are joined,
     not taken for work still running, which sent the process through the slow interpreter teardown (1 s)."""

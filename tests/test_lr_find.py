@@ -66,6 +66,7 @@ def test_lr_find_cli_writes_the_plot_and_prints_the_suggestion(tmp_path, tiny_re
     assert bad.exit_code == 2 and bad.stderr.count("\n") == 1 and "--lr-find-steps 2" in bad.stderr
 
 
+@pytest.mark.slow
 def test_finetune_lr_auto_uses_and_records_the_suggestion_and_resume_keeps_it(tmp_path, tiny_registry, images):
     result = finetune("tiny", images, policy="finetune", lr="auto", lr_find_steps=30, name="auto",
                       **_options(tmp_path, epochs=3))  # fmt: skip

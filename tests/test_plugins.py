@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import plugin_module, tiny_spec
 from zoo import Group, hookimpl
 
@@ -59,6 +61,7 @@ def _zoo(args, root):
     return subprocess.run([sys.executable, "-m", "zoo", *args], capture_output=True, text=True, env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_plugin_that_fails_to_import_is_named_and_skipped(tmp_path):
     _install_fake_distribution(tmp_path, "zoo_broken", "raise ImportError('needs libfoo')\n")
     _install_fake_distribution(
@@ -106,6 +109,7 @@ def test_register_policies_adds_a_named_policy(use_registry):
         parse_policy("broken", registry)
 
 
+@pytest.mark.slow
 def test_register_commands_adds_a_command_and_a_failing_plugin_is_named(tmp_path):
     _install_fake_distribution(
         tmp_path,

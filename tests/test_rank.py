@@ -101,6 +101,7 @@ def test_rank_scores_every_estimate_and_reports_failures_as_rows(ranked_registry
     assert any(r.pareto for r in ranked)
 
 
+@pytest.mark.slow
 def test_order_of_candidates_does_not_change_the_ranking(ranked_registry, data):
     a = rank(data, ["tiny_b", "tiny_a", "tiny_a@cut:stage1"], advise=False, use_cache=False)
     b = rank(data, ["tiny_a@cut:stage1", "tiny_a", "tiny_b"], advise=False, use_cache=False)
@@ -109,6 +110,7 @@ def test_order_of_candidates_does_not_change_the_ranking(ranked_registry, data):
         assert ra.scores == pytest.approx(rb.scores)
 
 
+@pytest.mark.slow
 def test_features_and_scores_are_cached_per_candidate_and_data(ranked_registry, data, monkeypatch):
     calls = []
     extract = feature_mod.extract

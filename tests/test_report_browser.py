@@ -25,6 +25,7 @@ from zoo.report.runs import compare_runs
 CHROMIUM = next((path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None)
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.slow,  # a browser start each: out of the inner loop, run by the full suite
     pytest.mark.skipif(
         CHROMIUM is None,
         reason="no chromium executable on PATH: install the distribution's package (apt-get install chromium), "

@@ -300,6 +300,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_a_real_server_survives_a_flood_a_client_that_leaves_and_finishes_requests_on_sigterm(model, images):
     """uvicorn in a subprocess. Each request waits up to 1 s for its batch to fill, so requests stay in flight."""
     port = _free_port()
@@ -385,6 +386,7 @@ def test_docs_give_the_defaults_of_the_options():
         assert float(value) == defaults[flag], f"docs/serve.md says --{flag} {value}, the code {defaults[flag]}"
 
 
+@pytest.mark.slow
 def test_clients_that_trickle_their_body_hold_no_place_and_time_out(model, images):
     """More slow uploads than --max-queue: a whole request still gets its answer, and each slow one a 408."""
     port = _free_port()
@@ -426,6 +428,7 @@ def test_clients_that_trickle_their_body_hold_no_place_and_time_out(model, image
         proc.wait()
 
 
+@pytest.mark.slow
 def test_tritonclient_with_its_defaults_binary_tensors_and_the_model_config(model, images):
     """Triton's own HTTP client, as a user calls it: binary tensor data both ways (its default), and
     get_model_config; the logits are those of the JSON form."""

@@ -187,6 +187,7 @@ def test_hf_endpoint_fronts_hugging_face_urls_and_hf_hub_offline_skips_them(serv
     assert f"{base}/{path}: skipped" in str(err.value) and f"{hub_url}: skipped" in str(err.value)
 
 
+@pytest.mark.slow
 def test_a_mirror_that_never_answers_times_out_and_the_next_source_serves(served, monkeypatch):
     root, base = served
     shutil.copy(MNIST, root / "mnist-8.onnx")

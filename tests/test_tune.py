@@ -133,6 +133,7 @@ def test_the_median_pruner_stops_a_poor_trial_after_an_epoch(tiny_registry, data
     assert last["state"] == "pruned" and last["epochs_reported"] < 4 and "pruned after epoch" in last["reason"]
 
 
+@pytest.mark.slow
 def test_tune_cli_show_space_and_bad_input(tiny_registry, data, tmp_path):
     out = str(tmp_path / "out")
     shown = runner.invoke(app, ["tune", "tiny", str(data), "--policy", "finetune", "--show-space", "--out", out])

@@ -104,6 +104,7 @@ def test_weights_path_loads_with_weights_only_and_drops_other_classifier(tmp_pat
     assert "classifier 'fc' has another number of classes" in caplog.text
 
 
+@pytest.mark.slow
 def test_weights_path_errors_are_one_line(tmp_path):
     import argparse
 
@@ -126,6 +127,7 @@ def test_weights_none_and_default():
     assert choose_weights(spec, "IMAGENET1K_V1").tag.tag == "IMAGENET1K_V1"
 
 
+@pytest.mark.slow
 def test_efficientnet_lite0_loads_real_imagenet_weights_offline():
     """The shipped weights classify real photos of ants and bees into ImageNet's ant and bee classes."""
     from PIL import Image
@@ -166,6 +168,7 @@ def test_torch_home_decides_the_cache(served, tmp_path, monkeypatch):
     assert path == tmp_path / "elsewhere" / "hub" / "checkpoints" / "tiny-home.pth" == cache_dir() / path.name
 
 
+@pytest.mark.slow
 def test_torchvision_weights_come_through_a_mirror_named_in_the_registry(served, monkeypatch):
     """A company mirror of download.pytorch.org in $ZOO_HOME/registry.toml's [mirrors]: zoo downloads (and checks)
     torchvision's file from it, torchvision's builder then reads it from the torch cache; pytorch.org is never

@@ -93,6 +93,7 @@ def test_preprocessing_is_the_tf_eval_crop(variant):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_imagenet_weights_see_ants_and_bees(name):
     """The shipped weights put ImageNet's ant (310) or bee (309) in the top 5 of zoo's built-in photos."""
     import numpy as np

@@ -132,6 +132,7 @@ def test_off_without_a_tracking_uri_or_with_zoo_mlflow_0(tmp_path, data, tiny, n
     assert not (tmp_path / "x.db").exists()
 
 
+@pytest.mark.slow
 def test_a_tracking_failure_is_one_warning_and_the_run_goes_on(tmp_path, data, tiny, no_pictures, monkeypatch,
                                                                caplog):  # fmt: skip
     import zoo
