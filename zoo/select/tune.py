@@ -127,7 +127,7 @@ _SCHEMA_RETRIES = 5
 @contextlib.contextmanager
 def _creation_lock(storage: str):
     """An exclusive flock beside a local sqlite file while optuna opens it: processes on this machine create
-    its schema one after another, not at once (servers and other machines are left to the retry above)."""
+    its schema one after another, not at once (servers and other machines are left to open_study's retry)."""
     prefix = "sqlite:///"
     if not storage.startswith(prefix) or storage == prefix + ":memory:":
         yield
