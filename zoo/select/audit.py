@@ -28,7 +28,7 @@ import numpy as np
 
 from zoo.core.errors import UsageError
 from zoo.data.cleaning import SPLITS, cross_split_duplicates
-from zoo.select import duplicates, image_checks, label_issues, outliers
+from zoo.select import copies, image_checks, label_issues, outliers
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def _features(spec, choice, split, use_cache: bool) -> np.ndarray:
 
 def _duplicates(result: Audit, split, samples, where, facts, feats) -> None:
     digests = [split.digests.get(s.path) for s, _ in samples]
-    groups, result.pairs = duplicates.duplicate_groups(digests, facts.hashes, feats)
+    groups, result.pairs = copies.duplicate_groups(digests, facts.hashes, facts.squares, feats)
     order = {w: i for i, w in enumerate(SPLITS)}
     leakage: dict[str, dict[str, int]] = {}
     for gid, members in enumerate(groups, 1):
@@ -248,10 +248,11 @@ def _duplicates(result: Audit, split, samples, where, facts, feats) -> None:
                 pair["groups"] += 1
                 pair["images"] += sum(samples[i][1] == b for i in members)
         seen: set[bytes | None] = {digests[kept]}
-        for i in members[1:]:
+        near = np.array(members[1:], dtype=np.int64)
+        likeness = copies.similarity(facts.squares[near], facts.squares[np.full(len(near), kept)])
+        for i, similarity in zip(members[1:], likeness.tolist(), strict=True):
             same = digests[i] in seen
             seen.add(digests[i])
-            similarity = 1 - int(duplicates.hamming(facts.hashes[i], facts.hashes[kept])) / 64
             details = f"{'same pixels as' if same else 'near-duplicate of'} {where[kept][0]} ({where[kept][1]})"
             if group.cross_split:
                 details += f"; group {gid} crosses {'/'.join(splits_in)}"

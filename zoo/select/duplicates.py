@@ -13,8 +13,9 @@
   random-hyperplane LSH (SimHash): `TABLES` tables of `BITS` sign bits each; only images in one bucket of one
   table are compared, in a PCA projection of the features.
 
-Pairs are joined into groups by union-find. The cost is linear in the images plus the pairs that share a bucket;
-identical hashes are collapsed first, so a thousand copies of one image cost a thousand lookups, not a million.
+The candidates are verified and grouped by `zoo.select.copies`.
+
+The cost is linear in the images plus the pairs that share a bucket.
 """
 
 from __future__ import annotations
@@ -64,10 +65,11 @@ def _candidates(
     close: Callable[[np.ndarray, np.ndarray], np.ndarray],
     refine: Callable[[np.ndarray, int], np.ndarray] | None = None,
     level: int = 0,
+    max_bucket: int = MAX_BUCKET,
 ) -> np.ndarray:
     """(k, 2) pairs i < j with equal keys for which close(i_indices, j_indices) holds (element-wise, or broadcast
     over a block). Buckets of up to SMALL images are paired all at once (offset by offset in the sorted keys); a
-    bucket over MAX_BUCKET is split by `refine(members, level)` (more hash bits) while it can be, so that
+    bucket over `max_bucket` is split by `refine(members, level)` (more hash bits) while it can be, so that
     near-identical data does not make the search quadratic; other buckets are compared block by block."""
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
@@ -84,9 +86,9 @@ def _candidates(
         found.append(np.stack([a, b], axis=1)[close(a, b)])
     for start, size in zip(starts[big], sizes[big], strict=True):
         members = order[start : start + size]
-        if refine is not None and size > MAX_BUCKET and level < MAX_REFINE:
+        if refine is not None and size > max_bucket and level < MAX_REFINE:
             local = _candidates(refine(members, level), lambda a, b, m=members: close(m[a], m[b]), refine_of(
-                refine, members), level + 1)  # fmt: skip
+                refine, members), level + 1, max_bucket)  # fmt: skip
             found.append(members[local])
             continue
         for first in range(0, size, BLOCK):
@@ -102,11 +104,15 @@ def refine_of(refine, members: np.ndarray):
     return lambda local, level: refine(members[local], level)
 
 
-def _unique_pairs(pairs: list[np.ndarray]) -> np.ndarray:
+def unique_pairs(pairs: list[np.ndarray]) -> np.ndarray:
     if not pairs:
         return np.empty((0, 2), dtype=np.int64)
-    both = np.sort(np.concatenate(pairs), axis=1)
-    return np.unique(both, axis=0)
+    both = np.sort(np.concatenate(pairs), axis=1).astype(np.int64)
+    if not len(both):
+        return both.reshape(0, 2)
+    width = int(both.max()) + 1
+    codes = np.unique(both[:, 0] * width + both[:, 1])  # one integer a pair: a 1-D sort, not a row sort
+    return np.stack([codes // width, codes % width], axis=1)
 
 
 def phash_pairs(hashes: np.ndarray, radius: int = PHASH_RADIUS) -> np.ndarray:
@@ -118,7 +124,7 @@ def phash_pairs(hashes: np.ndarray, radius: int = PHASH_RADIUS) -> np.ndarray:
     for lo, hi in itertools.pairwise(edges):
         keys = (hashes >> np.uint64(64 - hi)) & np.uint64((1 << (hi - lo)) - 1)
         pairs.append(_candidates(keys, lambda a, b: hamming(hashes[a], hashes[b]) <= radius))
-    return _unique_pairs(pairs)
+    return unique_pairs(pairs)
 
 
 def leading_directions(x: np.ndarray, dims: int, seed: int = 0) -> np.ndarray:
@@ -158,25 +164,30 @@ def feature_pairs(
     """(k, 2) pairs with cosine similarity >= threshold among the rows of `z` (unit vectors), and `guard(a, b)`
     when given, by SimHash LSH: TABLES tables of BITS sign bits; a crowded bucket gets BITS more bits, up to
     MAX_REFINE times."""
+    return lsh_pairs(z, threshold, guard, TABLES, BITS, seed, MAX_BUCKET)
+
+
+def lsh_pairs(z, threshold, guard, tables: int, bits: int, seed: int, max_bucket: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    weights = (1 << np.arange(BITS, dtype=np.int64))[::-1]
-    extra = [rng.standard_normal((z.shape[1], BITS)).astype(np.float32) for _ in range(MAX_REFINE)]
+    weights = (1 << np.arange(bits, dtype=np.int64))[::-1]
+    extra = [rng.standard_normal((z.shape[1], bits)).astype(np.float32) for _ in range(MAX_REFINE)]
 
     def keys_of(rows: np.ndarray, planes: np.ndarray) -> np.ndarray:
         return (z[rows] @ planes > 0).astype(np.int64) @ weights
 
     def close(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        ok = _cosine(z, a, b) >= threshold
+        ok = cosine(z, a, b) >= threshold
         return ok & guard(a, b) if guard is not None else ok
 
     pairs = []
-    for _ in range(TABLES):
-        planes = rng.standard_normal((z.shape[1], BITS)).astype(np.float32)
-        pairs.append(_candidates(keys_of(np.arange(len(z)), planes), close, lambda m, lv: keys_of(m, extra[lv])))
-    return _unique_pairs(pairs)
+    for _ in range(tables):
+        planes = rng.standard_normal((z.shape[1], bits)).astype(np.float32)
+        keys = keys_of(np.arange(len(z)), planes)
+        pairs.append(_candidates(keys, close, lambda m, lv: keys_of(m, extra[lv]), max_bucket=max_bucket))
+    return unique_pairs(pairs)
 
 
-def _cosine(z: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def cosine(z: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarities of rows a and b of `z` (unit rows), broadcast: pairs (1-D) or a block (column x row)."""
     if a.ndim == 2:
         return z[a[:, 0]] @ z[b[0]].T
@@ -209,40 +220,3 @@ class UnionFind:
         for i in range(len(self.parent)):
             found.setdefault(self.find(i), []).append(i)
         return [m for _, m in sorted(found.items()) if len(m) > 1]
-
-
-def duplicate_groups(
-    digests: list[bytes | None],
-    hashes: np.ndarray,
-    features: np.ndarray | None = None,
-    radius: int = PHASH_RADIUS,
-    threshold: float = FEATURE_COSINE,
-) -> tuple[list[list[int]], dict[str, int]]:
-    """Groups of image indices that are copies of one another: equal `digests` (exact), pHashes within `radius`,
-    or (with features) cosine >= `threshold` with a pHash within FEATURE_PHASH_GUARD. Returns the groups and
-    how many pairs each rule found (for the record)."""
-    n = len(hashes)
-    uf = UnionFind(n)
-    first: dict[bytes, int] = {}
-    for i, d in enumerate(digests):
-        if d is not None:
-            uf.union(first.setdefault(d, i), i)
-    reps = np.array(sorted({uf.find(i) for i in range(n)}), dtype=np.int64)  # one image per exact group
-    values, first_of, inverse = np.unique(hashes[reps], return_index=True, return_inverse=True)
-    for j, r in enumerate(reps):  # the same pHash: as close as pHash can tell
-        uf.union(reps[first_of[inverse[j]]], r)
-    by_hash = phash_pairs(values, radius)
-    for a, b in by_hash:
-        uf.union(reps[first_of[a]], reps[first_of[b]])
-    found = {"exact": len(digests) - len(reps), "phash": len(by_hash), "features": 0}
-    if features is not None and len(reps) > 1:
-        rep_hashes = hashes[reps]
-
-        def same_layout(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            return hamming(rep_hashes[a], rep_hashes[b]) <= FEATURE_PHASH_GUARD
-
-        by_features = feature_pairs(project(features[reps]), threshold, same_layout)
-        for a, b in by_features:
-            uf.union(reps[a], reps[b])
-        found["features"] = len(by_features)
-    return uf.groups(), found

@@ -1,5 +1,6 @@
-"""One cheap pass over every image for what pixels alone tell: its stored size, its perceptual hash and how much
-its grey levels vary; then the image issues they show (too small, extreme aspect ratio, blank).
+"""One cheap pass over every image for what pixels alone tell: its stored size, its perceptual hash (and the small
+grey square it is computed from, which verifies near-duplicates) and how much its grey levels vary; then the image
+issues they show (too small, extreme aspect ratio, blank).
 
 Each image is decoded again at a small size (JPEG decodes at 1/2 to 1/8 scale through libjpeg's DCT scaling), in a
 few threads: Pillow releases the GIL while it decodes.
@@ -31,6 +32,7 @@ class Facts:
 
     sizes: np.ndarray  # (n, 2) width, height as stored
     hashes: np.ndarray  # (n,) uint64 pHash
+    squares: np.ndarray  # (n, HASH_SIDE, HASH_SIDE) uint8 grey squares the hash is computed from
     contrast: np.ndarray  # (n,) standard deviation of the grey levels at LOOK_SIDE
 
 
@@ -58,7 +60,8 @@ def measure(paths: list[Path], workers: int | None = None) -> Facts:
     with ThreadPoolExecutor(workers) as pool:
         for i, (size, square, std) in enumerate(pool.map(_look, paths, chunksize=64)):
             sizes[i], squares[i], contrast[i] = size, square, std
-    return Facts(sizes, phashes(squares) if len(paths) else np.zeros(0, np.uint64), contrast)
+    hashes = phashes(squares) if len(paths) else np.zeros(0, np.uint64)
+    return Facts(sizes, hashes, np.rint(squares).astype(np.uint8), contrast)
 
 
 @dataclass(frozen=True)
