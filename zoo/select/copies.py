@@ -2,8 +2,8 @@
 close features) and thumbnail neighbours, each checked on small grey thumbnails, then joined by union-find.
 
 Candidates by thumbnails: each image's nearest neighbours among 16x16 grey thumbnails (SimHash LSH, `NEIGHBOURS`
-kept per image, refined by NN-descent); a neighbour whose thumbnail has cosine >= `NEIGHBOUR_COSINE` is a candidate
-too (crops of low-detail images, which move the pHash and the features alike).
+kept per image, refined by NN-descent); a neighbour is a candidate when its aligned similarity (below) is already
+>= `MIN_SIMILARITY` (this finds crops that move the pHash and the features too far).
 
 Every candidate pair but exact copies is then verified on the thumbnails: its *aligned similarity* (the best
 correlation over small crops and shifts of either image, `ZOOMS`) must be >= `MIN_SIMILARITY` and, what makes it
@@ -41,7 +41,6 @@ MIN_SIMILARITY = 0.95  # aligned correlation of a verified pair: copies >= 0.987
 RATIO = 0.15  # 1 - similarity of a copy over 1 - that of the DENSITY_RANK-th neighbour: copies <= 0.10 measured
 DENSITY_RANK = 8  # tolerates up to DENSITY_RANK - 1 near copies of one image
 NEIGHBOURS, NEIGHBOUR_TABLES, BUCKET_TARGET = 16, 12, 16  # thumbnail kNN: kept per image, LSH tables, bucket size
-NEIGHBOUR_COSINE = 0.9  # unaligned thumbnail cosine that makes a nearest neighbour a candidate
 DESCENT_ROUNDS = 2  # NN-descent rounds that refine the LSH neighbours
 NEIGHBOUR_FLOOR = 0.5  # bucket mates below this cosine are not kept as neighbours
 
@@ -158,26 +157,36 @@ def _descend(thumbs: np.ndarray, ids: np.ndarray, sims: np.ndarray, chunk: int =
     return new_ids, new_sims
 
 
-def verify(squares: np.ndarray, pairs: np.ndarray, neighbours: np.ndarray, thumbs: np.ndarray | None = None
-           ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Which candidate pairs are copies: aligned similarity >= MIN_SIMILARITY, and 1 - similarity <= RATIO x
-    (1 - the similarity of either image to its DENSITY_RANK-th nearest neighbour). Returns a boolean per pair
-    and the pairs' similarities."""
-    if not len(pairs):
-        return np.zeros(0, dtype=bool), np.zeros(0, dtype=np.float32)
-    thumbs = thumbnails(squares) if thumbs is None else thumbs
+def neighbour_similarity(squares: np.ndarray, thumbs: np.ndarray, ids: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """(n, k): the aligned similarity of each image's crops with each of its neighbours `ids` (one-sided; -1 where
+    there is no neighbour). Each image's crops are computed once."""
+    out = np.full(ids.shape, -1.0, dtype=np.float32)
+    for s in range(0, len(ids), chunk):
+        rows = ids[s : s + chunk]
+        crops = _aligned(squares[s : s + chunk])  # (c, crops, d)
+        sims = (crops @ thumbs[np.maximum(rows, 0)].transpose(0, 2, 1)).max(1)  # (c, k)
+        out[s : s + chunk] = np.where(rows >= 0, sims, -1.0)
+    return out
+
+
+def density(near: np.ndarray) -> np.ndarray:
+    """Each image's similarity to its DENSITY_RANK-th nearest neighbour (-1 when fewer were found: nothing to
+    compare with)."""
+    if near.shape[1] < DENSITY_RANK:
+        return np.full(len(near), -1.0, dtype=np.float32)
+    return -np.sort(-near, axis=1)[:, DENSITY_RANK - 1]
+
+
+def accepted(sim: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The verification rule: similarity >= MIN_SIMILARITY, and 1 - similarity <= RATIO x (1 - `reference`), the
+    lower of the two images' densities."""
+    return (sim >= MIN_SIMILARITY) & (1 - sim <= RATIO * (1 - reference))
+
+
+def pair_similarity(squares: np.ndarray, thumbs: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Aligned similarity of each pair, either way round."""
     a, b = pairs[:, 0], pairs[:, 1]
-    sim = np.maximum(aligned_similarity(squares, thumbs, a, b), aligned_similarity(squares, thumbs, b, a))
-    images = np.unique(pairs)
-    nb = neighbours[images]
-    rows, cols = np.nonzero(nb >= 0)
-    near = np.full(nb.shape, -1.0, dtype=np.float32)
-    near[rows, cols] = aligned_similarity(squares, thumbs, images[rows], nb[rows, cols])
-    density = np.full(len(squares), -1.0, dtype=np.float32)  # fewer neighbours found: nothing to compare with
-    density[images] = -np.sort(-near, axis=1)[:, DENSITY_RANK - 1] if nb.shape[1] >= DENSITY_RANK else -1.0
-    reference = np.minimum(density[a], density[b])
-    ok = (sim >= MIN_SIMILARITY) & (1 - sim <= RATIO * (1 - reference))
-    return ok, sim
+    return np.maximum(aligned_similarity(squares, thumbs, a, b), aligned_similarity(squares, thumbs, b, a))
 
 
 def duplicate_groups(
@@ -190,8 +199,8 @@ def duplicate_groups(
 ) -> tuple[list[list[int]], dict[str, int]]:
     """Groups of image indices that are copies of one another: equal `digests` (exact), or candidate pairs (equal
     pHashes, pHashes within `radius`, thumbnail neighbours, and with features cosine >= `threshold` with a pHash
-    within FEATURE_PHASH_GUARD) that `verify` confirms on the grey `squares`. Returns the groups and how many
-    pairs each rule proposed and how many were confirmed (for the record)."""
+    within FEATURE_PHASH_GUARD) that `accepted` confirms on the aligned similarity of the grey `squares`. Returns
+    the groups and how many pairs each rule proposed and how many were confirmed (for the record)."""
     n = len(hashes)
     uf = UnionFind(n)
     first: dict[bytes, int] = {}
@@ -209,11 +218,6 @@ def duplicate_groups(
     by_hash = phash_pairs(values, radius)
     proposed.append(first_of[by_hash])
     found["phash"] = len(same_hash) + len(by_hash)
-    thumbs = thumbnails(rep_squares)
-    neighbours, cosines = nearest_neighbours(thumbs)
-    rows, cols = np.nonzero(cosines >= NEIGHBOUR_COSINE)
-    proposed.append(np.stack([rows, neighbours[rows, cols]], axis=1))
-    found["neighbours"] = len(rows)
     if features is not None:
 
         def same_layout(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -222,9 +226,17 @@ def duplicate_groups(
         by_features = feature_pairs(project(features[reps]), threshold, same_layout)
         proposed.append(by_features)
         found["features"] = len(by_features)
-    pairs = unique_pairs(proposed)
-    ok, _ = verify(rep_squares, pairs, neighbours, thumbs)
+    thumbs = thumbnails(rep_squares)
+    neighbours, _ = nearest_neighbours(thumbs)
+    near = neighbour_similarity(rep_squares, thumbs, neighbours)
+    dense = density(near)
+    rows, cols = np.nonzero(near >= MIN_SIMILARITY)  # a neighbour already as similar as a copy must be
+    found["neighbours"] = len(rows)
+    proposed_pairs = unique_pairs(proposed)
+    pairs = np.concatenate([proposed_pairs, np.stack([rows, neighbours[rows, cols]], axis=1)])
+    sims = np.concatenate([pair_similarity(rep_squares, thumbs, proposed_pairs), near[rows, cols]])
+    ok = accepted(sims, np.minimum(dense[pairs[:, 0]], dense[pairs[:, 1]]))
     for a, b in pairs[ok]:
         uf.union(int(reps[a]), int(reps[b]))
-    found["verified"] = int(ok.sum())
+    found["verified"] = len(unique_pairs([pairs[ok]]))
     return uf.groups(), found
