@@ -104,10 +104,13 @@ def test_audit_finds_what_was_planted_and_never_touches_the_data(registry, plant
 
 def test_pixels_only_audit_finds_copies_and_image_issues(registry, planted):
     root, truth = planted
+    cropped = root / "val" / "blue" / "green_6_cropped.jpg"  # a crop re-encoded: no pixel or hash in common
+    Image.open(root / "train" / "green" / "green_6.png").crop((2, 1, 38, 38)).save(cropped, quality=80)
     result = audit(root, model="none")
     assert result.model is None and not result.of("label-error") and not result.of("outlier")
     assert {f.path for f in result.of("exact-duplicate")} == {str(truth["exact"])}
-    assert str(truth["near"]) in {f.path for f in result.of("near-duplicate")}
+    near = {f.path for f in result.of("near-duplicate")}
+    assert near == {str(truth["near"]), str(cropped), str(truth["tiny"])}  # tiny: an 8x8 copy of red_4
     assert any("label errors and outliers were not looked for" in n for n in result.notes)
     assert any("most images are small (median short side 40 px)" in n for n in result.notes)
     assert set(result.seconds) == {"scan", "images", "duplicates", "total"}

@@ -37,7 +37,7 @@ from zoo.select.duplicates import (
 
 THUMB = 16  # side of the grey thumbnails that verify a pair (from the HASH_SIDE square)
 ZOOMS = (0.03, 0.06, 0.09)  # crops tried when aligning two thumbnails: this fraction off each side, shifted by it
-MIN_SIMILARITY = 0.95  # aligned correlation of a verified pair: copies >= 0.987 in both validation sets
+MIN_SIMILARITY = 0.95  # aligned correlation of a verified pair: copies >= 0.987 in the validation sets
 RATIO = 0.15  # 1 - similarity of a copy over 1 - that of the DENSITY_RANK-th neighbour: copies <= 0.10 measured
 DENSITY_RANK = 8  # tolerates up to DENSITY_RANK - 1 near copies of one image
 NEIGHBOURS, NEIGHBOUR_TABLES, BUCKET_TARGET = 16, 12, 16  # thumbnail kNN: kept per image, LSH tables, bucket size
