@@ -220,6 +220,26 @@ def test_outliers_are_far_from_every_class():
     assert outliers.find_outliers(feats[:120]) == []  # the classes' own images are not outliers
 
 
+def test_outliers_are_not_hidden_by_blank_neighbours_or_their_own_copies():
+    """Image 120 sits among 6 near-blank images (121-126), image 127 has 5 copies (128-132): each has 5 close
+    neighbours, so neither looks far from the data until blank images leave the reference and an image's own
+    duplicate group is not counted among its neighbours."""
+    rng = np.random.default_rng(8)
+    centres = rng.normal(size=(3, 32)) * 4
+    classes = [c + rng.normal(size=(40, 32)) for c in centres]
+    odd, copied = rng.normal(size=(2, 32)) * 4
+    around_odd = odd + rng.normal(scale=0.05, size=(7, 32))
+    copies_of = copied + rng.normal(scale=0.01, size=(6, 32))
+    feats = np.concatenate([*classes, around_odd, copies_of])
+    blank = np.zeros(len(feats), dtype=bool)
+    blank[121:127] = True
+    groups = np.full(len(feats), -1)
+    groups[127:133] = 7
+    assert outliers.find_outliers(feats) == []
+    found = {o.index for o in outliers.find_outliers(feats, exclude=blank, groups=groups)}
+    assert found == {120, *range(127, 133)}
+
+
 def test_image_issues_small_oddly_shaped_and_blank(tmp_path):
     files = {
         "ok.png": _photo(1, (300, 240)),

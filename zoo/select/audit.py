@@ -170,7 +170,8 @@ def audit(
     result.exact_leaks = cross_split_duplicates(split)
     clock.lap("duplicates")
     input_side = min(pre.input_size) if pre else DEFAULT_INPUT
-    for issue in image_checks.image_issues(facts, input_side):
+    image_issues = image_checks.image_issues(facts, input_side)
+    for issue in image_issues:
         result.findings.append(Finding(*where[issue.index], issue.kind, round(issue.score, 4), issue.details))
     if 0 < image_checks.typical_short_side(facts) * image_checks.UPSCALE_LIMIT < input_side:
         result.notes.append(
@@ -187,7 +188,9 @@ def audit(
         say("probing labels")
         _label_errors(result, split, samples, where, feats, seed)
         clock.lap("labels")
-        _outliers(result, split, where, feats)
+        blank = np.zeros(len(samples), dtype=bool)
+        blank[[i.index for i in image_issues if i.kind == "blank"]] = True
+        _outliers(result, where, feats, blank)
         clock.lap("outliers")
     result.seconds = clock.laps
     return result
@@ -327,8 +330,12 @@ def _probe_issues(split, samples, judged, x, seed: int):
     return probs, label_issues.find_label_issues(y.numpy(), probs)
 
 
-def _outliers(result: Audit, split, where, feats: np.ndarray) -> None:
-    for o in outliers.find_outliers(feats):
+def _outliers(result: Audit, where, feats: np.ndarray, blank: np.ndarray) -> None:
+    index = {w[0]: i for i, w in enumerate(where)}
+    groups = np.full(len(where), -1)
+    for g in result.groups:
+        groups[[index[m["path"]] for m in g.members]] = g.id
+    for o in outliers.find_outliers(feats, exclude=blank, groups=groups):
         details = (
             f"{o.score:.1f} robust z-scores from the data: its {outliers.K} nearest images are at {o.distance:.2f}"
         )

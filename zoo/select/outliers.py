@@ -31,18 +31,24 @@ class Outlier:
     distance: float  # 1 - mean cosine similarity to its K nearest images
 
 
-def knn_distances(features: np.ndarray, k: int = K, seed: int = 0) -> np.ndarray:
-    """1 - the mean cosine similarity of each image to its k nearest images of the reference sample (not itself)."""
+def knn_distances(features: np.ndarray, k: int = K, seed: int = 0, exclude: np.ndarray | None = None,
+                  groups: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """1 - the mean cosine similarity of each image to its k nearest images of the reference sample: not itself,
+    not an `exclude`d image (blank ones: a dozen near-blank images would be each other's close neighbours, and so
+    would noise images among them), and not a copy of itself (`groups`: the duplicate group of each image, -1 for
+    none; an outlier copied twice would otherwise look ordinary)."""
     x = project(features, DIMS, centre=False)
-    ref = np.sort(np.random.default_rng(seed + 1).permutation(len(x))[:REFERENCE])
+    usable = np.ones(len(x), dtype=bool) if exclude is None else ~exclude
+    pool = np.flatnonzero(usable)
+    ref = np.sort(np.random.default_rng(seed + 1).permutation(pool)[:REFERENCE])
     k = min(k, len(ref) - 1)
+    group_of = np.full(len(x), -1) if groups is None else groups
     out = np.empty(len(x), dtype=np.float64)
     for start in range(0, len(x), BLOCK):
         sims = x[start : start + BLOCK] @ x[ref].T
         rows = np.arange(start, min(start + BLOCK, len(x)))
-        self_col = np.searchsorted(ref, rows)
-        is_ref = (self_col < len(ref)) & (ref[np.minimum(self_col, len(ref) - 1)] == rows)
-        sims[np.flatnonzero(is_ref), self_col[is_ref]] = -np.inf
+        mine = group_of[rows][:, None]
+        sims[(rows[:, None] == ref[None, :]) | ((mine >= 0) & (mine == group_of[ref][None, :]))] = -np.inf
         out[rows] = 1 - np.partition(sims, -k, axis=1)[:, -k:].mean(1)
     return out
 
@@ -53,11 +59,16 @@ def modified_z(values: np.ndarray) -> np.ndarray:
     return 0.6745 * (values - median) / mad
 
 
-def find_outliers(features: np.ndarray, limit: float = MODIFIED_Z, seed: int = 0) -> list[Outlier]:
-    """Images whose distance to their nearest images is a modified z-score above `limit`, the farthest first."""
-    if len(features) <= K + 1:
+def find_outliers(features: np.ndarray, limit: float = MODIFIED_Z, seed: int = 0, exclude: np.ndarray | None = None,
+                  groups: np.ndarray | None = None) -> list[Outlier]:  # fmt: skip
+    """Images (not `exclude`d) whose distance to their nearest images is a modified z-score above `limit`, the
+    farthest first; the z-scores are relative to the distances of the images that are not excluded."""
+    usable = np.ones(len(features), dtype=bool) if exclude is None else ~exclude
+    if usable.sum() <= K + 1:
         return []
-    distance = knn_distances(features, seed=seed)
-    score = modified_z(distance)
-    flagged = np.flatnonzero(score > limit)
+    distance = knn_distances(features, seed=seed, exclude=exclude, groups=groups)
+    median = np.median(distance[usable])
+    mad = max(float(np.median(np.abs(distance[usable] - median))), 1e-9)
+    score = 0.6745 * (distance - median) / mad
+    flagged = np.flatnonzero((score > limit) & usable)
     return [Outlier(int(i), float(score[i]), float(distance[i])) for i in flagged[np.argsort(-score[flagged])]]
