@@ -166,7 +166,7 @@ def audit(
     where = [(str(s.path), which, text) for (s, which), text in zip(samples, texts, strict=True)]
     result.rows = where
     say("finding duplicates")
-    _duplicates(result, split, samples, where, facts, feats)
+    group_of = _duplicates(result, split, samples, where, facts, feats)
     result.exact_leaks = cross_split_duplicates(split)
     clock.lap("duplicates")
     input_side = min(pre.input_size) if pre else DEFAULT_INPUT
@@ -190,7 +190,7 @@ def audit(
         clock.lap("labels")
         blank = np.zeros(len(samples), dtype=bool)
         blank[[i.index for i in image_issues if i.kind == "blank"]] = True
-        _outliers(result, where, feats, blank)
+        _outliers(result, where, feats, blank, group_of)
         clock.lap("outliers")
     result.seconds = clock.laps
     return result
@@ -231,13 +231,20 @@ def _features(spec, choice, split, use_cache: bool) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _duplicates(result: Audit, split, samples, where, facts, feats) -> None:
+def _duplicates(result: Audit, split, samples, where, facts, feats) -> np.ndarray:
+    """Groups, findings and leakage into `result`; returns each image's group id (-1: in none)."""
     digests = [split.digests.get(s.path) for s, _ in samples]
     groups, result.pairs = copies.duplicate_groups(digests, facts.hashes, facts.squares, feats)
     order = {w: i for i, w in enumerate(SPLITS)}
+    groups = [sorted(members, key=lambda i: (order[samples[i][1]], where[i][0])) for members in groups]
+    copied = np.array([i for members in groups for i in members[1:]], dtype=np.int64)
+    kept_of = np.array([members[0] for members in groups for _ in members[1:]], dtype=np.int64)
+    likeness = dict(zip(copied.tolist(), copies.similarity(facts.squares[copied], facts.squares[kept_of]).tolist(),
+                        strict=True))  # fmt: skip
+    group_of = np.full(len(samples), -1)
     leakage: dict[str, dict[str, int]] = {}
     for gid, members in enumerate(groups, 1):
-        members = sorted(members, key=lambda i: (order[samples[i][1]], where[i][0]))
+        group_of[members] = gid
         kept = members[0]
         exact = all(digests[i] == digests[kept] for i in members)
         splits_in = sorted({samples[i][1] for i in members}, key=order.get)
@@ -251,9 +258,7 @@ def _duplicates(result: Audit, split, samples, where, facts, feats) -> None:
                 pair["groups"] += 1
                 pair["images"] += sum(samples[i][1] == b for i in members)
         seen: set[bytes | None] = {digests[kept]}
-        near = np.array(members[1:], dtype=np.int64)
-        likeness = copies.similarity(facts.squares[near], facts.squares[np.full(len(near), kept)])
-        for i, similarity in zip(members[1:], likeness.tolist(), strict=True):
+        for i in members[1:]:
             same = digests[i] in seen
             seen.add(digests[i])
             details = f"{'same pixels as' if same else 'near-duplicate of'} {where[kept][0]} ({where[kept][1]})"
@@ -262,8 +267,10 @@ def _duplicates(result: Audit, split, samples, where, facts, feats) -> None:
             if conflicting:
                 details += f"; labels differ: {where[i][2]} here, {where[kept][2]} there"
             kind = "exact-duplicate" if same else "near-duplicate"
-            result.findings.append(Finding(*where[i], kind, 1.0 if same else round(similarity, 4), details, None, gid))
+            score = 1.0 if same else round(likeness[i], 4)
+            result.findings.append(Finding(*where[i], kind, score, details, None, gid))
     result.leakage = leakage
+    return group_of
 
 
 def _skipped(result: Audit, split) -> None:
@@ -330,12 +337,8 @@ def _probe_issues(split, samples, judged, x, seed: int):
     return probs, label_issues.find_label_issues(y.numpy(), probs)
 
 
-def _outliers(result: Audit, where, feats: np.ndarray, blank: np.ndarray) -> None:
-    index = {w[0]: i for i, w in enumerate(where)}
-    groups = np.full(len(where), -1)
-    for g in result.groups:
-        groups[[index[m["path"]] for m in g.members]] = g.id
-    for o in outliers.find_outliers(feats, exclude=blank, groups=groups):
+def _outliers(result: Audit, where, feats: np.ndarray, blank: np.ndarray, group_of: np.ndarray) -> None:
+    for o in outliers.find_outliers(feats, exclude=blank, groups=group_of):
         details = (
             f"{o.score:.1f} robust z-scores from the data: its {outliers.K} nearest images are at {o.distance:.2f}"
         )

@@ -96,17 +96,13 @@ def aligned_similarity(squares: np.ndarray, thumbs: np.ndarray, a: np.ndarray, b
     return out
 
 
-def similarity(first: np.ndarray, second: np.ndarray, chunk: int = 2048) -> np.ndarray:
+def similarity(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Aligned similarity of pairs of images given as grey squares, (m, HASH_SIDE, HASH_SIDE) each: the best
     correlation of either thumbnail, cropped and shifted by up to 9% a side, with the other's whole one (1 for
     copies, about 0.99 or more for resized, re-encoded or lightly cropped ones)."""
-    out = np.empty(len(first), dtype=np.float32)
-    for s in range(0, len(first), chunk):
-        a, b = first[s : s + chunk], second[s : s + chunk]
-        one = np.einsum("pvd,pd->pv", _aligned(a), thumbnails(b)).max(1)
-        other = np.einsum("pvd,pd->pv", _aligned(b), thumbnails(a)).max(1)
-        out[s : s + chunk] = np.maximum(one, other)
-    return out
+    squares = np.concatenate([first, second])
+    pairs = np.stack([np.arange(len(first)), len(first) + np.arange(len(second))], axis=1)
+    return pair_similarity(squares, thumbnails(squares), pairs)
 
 
 def nearest_neighbours(thumbs: np.ndarray, k: int = NEIGHBOURS, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -53,9 +53,11 @@ def knn_distances(features: np.ndarray, k: int = K, seed: int = 0, exclude: np.n
     return out
 
 
-def modified_z(values: np.ndarray) -> np.ndarray:
-    median = np.median(values)
-    mad = max(float(np.median(np.abs(values - median))), 1e-9)
+def modified_z(values: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
+    """Modified z-scores of `values` against the median and MAD of `values[among]` (all of them by default)."""
+    basis = values if among is None else values[among]
+    median = np.median(basis)
+    mad = max(float(np.median(np.abs(basis - median))), 1e-9)
     return 0.6745 * (values - median) / mad
 
 
@@ -67,8 +69,6 @@ def find_outliers(features: np.ndarray, limit: float = MODIFIED_Z, seed: int = 0
     if usable.sum() <= K + 1:
         return []
     distance = knn_distances(features, seed=seed, exclude=exclude, groups=groups)
-    median = np.median(distance[usable])
-    mad = max(float(np.median(np.abs(distance[usable] - median))), 1e-9)
-    score = 0.6745 * (distance - median) / mad
+    score = modified_z(distance, usable)
     flagged = np.flatnonzero((score > limit) & usable)
     return [Outlier(int(i), float(score[i]), float(distance[i])) for i in flagged[np.argsort(-score[flagged])]]
